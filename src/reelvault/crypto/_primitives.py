@@ -1,0 +1,99 @@
+"""The only module in reelvault that imports ``cryptography.hazmat``.
+
+Everything above this layer works with named operations (seal a frame, derive a content
+key, wrap a key) rather than raw primitives, so the set of algorithms in use can be read
+off this file: AES-256-GCM, HKDF-SHA512, Ed25519 (later: signatures), and the OS CSPRNG.
+There is deliberately no way to choose another algorithm.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "KEY_LEN",
+    "NONCE_LEN",
+    "TAG_LEN",
+    "AuthenticationFailed",
+    "Aead",
+    "constant_time_equal",
+    "hkdf_sha512",
+    "random_bytes",
+]
+
+KEY_LEN = 32
+NONCE_LEN = 12
+TAG_LEN = 16
+
+Buffer = bytes | bytearray | memoryview
+
+
+class AuthenticationFailed(Exception):
+    """An AES-GCM tag did not verify. Internal: callers above crypto/ never see it."""
+
+
+class Aead:
+    """AES-256-GCM bound to one key.
+
+    A thin wrapper so the key schedule is computed once per key, not once per frame; at
+    64 KiB frames that matters for staying near raw AES-GCM throughput.
+    """
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_LEN:
+            raise ValueError("AES-256-GCM needs a 32-byte key")
+        self._aead = AESGCM(key)
+
+    def seal(self, nonce: Buffer, plaintext: Buffer, aad: Buffer) -> bytes:
+        """Return ciphertext || tag."""
+        return self._aead.encrypt(nonce, plaintext, aad)
+
+    def seal_into(self, nonce: Buffer, plaintext: Buffer, aad: Buffer, out: Buffer) -> None:
+        """Write ciphertext || tag into ``out`` (exactly len(plaintext) + 16 bytes)."""
+        self._aead.encrypt_into(nonce, plaintext, aad, out)
+
+    def open(self, nonce: Buffer, ciphertext_and_tag: Buffer, aad: Buffer) -> bytes:
+        """Authenticate and decrypt; raises :class:`AuthenticationFailed`."""
+        try:
+            return self._aead.decrypt(nonce, ciphertext_and_tag, aad)
+        except InvalidTag:
+            raise AuthenticationFailed from None
+
+    def open_into(
+        self, nonce: Buffer, ciphertext_and_tag: Buffer, aad: Buffer, out: Buffer
+    ) -> None:
+        """Authenticate and decrypt into ``out``.
+
+        ``cryptography`` writes the unauthenticated plaintext into ``out`` before it checks
+        the tag, so on failure the buffer is zeroed here: no caller can pick up plaintext of
+        a frame that failed authentication.
+        """
+        try:
+            self._aead.decrypt_into(nonce, ciphertext_and_tag, aad, out)
+        except InvalidTag:
+            view = memoryview(out).cast("B")
+            view[:] = bytes(len(view))
+            raise AuthenticationFailed from None
+
+
+def hkdf_sha512(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF (RFC 5869) with SHA-512."""
+    return HKDF(algorithm=hashes.SHA512(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def random_bytes(n: int) -> bytes:
+    """Bytes from the operating system's CSPRNG."""
+    return os.urandom(n)
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    """Compare secrets (tags, commitment values, key hashes) without a timing side channel."""
+    return hmac.compare_digest(a, b)
