@@ -1,0 +1,60 @@
+"""Everything reelvault encrypts goes through this package.
+
+The public surface is below; ``_primitives`` is the only module that touches
+``cryptography.hazmat``. Message layout: :mod:`reelvault.crypto.format`; sealing and
+opening, step by step: :mod:`reelvault.crypto.message`.
+"""
+
+from reelvault.crypto.context import (
+    KIND_ASSET,
+    KIND_PAYLOAD,
+    EncryptionContext,
+    parse_context,
+    serialize_context,
+)
+from reelvault.crypto.format import (
+    DEFAULT_FRAME_LENGTH,
+    FINAL_FRAME_OVERHEAD,
+    FRAME_OVERHEAD,
+    MessageLayout,
+    RangePlan,
+)
+from reelvault.crypto.message import (
+    PROVIDER_ID,
+    KeyResolver,
+    OpenedMessage,
+    RandomAccessReader,
+    ReadAt,
+    Sealer,
+    WrappingKey,
+    decrypt_stream,
+    encrypt_stream,
+    open_header,
+    rechunk,
+    rewrap_header,
+)
+
+__all__ = [
+    "DEFAULT_FRAME_LENGTH",
+    "FINAL_FRAME_OVERHEAD",
+    "FRAME_OVERHEAD",
+    "KIND_ASSET",
+    "KIND_PAYLOAD",
+    "PROVIDER_ID",
+    "EncryptionContext",
+    "KeyResolver",
+    "MessageLayout",
+    "OpenedMessage",
+    "RandomAccessReader",
+    "RangePlan",
+    "ReadAt",
+    "Sealer",
+    "WrappingKey",
+    "decrypt_stream",
+    "encrypt_stream",
+    "open_header",
+    "parse_context",
+    "rechunk",
+    "rewrap_header",
+    "serialize_context",
+]

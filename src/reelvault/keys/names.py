@@ -14,7 +14,13 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["MAX_KEK_VERSION", "PROVIDER_ID", "kek_key_name", "parse_kek_key_name", "valid_tenant_id"]
+__all__ = [
+    "MAX_KEK_VERSION",
+    "PROVIDER_ID",
+    "kek_key_name",
+    "parse_kek_key_name",
+    "valid_tenant_id",
+]
 
 PROVIDER_ID: Final = "reelvault"
 MAX_KEK_VERSION: Final = 9_999_999_999

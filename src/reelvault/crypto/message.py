@@ -1,0 +1,617 @@
+"""Sealing and opening reelvault messages (layout in :mod:`reelvault.crypto.format`).
+
+Seal, step by step:
+  1. Draw a random 32-byte data key and a random 32-byte message id.
+  2. Wrap the data key under the tenant KEK: AES-256-GCM with a random IV and the serialized
+     encryption context as AAD (the Raw AES keyring wire format, provider id ``reelvault``,
+     key name = the KEK version's name).
+  3. Derive the content key and the commitment key from the data key with HKDF-SHA512,
+     salted with the message id; write the header, and authenticate it with a GCM tag over
+     the header body.
+  4. Cut the plaintext into F-byte frames; seal each with the content key, a deterministic
+     IV (its sequence number) and an AAD naming message id, sequence number, length and
+     whether it is the final frame. The final frame is always written, last.
+
+Open, step by step (any failure is one opaque ``DecryptionError``):
+  1. Parse the header strictly; require the expected encryption context exactly.
+  2. Ask the resolver for the KEK named by an encrypted data key of ours; unwrap.
+  3. Re-derive the commitment key and compare in constant time; verify the header tag.
+  4. Verify each frame's sequence number, IV and tag before releasing its plaintext; require
+     exactly one final frame, last, with nothing after it.
+
+A streaming reader can only notice truncation at the end: it releases every frame that
+authenticated before that point, then raises. Callers that must not act on a prefix (the
+asset service streaming to a client) authenticate the final frame first with
+:class:`RandomAccessReader`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, Protocol
+
+from reelvault.crypto import _primitives as prim
+from reelvault.crypto.context import EncryptionContext
+from reelvault.crypto.format import (
+    COMMIT_KEY_INFO,
+    DATA_KEY_LEN,
+    DEFAULT_FRAME_LENGTH,
+    DERIVE_KEY_INFO,
+    END_MARKER,
+    FINAL_FRAME_AAD_LABEL,
+    FINAL_FRAME_OVERHEAD,
+    FRAME_AAD_LABEL,
+    FRAME_OVERHEAD,
+    HEADER_AUTH_IV,
+    IV_LEN,
+    MAX_FRAME_LENGTH,
+    MAX_SEQUENCE,
+    MESSAGE_ID_LEN,
+    TAG_LEN,
+    EncryptedDataKey,
+    Header,
+    Incomplete,
+    Malformed,
+    MessageLayout,
+    frame_iv,
+    parse_header,
+)
+from reelvault.errors import DecryptionError, OutOfRange
+
+__all__ = [
+    "PROVIDER_ID",
+    "KeyResolver",
+    "OpenedMessage",
+    "RandomAccessReader",
+    "ReadAt",
+    "Sealer",
+    "WrappingKey",
+    "decrypt_stream",
+    "encrypt_stream",
+    "open_header",
+    "rechunk",
+    "rewrap_header",
+]
+
+PROVIDER_ID: Final = "reelvault"
+_TAG_BITS: Final = TAG_LEN * 8
+_WRAPPED_KEY_LEN: Final = DATA_KEY_LEN + TAG_LEN
+_PROVIDER_INFO_TAIL: Final = 4 + 4 + IV_LEN
+
+Buffer = bytes | bytearray | memoryview
+
+
+class WrappingKey(Protocol):
+    """A tenant KEK version in plaintext: its name in the keyring format and its bytes."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def key(self) -> bytes: ...
+
+
+class KeyResolver(Protocol):
+    """Finds the KEK an encrypted data key names.
+
+    Returns None for a name it does not recognise (including another tenant's), which makes
+    decryption fail opaquely; raises ``KeyUnavailable`` for a KEK whose state forbids
+    decryption, which callers may report as such.
+    """
+
+    def wrapping_key(self, key_name: str) -> bytes | None: ...
+
+
+# --- the encrypted data key (Raw AES keyring wire format) -------------------------------
+
+
+def _wrap_data_key(
+    kek: WrappingKey, data_key: bytes, context: EncryptionContext, iv: bytes | None = None
+) -> EncryptedDataKey:
+    iv = prim.random_bytes(IV_LEN) if iv is None else iv
+    sealed = prim.Aead(kek.key).seal(iv, data_key, context.serialize())
+    info = kek.name.encode() + struct.pack(">II", _TAG_BITS, IV_LEN) + iv
+    return EncryptedDataKey(PROVIDER_ID, info, sealed)
+
+
+def _unwrap_data_key(
+    edk: EncryptedDataKey, resolver: KeyResolver, context: EncryptionContext
+) -> bytes | None:
+    if edk.provider_id != PROVIDER_ID or len(edk.ciphertext) != _WRAPPED_KEY_LEN:
+        return None
+    info = edk.provider_info
+    if len(info) <= _PROVIDER_INFO_TAIL:
+        return None
+    name_raw, tail = info[:-_PROVIDER_INFO_TAIL], info[-_PROVIDER_INFO_TAIL:]
+    tag_bits, iv_len = struct.unpack_from(">II", tail)
+    if tag_bits != _TAG_BITS or iv_len != IV_LEN:
+        return None
+    try:
+        name = name_raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    kek = resolver.wrapping_key(name)
+    if kek is None:
+        return None
+    try:
+        return prim.Aead(kek).open(tail[8:], edk.ciphertext, context.serialize())
+    except prim.AuthenticationFailed:
+        return None
+
+
+def _derive(data_key: bytes, message_id: bytes) -> tuple[bytes, bytes]:
+    content_key = prim.hkdf_sha512(data_key, salt=message_id, info=DERIVE_KEY_INFO, length=32)
+    commitment = prim.hkdf_sha512(data_key, salt=message_id, info=COMMIT_KEY_INFO, length=32)
+    return content_key, commitment
+
+
+# --- sealing ---------------------------------------------------------------------------
+
+
+class Sealer:
+    """Seals one message from a stream of plaintext chunks.
+
+    Output is a stream of ``bytes`` pieces (the header, then for each frame its 16-byte
+    prefix and its ciphertext with tag) so that no frame is copied after AES-GCM wrote it;
+    consumers that need larger buffers join pieces once (see :func:`rechunk`).
+
+    Memory: at most one frame of plaintext is held back (the last full frame may turn out
+    to be the final frame), whatever the size of the message.
+
+    Args:
+        kek: the active KEK version of the tenant.
+        context: the identity this object is bound to.
+        frame_length: F; reelvault writes 64 KiB.
+        message_id, data_key, wrap_iv: fixed values for known-answer vectors only; random
+            when omitted. Never pass them in production code.
+    """
+
+    def __init__(
+        self,
+        kek: WrappingKey,
+        context: EncryptionContext,
+        *,
+        frame_length: int = DEFAULT_FRAME_LENGTH,
+        message_id: bytes | None = None,
+        data_key: bytes | None = None,
+        wrap_iv: bytes | None = None,
+    ) -> None:
+        if not 1 <= frame_length <= MAX_FRAME_LENGTH:
+            raise ValueError("frame length out of range")
+        self._frame_length = frame_length
+        self._message_id = prim.random_bytes(MESSAGE_ID_LEN) if message_id is None else message_id
+        data_key = prim.random_bytes(DATA_KEY_LEN) if data_key is None else data_key
+        if len(self._message_id) != MESSAGE_ID_LEN or len(data_key) != DATA_KEY_LEN:
+            raise ValueError("message id and data key must be 32 bytes")
+        content_key, commitment = _derive(data_key, self._message_id)
+        self._aead = prim.Aead(content_key)
+        edk = _wrap_data_key(kek, data_key, context, wrap_iv)
+        body = Header.serialize_body(self._message_id, context, (edk,), frame_length, commitment)
+        tag = self._aead.seal(HEADER_AUTH_IV, b"", body)
+        self.header = body + tag
+        self.plaintext_length = 0
+        self.ciphertext_length = 0
+        self._finished = False
+
+    @property
+    def header_length(self) -> int:
+        return len(self.header)
+
+    @property
+    def frame_length(self) -> int:
+        return self._frame_length
+
+    def seal(self, chunks: Iterable[Buffer]) -> Iterator[bytes]:
+        """Yield the whole message. Single use."""
+        if self._finished:
+            raise RuntimeError("a Sealer seals exactly one message")
+        self._finished = True
+        frame = self._frame_length
+        aead = self._aead
+        aad_prefix = self._message_id + FRAME_AAD_LABEL
+        seq = 0
+        carry = bytearray()
+        total = 0
+        yield self.header
+
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            if not view:
+                continue
+            total += len(view)
+            if carry:
+                take = min(frame - len(carry), len(view))
+                carry += view[:take]
+                view = view[take:]
+                if not view:
+                    continue  # carry may be exactly full: it could still be the final frame
+                seq += 1
+                prefix = struct.pack(">I8xI", seq, seq)
+                yield prefix
+                yield aead.seal(prefix[4:], carry, aad_prefix + struct.pack(">IQ", seq, frame))
+                carry = bytearray()
+            # carry is empty: seal full frames straight from the caller's buffer and keep
+            # back the last 1..F bytes, which may be the final frame
+            full = (len(view) - 1) // frame
+            if seq + full >= MAX_SEQUENCE:
+                raise ValueError("message too long for this frame length")
+            for i in range(full):
+                seq += 1
+                prefix = struct.pack(">I8xI", seq, seq)
+                yield prefix
+                yield aead.seal(
+                    prefix[4:],
+                    view[i * frame : (i + 1) * frame],
+                    aad_prefix + struct.pack(">IQ", seq, frame),
+                )
+            carry += view[full * frame :]
+
+        seq += 1
+        iv = frame_iv(seq)
+        aad = self._message_id + FINAL_FRAME_AAD_LABEL + struct.pack(">IQ", seq, len(carry))
+        yield struct.pack(">II", END_MARKER, seq) + iv + struct.pack(">I", len(carry))
+        yield aead.seal(iv, carry, aad)
+        self.plaintext_length = total
+        self.ciphertext_length = (
+            self.header_length
+            + (seq - 1) * (frame + FRAME_OVERHEAD)
+            + FINAL_FRAME_OVERHEAD
+            + len(carry)
+        )
+
+
+def encrypt_stream(
+    chunks: Iterable[Buffer],
+    kek: WrappingKey,
+    context: EncryptionContext,
+    *,
+    frame_length: int = DEFAULT_FRAME_LENGTH,
+) -> Iterator[bytes]:
+    """Encrypt a stream of chunks into a stream of message bytes."""
+    return Sealer(kek, context, frame_length=frame_length).seal(chunks)
+
+
+# --- opening ---------------------------------------------------------------------------
+
+
+class OpenedMessage:
+    """A header that has been authenticated, with the content key to open its frames."""
+
+    __slots__ = ("_aead", "_final_prefix", "_regular_prefix", "header")
+
+    def __init__(self, header: Header, content_key: bytes) -> None:
+        self.header = header
+        self._aead = prim.Aead(content_key)
+        self._regular_prefix = header.message_id + FRAME_AAD_LABEL
+        self._final_prefix = header.message_id + FINAL_FRAME_AAD_LABEL
+
+    @property
+    def frame_length(self) -> int:
+        return self.header.frame_length
+
+    def seal_header(self, body: bytes) -> bytes:
+        """The header authentication tag for a (rewrapped) header body."""
+        return self._aead.seal(HEADER_AUTH_IV, b"", body)
+
+    def open_regular(self, sequence: int, frame: memoryview) -> bytes:
+        """Open one regular frame (exactly F + 32 bytes) expected at ``sequence``."""
+        f = self.header.frame_length
+        if len(frame) != f + FRAME_OVERHEAD:
+            raise DecryptionError("regular frame has the wrong size")
+        (seq,) = struct.unpack_from(">I", frame)
+        if seq != sequence or frame[4:16] != frame_iv(sequence):
+            raise DecryptionError("frame out of order")
+        aad = self._regular_prefix + struct.pack(">IQ", sequence, f)
+        try:
+            return self._aead.open(frame[4:16], frame[16:], aad)
+        except prim.AuthenticationFailed:
+            raise DecryptionError("frame tag mismatch") from None
+
+    def open_final(self, sequence: int, frame: memoryview) -> bytes:
+        """Open the final frame (40 + r bytes) expected at ``sequence``."""
+        if len(frame) < FINAL_FRAME_OVERHEAD:
+            raise DecryptionError("final frame truncated")
+        marker, seq = struct.unpack_from(">II", frame)
+        (length,) = struct.unpack_from(">I", frame, 20)
+        if marker != END_MARKER or seq != sequence or frame[8:20] != frame_iv(sequence):
+            raise DecryptionError("final frame out of order")
+        if length > self.header.frame_length or len(frame) != FINAL_FRAME_OVERHEAD + length:
+            raise DecryptionError("final frame has the wrong size")
+        aad = self._final_prefix + struct.pack(">IQ", sequence, length)
+        try:
+            return self._aead.open(frame[8:20], frame[24:], aad)
+        except prim.AuthenticationFailed:
+            raise DecryptionError("final frame tag mismatch") from None
+
+
+def open_header(
+    header: Header, resolver: KeyResolver, expected_context: EncryptionContext
+) -> OpenedMessage:
+    """Authenticate a parsed header and recover its content key.
+
+    Raises:
+        DecryptionError: wrong context, no data key we can unwrap, commitment or tag mismatch.
+        KeyUnavailable: the resolver refused the KEK because of its state.
+    """
+    return _open(header, resolver, expected_context)[0]
+
+
+def _open(
+    header: Header, resolver: KeyResolver, expected_context: EncryptionContext
+) -> tuple[OpenedMessage, bytes]:
+    if header.context != expected_context:
+        raise DecryptionError("encryption context mismatch")
+    data_key = None
+    for edk in header.data_keys:
+        data_key = _unwrap_data_key(edk, resolver, header.context)
+        if data_key is not None:
+            break
+    if data_key is None:
+        raise DecryptionError("no encrypted data key could be unwrapped")
+    content_key, commitment = _derive(data_key, header.message_id)
+    if not prim.constant_time_equal(commitment, header.commitment):
+        raise DecryptionError("key commitment mismatch")
+    try:
+        prim.Aead(content_key).open(HEADER_AUTH_IV, header.auth_tag, header.body)
+    except prim.AuthenticationFailed:
+        raise DecryptionError("header tag mismatch") from None
+    return OpenedMessage(header, content_key), data_key
+
+
+def rewrap_header(
+    header_bytes: bytes,
+    resolver: KeyResolver,
+    expected_context: EncryptionContext,
+    new_kek: WrappingKey,
+) -> bytes:
+    """Return a header whose data key is wrapped by ``new_kek``, for KEK rotation.
+
+    The message id, context, frame length and commitment are unchanged, so every frame of
+    the original body stays valid behind the new header: rotation never re-encrypts video
+    bytes. KEK names are fixed width (keys.names), so the new header has the same length.
+    """
+    try:
+        header = parse_header(header_bytes)
+    except (Incomplete, Malformed):
+        raise DecryptionError("malformed header") from None
+    if header.length != len(header_bytes):
+        raise DecryptionError("trailing bytes after header")
+    opened, data_key = _open(header, resolver, expected_context)
+    edk = _wrap_data_key(new_kek, data_key, header.context)
+    body = Header.serialize_body(
+        header.message_id, header.context, (edk,), header.frame_length, header.commitment
+    )
+    return body + opened.seal_header(body)
+
+
+def _parse_or_fail(data: Buffer) -> Header:
+    try:
+        return parse_header(data)
+    except Malformed:
+        raise DecryptionError("malformed header") from None
+
+
+def decrypt_stream(
+    chunks: Iterable[Buffer], resolver: KeyResolver, expected_context: EncryptionContext
+) -> Iterator[bytes]:
+    """Decrypt a stream of message bytes into plaintext, one frame at a time.
+
+    Frames lying wholly inside an input chunk are opened in place (no copy); a frame that
+    straddles chunks is assembled in a buffer of at most one frame.
+    """
+    buf = bytearray()
+    opened: OpenedMessage | None = None
+    need = 1  # bytes ``buf`` must hold before the next parse attempt
+    sequence = 1
+    done = False
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        if not view:
+            continue
+        if done:
+            raise DecryptionError("bytes after the final frame")
+        if opened is None:
+            buf += view
+            if len(buf) < need:
+                continue
+            try:
+                header = _parse_or_fail(buf)
+            except Incomplete as exc:
+                need = exc.needed
+                continue
+            opened = open_header(header, resolver, expected_context)
+            view = memoryview(bytes(buf[header.length :]))
+            buf = bytearray()
+        while view:
+            if buf:
+                # finish the frame that straddles chunks, then go back to zero-copy
+                size = _frame_size(opened, buf, sequence)
+                if size is None or len(buf) < size:
+                    want = (size or 24) - len(buf)
+                    buf += view[:want]
+                    view = view[want:]
+                    continue
+                plain, done = _open_frame(opened, memoryview(buf)[:size], sequence)
+                buf = bytearray()
+            else:
+                size = _frame_size(opened, view, sequence)
+                if size is None or len(view) < size:
+                    buf += view
+                    break
+                plain, done = _open_frame(opened, view[:size], sequence)
+                view = view[size:]
+            sequence += 1
+            if plain:
+                yield plain
+            if done and (view or buf):
+                raise DecryptionError("bytes after the final frame")
+    if opened is None:
+        raise DecryptionError("truncated header")
+    if buf and not done:
+        size = _frame_size(opened, buf, sequence)
+        if size is not None and len(buf) == size:
+            plain, done = _open_frame(opened, memoryview(buf), sequence)
+            if plain:
+                yield plain
+    if not done:
+        raise DecryptionError("message truncated before the final frame")
+
+
+def _frame_size(opened: OpenedMessage, data: Buffer, sequence: int) -> int | None:
+    """Size of the frame starting at ``data``, or None while too few bytes to tell."""
+    if len(data) < 4:
+        return None
+    (marker,) = struct.unpack_from(">I", data)
+    if marker != END_MARKER:
+        if sequence > MAX_SEQUENCE:
+            raise DecryptionError("too many frames")
+        return opened.frame_length + FRAME_OVERHEAD
+    if len(data) < 24:
+        return None
+    length: int = struct.unpack_from(">I", data, 20)[0]
+    if length > opened.frame_length:
+        raise DecryptionError("final frame longer than the frame length")
+    return FINAL_FRAME_OVERHEAD + length
+
+
+def _open_frame(opened: OpenedMessage, frame: memoryview, sequence: int) -> tuple[bytes, bool]:
+    (marker,) = struct.unpack_from(">I", frame)
+    if marker == END_MARKER:
+        return opened.open_final(sequence, frame), True
+    return opened.open_regular(sequence, frame), False
+
+
+# --- random access ---------------------------------------------------------------------
+
+ReadAt = Callable[[int, int], bytes]
+"""read_at(offset, length) -> exactly ``length`` bytes of the stored message at ``offset``."""
+
+_FIRST_READ: Final = 4096
+
+
+class RandomAccessReader:
+    """Decrypt byte ranges of a stored message with one read per range.
+
+    On construction the header is read and authenticated and the final frame is read and
+    authenticated, so :attr:`plaintext_size` is proven, not claimed by the store's object
+    size. After that, :meth:`read` fetches only the frames a range touches.
+
+    Args:
+        read_at: fetches stored bytes (a ranged GET for S3).
+        ciphertext_size: the stored object's size.
+        resolver, expected_context: as for :func:`decrypt_stream`.
+        header: the message header if the caller already holds it (the catalog keeps it),
+            saving the first read; it is authenticated all the same.
+    """
+
+    def __init__(
+        self,
+        read_at: ReadAt,
+        ciphertext_size: int,
+        resolver: KeyResolver,
+        expected_context: EncryptionContext,
+        *,
+        header: bytes | None = None,
+    ) -> None:
+        self._read_at = read_at
+        raw = header if header is not None else self._read_header(ciphertext_size)
+        parsed = _parse_or_fail_complete(raw)
+        self._opened = open_header(parsed, resolver, expected_context)
+        try:
+            self.layout = MessageLayout.from_ciphertext_size(
+                parsed.length, parsed.frame_length, ciphertext_size
+            )
+        except Malformed:
+            raise DecryptionError("ciphertext size matches no layout") from None
+        final = self._fetch(self.layout.final_frame_offset, ciphertext_size)
+        self._final_plaintext = self._opened.open_final(self.layout.final_sequence, final)
+
+    def _read_header(self, size: int) -> bytes:
+        want = min(_FIRST_READ, size)
+        while True:
+            data = self._fetch(0, want)
+            try:
+                return parse_header(data).serialize()
+            except Incomplete as exc:
+                if exc.needed > size:
+                    raise DecryptionError("truncated header") from None
+                want = exc.needed
+            except Malformed:
+                raise DecryptionError("malformed header") from None
+
+    def _fetch(self, start: int, end: int) -> memoryview:
+        data = self._read_at(start, end - start)
+        if len(data) != end - start:
+            raise DecryptionError("short read from the object store")
+        return memoryview(data).cast("B")
+
+    @property
+    def plaintext_size(self) -> int:
+        return self.layout.plaintext_size
+
+    @property
+    def header_length(self) -> int:
+        return self.layout.header_length
+
+    def read(self, start: int, length: int) -> bytes:
+        """Return plaintext[start:start + length]; the range must lie within the plaintext."""
+        return b"".join(self.iter_range(start, length))
+
+    def iter_range(self, start: int, length: int) -> Iterator[bytes]:
+        """Yield plaintext[start:start + length] frame by frame after one ranged read.
+
+        Raises:
+            OutOfRange: the range does not lie within the plaintext.
+        """
+        if start < 0 or length < 0 or start + length > self.plaintext_size:
+            raise OutOfRange("range outside the asset")
+        if length == 0:
+            return
+        plan = self.layout.plan(start, length)
+        # The final frame was opened at construction: never fetch it again.
+        end = min(plan.offset + plan.length, self.layout.final_frame_offset)
+        span = self._fetch(plan.offset, end) if end > plan.offset else memoryview(b"")
+        step = self._opened.frame_length + FRAME_OVERHEAD
+        sequence = plan.first_sequence
+        pos = 0
+        skip, remaining = plan.skip, plan.take
+        while remaining > 0:
+            if sequence == self.layout.final_sequence:
+                plain = self._final_plaintext
+            else:
+                plain = self._opened.open_regular(sequence, span[pos : pos + step])
+            piece = plain[skip : skip + remaining] if skip or remaining < len(plain) else plain
+            skip = 0
+            remaining -= len(piece)
+            pos += step
+            sequence += 1
+            yield piece
+
+
+def _parse_or_fail_complete(raw: bytes) -> Header:
+    try:
+        header = parse_header(raw)
+    except (Incomplete, Malformed):
+        raise DecryptionError("malformed header") from None
+    if header.length != len(raw):
+        raise DecryptionError("trailing bytes after header")
+    return header
+
+
+def rechunk(pieces: Iterable[Buffer], size: int) -> Iterator[bytes]:
+    """Join a stream of pieces into ``size``-byte chunks (the last may be shorter)."""
+    pending: list[Buffer] = []
+    have = 0
+    for piece in pieces:
+        pending.append(piece)
+        have += len(piece)
+        if have >= size:
+            joined = b"".join(pending)
+            for i in range(0, len(joined) - size + 1, size):
+                yield joined[i : i + size]
+            rest = len(joined) % size
+            pending = [joined[len(joined) - rest :]] if rest else []
+            have = rest
+    if have:
+        yield b"".join(pending)
