@@ -9,7 +9,11 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = [
+    "Clock",
+    "FakeClock",
+    "SystemClock",
+]
 
 
 class Clock(Protocol):

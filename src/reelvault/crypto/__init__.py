@@ -36,15 +36,15 @@ from reelvault.crypto.message import (
 
 __all__ = [
     "DEFAULT_FRAME_LENGTH",
+    "EncryptionContext",
     "FINAL_FRAME_OVERHEAD",
     "FRAME_OVERHEAD",
     "KIND_ASSET",
     "KIND_PAYLOAD",
-    "PROVIDER_ID",
-    "EncryptionContext",
     "KeyResolver",
     "MessageLayout",
     "OpenedMessage",
+    "PROVIDER_ID",
     "RandomAccessReader",
     "RangePlan",
     "ReadAt",

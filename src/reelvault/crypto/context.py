@@ -23,9 +23,9 @@ from collections.abc import Iterator, Mapping
 from typing import Final
 
 __all__ = [
+    "EncryptionContext",
     "KIND_ASSET",
     "KIND_PAYLOAD",
-    "EncryptionContext",
     "MalformedContext",
     "parse_context",
     "serialize_context",

@@ -54,15 +54,16 @@ from reelvault.crypto.format import (
     Incomplete,
     Malformed,
     MessageLayout,
+    RangePlan,
     frame_iv,
     parse_header,
 )
 from reelvault.errors import DecryptionError, OutOfRange
 
 __all__ = [
-    "PROVIDER_ID",
     "KeyResolver",
     "OpenedMessage",
+    "PROVIDER_ID",
     "RandomAccessReader",
     "ReadAt",
     "Sealer",
@@ -132,7 +133,7 @@ def _unwrap_data_key(
     except UnicodeDecodeError:
         return None
     kek = resolver.wrapping_key(name)
-    if kek is None:
+    if kek is None or len(kek) != DATA_KEY_LEN:
         return None
     try:
         return prim.Aead(kek).open(tail[8:], edk.ciphertext, context.serialize())
@@ -226,6 +227,8 @@ class Sealer:
                 view = view[take:]
                 if not view:
                     continue  # carry may be exactly full: it could still be the final frame
+                if seq + 1 >= MAX_SEQUENCE:
+                    raise ValueError("message too long for this frame length")
                 seq += 1
                 prefix = struct.pack(">I8xI", seq, seq)
                 yield prefix
@@ -278,12 +281,12 @@ def encrypt_stream(
 class OpenedMessage:
     """A header that has been authenticated, with the content key to open its frames."""
 
-    __slots__ = ("_aead", "_final_prefix", "_regular_prefix", "header")
+    __slots__ = ("_final_prefix", "aead", "header", "regular_aad_prefix")
 
     def __init__(self, header: Header, content_key: bytes) -> None:
         self.header = header
-        self._aead = prim.Aead(content_key)
-        self._regular_prefix = header.message_id + FRAME_AAD_LABEL
+        self.aead = prim.Aead(content_key)
+        self.regular_aad_prefix = header.message_id + FRAME_AAD_LABEL
         self._final_prefix = header.message_id + FINAL_FRAME_AAD_LABEL
 
     @property
@@ -292,7 +295,7 @@ class OpenedMessage:
 
     def seal_header(self, body: bytes) -> bytes:
         """The header authentication tag for a (rewrapped) header body."""
-        return self._aead.seal(HEADER_AUTH_IV, b"", body)
+        return self.aead.seal(HEADER_AUTH_IV, b"", body)
 
     def open_regular(self, sequence: int, frame: memoryview) -> bytes:
         """Open one regular frame (exactly F + 32 bytes) expected at ``sequence``."""
@@ -302,9 +305,9 @@ class OpenedMessage:
         (seq,) = struct.unpack_from(">I", frame)
         if seq != sequence or frame[4:16] != frame_iv(sequence):
             raise DecryptionError("frame out of order")
-        aad = self._regular_prefix + struct.pack(">IQ", sequence, f)
+        aad = self.regular_aad_prefix + struct.pack(">IQ", sequence, f)
         try:
-            return self._aead.open(frame[4:16], frame[16:], aad)
+            return self.aead.open(frame[4:16], frame[16:], aad)
         except prim.AuthenticationFailed:
             raise DecryptionError("frame tag mismatch") from None
 
@@ -320,7 +323,7 @@ class OpenedMessage:
             raise DecryptionError("final frame has the wrong size")
         aad = self._final_prefix + struct.pack(">IQ", sequence, length)
         try:
-            return self._aead.open(frame[8:20], frame[24:], aad)
+            return self.aead.open(frame[8:20], frame[24:], aad)
         except prim.AuthenticationFailed:
             raise DecryptionError("final frame tag mismatch") from None
 
@@ -398,13 +401,18 @@ def decrypt_stream(
     """Decrypt a stream of message bytes into plaintext, one frame at a time.
 
     Frames lying wholly inside an input chunk are opened in place (no copy); a frame that
-    straddles chunks is assembled in a buffer of at most one frame.
+    straddles chunks is assembled in a buffer of at most one frame. The loop over whole
+    frames is written out inline: it is the hot path of every download.
     """
     buf = bytearray()
     opened: OpenedMessage | None = None
-    need = 1  # bytes ``buf`` must hold before the next parse attempt
+    need = 1  # bytes ``buf`` must hold before the next header parse attempt
     sequence = 1
     done = False
+    step = 0
+    aad_prefix = b""
+    aead_open = None
+    frame_length = 0
     for chunk in chunks:
         view = memoryview(chunk).cast("B")
         if not view:
@@ -412,50 +420,98 @@ def decrypt_stream(
         if done:
             raise DecryptionError("bytes after the final frame")
         if opened is None:
-            buf += view
-            if len(buf) < need:
-                continue
+            if buf:
+                buf += view
+                data: Buffer = buf
+            else:
+                data = view
             try:
-                header = _parse_or_fail(buf)
+                if len(data) < need:
+                    raise Incomplete(need)
+                header = _parse_or_fail(data)
             except Incomplete as exc:
                 need = exc.needed
+                if data is view:
+                    buf += view
                 continue
             opened = open_header(header, resolver, expected_context)
-            view = memoryview(bytes(buf[header.length :]))
+            frame_length = header.frame_length
+            step = frame_length + FRAME_OVERHEAD
+            aad_prefix = opened.regular_aad_prefix
+            aead_open = opened.aead.open
+            # keep pointing into the caller's chunk; only a header assembled from several
+            # chunks leaves its (small) tail in a buffer of ours
+            view = memoryview(data).cast("B")[header.length :]
             buf = bytearray()
-        while view:
-            if buf:
-                # finish the frame that straddles chunks, then go back to zero-copy
-                size = _frame_size(opened, buf, sequence)
-                if size is None or len(buf) < size:
-                    want = (size or 24) - len(buf)
-                    buf += view[:want]
-                    view = view[want:]
-                    continue
-                plain, done = _open_frame(opened, memoryview(buf)[:size], sequence)
-                buf = bytearray()
-            else:
-                size = _frame_size(opened, view, sequence)
-                if size is None or len(view) < size:
-                    buf += view
-                    break
-                plain, done = _open_frame(opened, view[:size], sequence)
-                view = view[size:]
+        pos = 0
+        if buf:
+            # finish the frame that straddles the previous chunk and this one
+            pos = _fill(buf, view, opened, sequence)
+            size = _frame_size(opened, buf, sequence)
+            if size is None or len(buf) < size:
+                continue
+            plain, done = _open_frame(opened, memoryview(buf), sequence)
+            buf = bytearray()
             sequence += 1
             if plain:
                 yield plain
-            if done and (view or buf):
-                raise DecryptionError("bytes after the final frame")
-    if opened is None:
-        raise DecryptionError("truncated header")
-    if buf and not done:
-        size = _frame_size(opened, buf, sequence)
-        if size is not None and len(buf) == size:
-            plain, done = _open_frame(opened, memoryview(buf), sequence)
+            if done:
+                if pos < len(view):
+                    raise DecryptionError("bytes after the final frame")
+                continue
+        end = len(view)
+        while pos + step <= end:
+            seq, zero, iv_seq = _FRAME_PREFIX.unpack_from(view, pos)
+            if seq == END_MARKER:
+                break
+            if seq != sequence or zero or iv_seq != sequence or sequence > MAX_SEQUENCE:
+                raise DecryptionError("frame out of order")
+            try:
+                plain = aead_open(  # type: ignore[misc]
+                    view[pos + 4 : pos + 16],
+                    view[pos + 16 : pos + step],
+                    aad_prefix + _AAD_TAIL.pack(sequence, frame_length),
+                )
+            except prim.AuthenticationFailed:
+                raise DecryptionError("frame tag mismatch") from None
+            pos += step
+            sequence += 1
+            yield plain
+        rest = view[pos:]
+        size = _frame_size(opened, rest, sequence) if rest else None
+        if size is not None and len(rest) >= size:
+            # only a final frame can be complete here: a whole regular frame was consumed above
+            plain, done = _open_frame(opened, rest[:size], sequence)
+            sequence += 1
             if plain:
                 yield plain
+            if len(rest) > size:
+                raise DecryptionError("bytes after the final frame")
+        else:
+            buf += rest
+    if opened is None:
+        raise DecryptionError("truncated header")
     if not done:
         raise DecryptionError("message truncated before the final frame")
+
+
+_FRAME_PREFIX: Final = struct.Struct(">IQI")  # sequence, IV = 8 zero bytes || sequence
+_AAD_TAIL: Final = struct.Struct(">IQ")
+_MIN_FRAME_PREFIX: Final = 24  # enough bytes to know any frame's size
+
+
+def _fill(buf: bytearray, view: memoryview, opened: OpenedMessage, sequence: int) -> int:
+    """Move bytes from ``view`` into ``buf`` until it holds one whole frame; return how many."""
+    pos = 0
+    while pos < len(view):
+        size = _frame_size(opened, buf, sequence)
+        target = _MIN_FRAME_PREFIX if size is None else size
+        if len(buf) >= target:
+            break
+        piece = view[pos : pos + target - len(buf)]
+        buf += piece
+        pos += len(piece)
+    return pos
 
 
 def _frame_size(opened: OpenedMessage, data: Buffer, sequence: int) -> int | None:
@@ -536,7 +592,8 @@ class RandomAccessReader:
             except Incomplete as exc:
                 if exc.needed > size:
                     raise DecryptionError("truncated header") from None
-                want = exc.needed
+                # the parser only knows the next field's end: grow geometrically
+                want = min(size, max(exc.needed, 2 * want))
             except Malformed:
                 raise DecryptionError("malformed header") from None
 
@@ -561,14 +618,19 @@ class RandomAccessReader:
     def iter_range(self, start: int, length: int) -> Iterator[bytes]:
         """Yield plaintext[start:start + length] frame by frame after one ranged read.
 
+        The range is checked here, before the first ``next()``: an HTTP origin must learn
+        of a 416 before it commits to a 206 status line.
+
         Raises:
             OutOfRange: the range does not lie within the plaintext.
         """
         if start < 0 or length < 0 or start + length > self.plaintext_size:
             raise OutOfRange("range outside the asset")
         if length == 0:
-            return
-        plan = self.layout.plan(start, length)
+            return iter(())
+        return self._frames(self.layout.plan(start, length))
+
+    def _frames(self, plan: RangePlan) -> Iterator[bytes]:
         # The final frame was opened at construction: never fetch it again.
         end = min(plan.offset + plan.length, self.layout.final_frame_offset)
         span = self._fetch(plan.offset, end) if end > plan.offset else memoryview(b"")

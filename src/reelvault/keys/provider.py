@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["RootKeyProvider", "WrappedKey"]
+__all__ = [
+    "RootKeyProvider",
+    "WrappedKey",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +33,8 @@ class WrappedKey:
     ciphertext: bytes
 
     def __repr__(self) -> str:
-        return f"WrappedKey(root_key_id={self.root_key_id!r}, ciphertext=<{len(self.ciphertext)} bytes>)"
+        size = len(self.ciphertext)
+        return f"WrappedKey(root_key_id={self.root_key_id!r}, ciphertext=<{size} bytes>)"
 
 
 class RootKeyProvider(Protocol):
