@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 # on first touch: about 2x CPU at our chunk sizes. The service and benchmarks run with these.
 MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=67108864
 
-.PHONY: venv test test-postgres lint format bench-crypto lock clean
+.PHONY: venv test test-postgres lint format protos check-protos bench-crypto lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,22 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
+
+PROTOC := $(PY) -m grpc_tools.protoc -Iprotos
+
+## make protos: regenerate src/reelvault/v1 from protos/ (the generated code is committed)
+protos: $(STAMP)
+	rm -f src/reelvault/v1/*_pb2*.py src/reelvault/v1/*_pb2*.pyi
+	$(PROTOC) --python_out=src --grpc_python_out=src --pyi_out=src protos/reelvault/v1/*.proto
+
+## make check-protos: fail if the committed generated code is not what protos/ produces
+check-protos: $(STAMP)
+	rm -rf .protos-check && mkdir -p .protos-check
+	$(PROTOC) --python_out=.protos-check --grpc_python_out=.protos-check --pyi_out=.protos-check \
+		protos/reelvault/v1/*.proto
+	diff -r -x __init__.py -x __pycache__ .protos-check/reelvault/v1 src/reelvault/v1 \
+		|| (echo "generated code is stale: run 'make protos' and commit" >&2; rm -rf .protos-check; exit 1)
+	rm -rf .protos-check
 
 ## make bench-crypto: format throughput vs raw AES-GCM and the official SDK
 bench-crypto: $(STAMP)

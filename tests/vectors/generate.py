@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reelvault.crypto import DEFAULT_FRAME_LENGTH, KIND_ASSET, EncryptionContext, Sealer
-from reelvault.keys.names import kek_key_name
+from reelvault.crypto.names import kek_key_name
 
 OUT = Path(__file__).with_name("format-v2-0478.json")
 TENANT_ID = "00112233445566778899aabbccddeeff"

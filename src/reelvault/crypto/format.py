@@ -120,6 +120,24 @@ class EncryptedDataKey:
     provider_info: bytes
     ciphertext: bytes
 
+    @classmethod
+    def parse(cls, data: bytes) -> EncryptedDataKey:
+        """Parse one serialized encrypted data key (as stored in the catalog's key slot).
+
+        Raises:
+            Malformed: not exactly one well-formed encrypted data key.
+        """
+        cur = _Cursor(data)
+        try:
+            pid = cur.take(cur.u16()).decode("utf-8")
+            info = cur.take(cur.u16())
+            ciphertext = cur.take(cur.u16())
+        except (Incomplete, UnicodeDecodeError):
+            raise Malformed("bad encrypted data key") from None
+        if cur.pos != len(data):
+            raise Malformed("trailing bytes after encrypted data key")
+        return cls(pid, info, ciphertext)
+
     def serialize(self) -> bytes:
         pid = self.provider_id.encode()
         return (

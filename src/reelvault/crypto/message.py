@@ -27,6 +27,7 @@ asset service streaming to a client) authenticate the final frame first with
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final, Protocol
@@ -54,10 +55,10 @@ from reelvault.crypto.format import (
     Incomplete,
     Malformed,
     MessageLayout,
-    RangePlan,
     frame_iv,
     parse_header,
 )
+from reelvault.crypto.names import parse_kek_key_name
 from reelvault.errors import DecryptionError, OutOfRange
 
 __all__ = [
@@ -67,12 +68,14 @@ __all__ = [
     "RandomAccessReader",
     "ReadAt",
     "Sealer",
+    "StreamAt",
     "WrappingKey",
     "decrypt_stream",
     "encrypt_stream",
+    "open_frames",
     "open_header",
     "rechunk",
-    "rewrap_header",
+    "rewrap_data_key",
 ]
 
 PROVIDER_ID: Final = "reelvault"
@@ -141,6 +144,20 @@ def _unwrap_data_key(
         return None
 
 
+def _check_kek(kek: WrappingKey, context: EncryptionContext) -> None:
+    """Refuse to bind an object to a KEK of another tenant (or a name that is not ours).
+
+    A data key wrapped under tenant B's KEK would be readable by B and no longer shredded
+    when A's keys are destroyed; a name of another width would change the header length.
+    """
+    parsed = parse_kek_key_name(kek.name)
+    if parsed is None:
+        raise ValueError("not a reelvault KEK name")
+    tenant = context.tenant_id
+    if tenant is not None and parsed[0] != tenant:
+        raise ValueError("the KEK belongs to another tenant than the encryption context")
+
+
 def _derive(data_key: bytes, message_id: bytes) -> tuple[bytes, bytes]:
     content_key = prim.hkdf_sha512(data_key, salt=message_id, info=DERIVE_KEY_INFO, length=32)
     commitment = prim.hkdf_sha512(data_key, salt=message_id, info=COMMIT_KEY_INFO, length=32)
@@ -180,6 +197,7 @@ class Sealer:
     ) -> None:
         if not 1 <= frame_length <= MAX_FRAME_LENGTH:
             raise ValueError("frame length out of range")
+        _check_kek(kek, context)
         self._frame_length = frame_length
         self._message_id = prim.random_bytes(MESSAGE_ID_LEN) if message_id is None else message_id
         data_key = prim.random_bytes(DATA_KEY_LEN) if data_key is None else data_key
@@ -194,6 +212,9 @@ class Sealer:
         self.plaintext_length = 0
         self.ciphertext_length = 0
         self._finished = False
+        self._sequence = 0
+        self._carry = bytearray()
+        self._aad_prefix = self._message_id + FRAME_AAD_LABEL
 
     @property
     def header_length(self) -> int:
@@ -204,64 +225,91 @@ class Sealer:
         return self._frame_length
 
     def seal(self, chunks: Iterable[Buffer]) -> Iterator[bytes]:
-        """Yield the whole message. Single use."""
-        if self._finished:
-            raise RuntimeError("a Sealer seals exactly one message")
-        self._finished = True
-        frame = self._frame_length
-        aead = self._aead
-        aad_prefix = self._message_id + FRAME_AAD_LABEL
-        seq = 0
-        carry = bytearray()
-        total = 0
+        """Yield the whole message: the header, then the frames. Single use."""
         yield self.header
-
         for chunk in chunks:
-            view = memoryview(chunk).cast("B")
+            yield from self.update(chunk)
+        yield from self.finish()
+
+    def update(self, chunk: Buffer) -> list[bytes]:
+        """Push plaintext; return the pieces of every frame now known to be a regular frame.
+
+        The push form suits callers that receive data (a gRPC upload) rather than pull it.
+        The caller writes :attr:`header` first, then every piece returned here and by
+        :meth:`finish`, in order.
+        """
+        if self._finished:
+            raise RuntimeError("the message is already finished")
+        view = memoryview(chunk).cast("B")
+        if not view:
+            return []
+        frame = self._frame_length
+        seal = self._aead.seal
+        aad_prefix = self._aad_prefix
+        out: list[bytes] = []
+        self.plaintext_length += len(view)
+        carry = self._carry
+        if carry:
+            take = min(frame - len(carry), len(view))
+            carry += view[:take]
+            view = view[take:]
             if not view:
-                continue
-            total += len(view)
-            if carry:
-                take = min(frame - len(carry), len(view))
-                carry += view[:take]
-                view = view[take:]
-                if not view:
-                    continue  # carry may be exactly full: it could still be the final frame
-                if seq + 1 >= MAX_SEQUENCE:
-                    raise ValueError("message too long for this frame length")
-                seq += 1
-                prefix = struct.pack(">I8xI", seq, seq)
-                yield prefix
-                yield aead.seal(prefix[4:], carry, aad_prefix + struct.pack(">IQ", seq, frame))
-                carry = bytearray()
-            # carry is empty: seal full frames straight from the caller's buffer and keep
-            # back the last 1..F bytes, which may be the final frame
-            full = (len(view) - 1) // frame
-            if seq + full >= MAX_SEQUENCE:
-                raise ValueError("message too long for this frame length")
-            for i in range(full):
-                seq += 1
-                prefix = struct.pack(">I8xI", seq, seq)
-                yield prefix
-                yield aead.seal(
+                return out  # carry may be exactly full: it could still be the final frame
+            self._check_sequence(1)
+            self._sequence += 1
+            seq = self._sequence
+            prefix = _REGULAR_PREFIX.pack(seq, seq)
+            out.append(prefix)
+            out.append(seal(prefix[4:], carry, aad_prefix + _AAD_TAIL.pack(seq, frame)))
+            carry = self._carry = bytearray()
+        # carry is empty: seal full frames straight from the caller's buffer and keep back
+        # the last 1..F bytes, which may be the final frame
+        full = (len(view) - 1) // frame
+        self._check_sequence(full)
+        seq = self._sequence
+        for i in range(full):
+            seq += 1
+            prefix = _REGULAR_PREFIX.pack(seq, seq)
+            out.append(prefix)
+            out.append(
+                seal(
                     prefix[4:],
                     view[i * frame : (i + 1) * frame],
-                    aad_prefix + struct.pack(">IQ", seq, frame),
+                    aad_prefix + _AAD_TAIL.pack(seq, frame),
                 )
-            carry += view[full * frame :]
+            )
+        self._sequence = seq
+        carry += view[full * frame :]
+        return out
 
-        seq += 1
+    def finish(self) -> list[bytes]:
+        """Seal the final frame; return its pieces. After this the message is complete."""
+        if self._finished:
+            raise RuntimeError("the message is already finished")
+        self._finished = True
+        carry = self._carry
+        self._sequence += 1
+        seq = self._sequence
         iv = frame_iv(seq)
-        aad = self._message_id + FINAL_FRAME_AAD_LABEL + struct.pack(">IQ", seq, len(carry))
-        yield struct.pack(">II", END_MARKER, seq) + iv + struct.pack(">I", len(carry))
-        yield aead.seal(iv, carry, aad)
-        self.plaintext_length = total
+        aad = self._message_id + FINAL_FRAME_AAD_LABEL + _AAD_TAIL.pack(seq, len(carry))
+        prefix = struct.pack(">II", END_MARKER, seq) + iv + struct.pack(">I", len(carry))
+        sealed = self._aead.seal(iv, carry, aad)
         self.ciphertext_length = (
             self.header_length
-            + (seq - 1) * (frame + FRAME_OVERHEAD)
+            + (seq - 1) * (self._frame_length + FRAME_OVERHEAD)
             + FINAL_FRAME_OVERHEAD
             + len(carry)
         )
+        self._carry = bytearray()
+        return [prefix, sealed]
+
+    def _check_sequence(self, more: int) -> None:
+        # the final frame needs a sequence number too, and 0xFFFFFFFF is the end marker
+        if self._sequence + more >= MAX_SEQUENCE:
+            raise ValueError("message too long for this frame length")
+
+
+_REGULAR_PREFIX: Final = struct.Struct(">I8xI")
 
 
 def encrypt_stream(
@@ -292,10 +340,6 @@ class OpenedMessage:
     @property
     def frame_length(self) -> int:
         return self.header.frame_length
-
-    def seal_header(self, body: bytes) -> bytes:
-        """The header authentication tag for a (rewrapped) header body."""
-        return self.aead.seal(HEADER_AUTH_IV, b"", body)
 
     def open_regular(self, sequence: int, frame: memoryview) -> bytes:
         """Open one regular frame (exactly F + 32 bytes) expected at ``sequence``."""
@@ -329,24 +373,37 @@ class OpenedMessage:
 
 
 def open_header(
-    header: Header, resolver: KeyResolver, expected_context: EncryptionContext
+    header: Header,
+    resolver: KeyResolver,
+    expected_context: EncryptionContext,
+    *,
+    data_keys: Iterable[EncryptedDataKey] = (),
 ) -> OpenedMessage:
     """Authenticate a parsed header and recover its content key.
+
+    Args:
+        data_keys: encrypted data keys kept outside the message (the catalog's key slot,
+            rewrapped on KEK rotation), tried before the header's own. Whatever slot the
+            data key comes from, the key commitment and the header tag prove it is this
+            message's data key, so a substituted slot fails like any tampering.
 
     Raises:
         DecryptionError: wrong context, no data key we can unwrap, commitment or tag mismatch.
         KeyUnavailable: the resolver refused the KEK because of its state.
     """
-    return _open(header, resolver, expected_context)[0]
+    return _open(header, resolver, expected_context, data_keys)[0]
 
 
 def _open(
-    header: Header, resolver: KeyResolver, expected_context: EncryptionContext
+    header: Header,
+    resolver: KeyResolver,
+    expected_context: EncryptionContext,
+    data_keys: Iterable[EncryptedDataKey] = (),
 ) -> tuple[OpenedMessage, bytes]:
     if header.context != expected_context:
         raise DecryptionError("encryption context mismatch")
     data_key = None
-    for edk in header.data_keys:
+    for edk in itertools.chain(data_keys, header.data_keys):
         data_key = _unwrap_data_key(edk, resolver, header.context)
         if data_key is not None:
             break
@@ -362,30 +419,30 @@ def _open(
     return OpenedMessage(header, content_key), data_key
 
 
-def rewrap_header(
+def rewrap_data_key(
     header_bytes: bytes,
     resolver: KeyResolver,
     expected_context: EncryptionContext,
     new_kek: WrappingKey,
-) -> bytes:
-    """Return a header whose data key is wrapped by ``new_kek``, for KEK rotation.
+    *,
+    data_keys: Iterable[EncryptedDataKey] = (),
+) -> EncryptedDataKey:
+    """Wrap a message's data key under ``new_kek``, for KEK rotation.
 
-    The message id, context, frame length and commitment are unchanged, so every frame of
-    the original body stays valid behind the new header: rotation never re-encrypts video
-    bytes. KEK names are fixed width (keys.names), so the new header has the same length.
+    The result goes in the catalog's key slot, not into the message: the stored header
+    stays byte-for-byte as written. Re-tagging a rewritten header would reuse the content
+    key with the header's fixed all-zero IV, and two GCM tags under one key and IV give
+    away the authentication key, letting whoever holds the stored bytes forge frames. So
+    rotation never touches stored bytes at all, video frames included.
+
+    Raises:
+        DecryptionError: as :func:`open_header`.
+        ValueError: ``new_kek`` does not belong to the message's tenant.
     """
-    try:
-        header = parse_header(header_bytes)
-    except (Incomplete, Malformed):
-        raise DecryptionError("malformed header") from None
-    if header.length != len(header_bytes):
-        raise DecryptionError("trailing bytes after header")
-    opened, data_key = _open(header, resolver, expected_context)
-    edk = _wrap_data_key(new_kek, data_key, header.context)
-    body = Header.serialize_body(
-        header.message_id, header.context, (edk,), header.frame_length, header.commitment
-    )
-    return body + opened.seal_header(body)
+    header = _parse_or_fail_complete(header_bytes)
+    _check_kek(new_kek, header.context)
+    _, data_key = _open(header, resolver, expected_context, data_keys)
+    return _wrap_data_key(new_kek, data_key, header.context)
 
 
 def _parse_or_fail(data: Buffer) -> Header:
@@ -396,53 +453,78 @@ def _parse_or_fail(data: Buffer) -> Header:
 
 
 def decrypt_stream(
-    chunks: Iterable[Buffer], resolver: KeyResolver, expected_context: EncryptionContext
+    chunks: Iterable[Buffer],
+    resolver: KeyResolver,
+    expected_context: EncryptionContext,
+    *,
+    data_keys: Iterable[EncryptedDataKey] = (),
 ) -> Iterator[bytes]:
     """Decrypt a stream of message bytes into plaintext, one frame at a time.
 
     Frames lying wholly inside an input chunk are opened in place (no copy); a frame that
-    straddles chunks is assembled in a buffer of at most one frame. The loop over whole
-    frames is written out inline: it is the hot path of every download.
+    straddles chunks is assembled in a buffer of at most one frame. ``data_keys``: as for
+    :func:`open_header`.
+    """
+    it = iter(chunks)
+    buf = bytearray()
+    need = 1  # bytes the header needs before the next parse attempt
+    for chunk in it:
+        view = memoryview(chunk).cast("B")
+        if not view:
+            continue
+        if buf:
+            buf += view
+            data: Buffer = buf
+        else:
+            data = view
+        try:
+            if len(data) < need:
+                raise Incomplete(need)
+            header = _parse_or_fail(data)
+        except Incomplete as exc:
+            need = exc.needed
+            if data is view:
+                buf += view
+            continue
+        opened = open_header(header, resolver, expected_context, data_keys=data_keys)
+        # keep pointing into the caller's chunk; only a header assembled from several
+        # chunks leaves its (small) tail in a buffer of ours
+        rest = memoryview(data).cast("B")[header.length :]
+        yield from open_frames(itertools.chain((rest,), it), opened)
+        return
+    raise DecryptionError("truncated header")
+
+
+def open_frames(
+    chunks: Iterable[Buffer], opened: OpenedMessage, first: int = 1, last: int | None = None
+) -> Iterator[bytes]:
+    """Open consecutive frames of an authenticated message, yielding one plaintext per frame.
+
+    Args:
+        chunks: the stored bytes from the start of frame ``first`` on.
+        opened: the message's authenticated header.
+        first: the sequence number of the first frame in ``chunks``.
+        last: stop after this frame and require the input to end there; None reads up to
+            and including the final frame.
+
+    Every frame's sequence number, IV and tag are checked before its plaintext is yielded;
+    input that ends early or runs on raises ``DecryptionError``. The loop over whole frames
+    is written out inline: it is the hot path of every download.
     """
     buf = bytearray()
-    opened: OpenedMessage | None = None
-    need = 1  # bytes ``buf`` must hold before the next header parse attempt
-    sequence = 1
+    sequence = first
     done = False
-    step = 0
-    aad_prefix = b""
-    aead_open = None
-    frame_length = 0
+    frame_length = opened.frame_length
+    step = frame_length + FRAME_OVERHEAD
+    aad_prefix = opened.regular_aad_prefix
+    aead_open = opened.aead.open
+    stop = MAX_SEQUENCE if last is None else last
     for chunk in chunks:
         view = memoryview(chunk).cast("B")
         if not view:
             continue
         if done:
-            raise DecryptionError("bytes after the final frame")
-        if opened is None:
-            if buf:
-                buf += view
-                data: Buffer = buf
-            else:
-                data = view
-            try:
-                if len(data) < need:
-                    raise Incomplete(need)
-                header = _parse_or_fail(data)
-            except Incomplete as exc:
-                need = exc.needed
-                if data is view:
-                    buf += view
-                continue
-            opened = open_header(header, resolver, expected_context)
-            frame_length = header.frame_length
-            step = frame_length + FRAME_OVERHEAD
-            aad_prefix = opened.regular_aad_prefix
-            aead_open = opened.aead.open
-            # keep pointing into the caller's chunk; only a header assembled from several
-            # chunks leaves its (small) tail in a buffer of ours
-            view = memoryview(data).cast("B")[header.length :]
-            buf = bytearray()
+            raise DecryptionError("bytes after the last frame")
         pos = 0
         if buf:
             # finish the frame that straddles the previous chunk and this one
@@ -451,23 +533,24 @@ def decrypt_stream(
             if size is None or len(buf) < size:
                 continue
             plain, done = _open_frame(opened, memoryview(buf), sequence)
+            done = done or sequence == stop
             buf = bytearray()
             sequence += 1
             if plain:
                 yield plain
             if done:
                 if pos < len(view):
-                    raise DecryptionError("bytes after the final frame")
+                    raise DecryptionError("bytes after the last frame")
                 continue
         end = len(view)
-        while pos + step <= end:
+        while pos + step <= end and not done:
             seq, zero, iv_seq = _FRAME_PREFIX.unpack_from(view, pos)
             if seq == END_MARKER:
                 break
-            if seq != sequence or zero or iv_seq != sequence or sequence > MAX_SEQUENCE:
+            if seq != sequence or zero or iv_seq != sequence or sequence > stop:
                 raise DecryptionError("frame out of order")
             try:
-                plain = aead_open(  # type: ignore[misc]
+                plain = aead_open(
                     view[pos + 4 : pos + 16],
                     view[pos + 16 : pos + step],
                     aad_prefix + _AAD_TAIL.pack(sequence, frame_length),
@@ -475,9 +558,14 @@ def decrypt_stream(
             except prim.AuthenticationFailed:
                 raise DecryptionError("frame tag mismatch") from None
             pos += step
+            done = sequence == stop
             sequence += 1
             yield plain
         rest = view[pos:]
+        if done:
+            if rest:
+                raise DecryptionError("bytes after the last frame")
+            continue
         size = _frame_size(opened, rest, sequence) if rest else None
         if size is not None and len(rest) >= size:
             # only a final frame can be complete here: a whole regular frame was consumed above
@@ -486,13 +574,11 @@ def decrypt_stream(
             if plain:
                 yield plain
             if len(rest) > size:
-                raise DecryptionError("bytes after the final frame")
+                raise DecryptionError("bytes after the last frame")
         else:
             buf += rest
-    if opened is None:
-        raise DecryptionError("truncated header")
     if not done:
-        raise DecryptionError("message truncated before the final frame")
+        raise DecryptionError("message truncated")
 
 
 _FRAME_PREFIX: Final = struct.Struct(">IQI")  # sequence, IV = 8 zero bytes || sequence
@@ -543,7 +629,12 @@ def _open_frame(opened: OpenedMessage, frame: memoryview, sequence: int) -> tupl
 ReadAt = Callable[[int, int], bytes]
 """read_at(offset, length) -> exactly ``length`` bytes of the stored message at ``offset``."""
 
+StreamAt = Callable[[int, int], Iterable[Buffer]]
+"""stream_at(offset, length) -> the stored bytes [offset, offset + length) in chunks."""
+
 _FIRST_READ: Final = 4096
+MAX_READ: Final = 4 * 1024 * 1024
+"""The most :class:`RandomAccessReader` asks ``read_at`` for at once."""
 
 
 class RandomAccessReader:
@@ -569,11 +660,12 @@ class RandomAccessReader:
         expected_context: EncryptionContext,
         *,
         header: bytes | None = None,
+        data_keys: Iterable[EncryptedDataKey] = (),
     ) -> None:
         self._read_at = read_at
         raw = header if header is not None else self._read_header(ciphertext_size)
         parsed = _parse_or_fail_complete(raw)
-        self._opened = open_header(parsed, resolver, expected_context)
+        self._opened = open_header(parsed, resolver, expected_context, data_keys=data_keys)
         try:
             self.layout = MessageLayout.from_ciphertext_size(
                 parsed.length, parsed.frame_length, ciphertext_size
@@ -616,7 +708,11 @@ class RandomAccessReader:
         return b"".join(self.iter_range(start, length))
 
     def iter_range(self, start: int, length: int) -> Iterator[bytes]:
-        """Yield plaintext[start:start + length] frame by frame after one ranged read.
+        """Yield plaintext[start:start + length] frame by frame.
+
+        A span of up to :data:`MAX_READ` bytes is fetched with one read; a longer one with
+        consecutive reads of that size, so memory per request stays bounded whatever the
+        range. (For one ranged GET streamed end to end, use :meth:`stream_range`.)
 
         The range is checked here, before the first ``next()``: an HTTP origin must learn
         of a 416 before it commits to a 206 status line.
@@ -624,31 +720,65 @@ class RandomAccessReader:
         Raises:
             OutOfRange: the range does not lie within the plaintext.
         """
+        return self.stream_range(start, length, self._read_pieces)
+
+    def _read_pieces(self, offset: int, length: int) -> Iterator[bytes]:
+        piece = max(1, MAX_READ // self.frame_step) * self.frame_step
+        end = offset + length
+        while offset < end:
+            n = min(piece, end - offset)
+            yield self._read_exact(offset, n)
+            offset += n
+
+    def _read_exact(self, offset: int, length: int) -> bytes:
+        data = self._read_at(offset, length)
+        if len(data) != length:
+            raise DecryptionError("short read from the object store")
+        return data
+
+    def stream_range(self, start: int, length: int, stream_at: StreamAt) -> Iterator[bytes]:
+        """Like :meth:`iter_range`, for ranges too large to hold: the span arrives as a
+        stream (one ranged GET whose body is read in chunks) and is opened frame by frame,
+        so memory stays at about one chunk plus one frame whatever the range's size.
+
+        Raises:
+            OutOfRange: the range does not lie within the plaintext (raised here, before
+                anything is fetched).
+        """
         if start < 0 or length < 0 or start + length > self.plaintext_size:
             raise OutOfRange("range outside the asset")
         if length == 0:
             return iter(())
-        return self._frames(self.layout.plan(start, length))
-
-    def _frames(self, plan: RangePlan) -> Iterator[bytes]:
-        # The final frame was opened at construction: never fetch it again.
+        plan = self.layout.plan(start, length)
         end = min(plan.offset + plan.length, self.layout.final_frame_offset)
-        span = self._fetch(plan.offset, end) if end > plan.offset else memoryview(b"")
-        step = self._opened.frame_length + FRAME_OVERHEAD
-        sequence = plan.first_sequence
-        pos = 0
-        skip, remaining = plan.skip, plan.take
-        while remaining > 0:
-            if sequence == self.layout.final_sequence:
-                plain = self._final_plaintext
-            else:
-                plain = self._opened.open_regular(sequence, span[pos : pos + step])
-            piece = plain[skip : skip + remaining] if skip or remaining < len(plain) else plain
-            skip = 0
-            remaining -= len(piece)
-            pos += step
-            sequence += 1
-            yield piece
+        if end > plan.offset:
+            last = plan.first_sequence + (end - plan.offset) // (self.frame_step) - 1
+            frames = open_frames(
+                stream_at(plan.offset, end - plan.offset), self._opened, plan.first_sequence, last
+            )
+        else:
+            frames = iter(())
+        if plan.offset + plan.length > self.layout.final_frame_offset:
+            frames = itertools.chain(frames, (self._final_plaintext,))
+        return _trim(frames, plan.skip, plan.take)
+
+    @property
+    def frame_step(self) -> int:
+        return self._opened.frame_length + FRAME_OVERHEAD
+
+
+def _trim(frames: Iterator[bytes], skip: int, take: int) -> Iterator[bytes]:
+    """Drop ``skip`` bytes from the first frame and stop after ``take`` bytes in all."""
+    remaining = take
+    for plain in frames:
+        if remaining <= 0:
+            break
+        piece = plain[skip : skip + remaining] if skip or remaining < len(plain) else plain
+        skip = 0
+        remaining -= len(piece)
+        yield piece
+    if remaining > 0:
+        raise DecryptionError("range ended early")
 
 
 def _parse_or_fail_complete(raw: bytes) -> Header:

@@ -19,7 +19,7 @@ from aws_encryption_sdk.internal.crypto.wrapping_keys import WrappingKey
 from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
 
 from reelvault.crypto import KIND_ASSET, EncryptionContext
-from reelvault.keys.names import kek_key_name
+from reelvault.crypto.names import kek_key_name
 
 TENANT_ID = "0123456789abcdef0123456789abcdef"
 OTHER_TENANT_ID = "fedcba9876543210fedcba9876543210"

@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reelvault.crypto import (
+    EncryptedDataKey,
     DEFAULT_FRAME_LENGTH,
     MessageLayout,
     RandomAccessReader,
     Sealer,
     decrypt_stream,
-    rewrap_header,
+    rewrap_data_key,
 )
 from reelvault.crypto.format import parse_header
 from reelvault.errors import DecryptionError
@@ -215,7 +216,7 @@ def test_small_frames_agree_with_the_sdk(
 
 
 @pytest.mark.parametrize("writer", ["reelvault", "sdk"])
-def test_rewrapped_header_keeps_its_length_and_opens_with_only_the_new_kek(
+def test_a_rewrapped_key_slot_opens_the_unchanged_message_with_only_the_new_kek(
     writer, kek, kek2, context, sdk_client, sdk_provider_for
 ) -> None:
     plaintext = os.urandom(3 * F + 7)
@@ -223,39 +224,36 @@ def test_rewrapped_header_keeps_its_length_and_opens_with_only_the_new_kek(
         ciphertext = join(Sealer(kek, context).seal([plaintext]))
     else:
         ciphertext = sdk_encrypt(sdk_client, sdk_provider_for(kek), plaintext, context)
-    old = parse_header(ciphertext)
-    old_header, body = ciphertext[: old.length], ciphertext[old.length :]
+    header = ciphertext[: parse_header(ciphertext).length]
 
-    new_header = rewrap_header(old_header, DictResolver(kek), context, kek2)
+    slot = rewrap_data_key(header, DictResolver(kek), context, kek2)
 
-    assert len(new_header) == len(old_header)
-    new = parse_header(new_header)
-    assert new.length == old.length
-    assert (new.message_id, new.context, new.frame_length, new.commitment) == (
-        old.message_id,
-        old.context,
-        old.frame_length,
-        old.commitment,
-    )
-    assert [edk.provider_info[: len(kek2.name)] for edk in new.data_keys] == [kek2.name.encode()]
-
-    rewrapped = new_header + body
-    only_new = sdk_provider_for(kek2)
-    decrypted, header = sdk_decrypt(sdk_client, only_new, rewrapped)
-    assert decrypted == plaintext
-    assert header.encryption_context == dict(context)
-    # the new KEK alone really is all it takes: it cannot open the original message
-    with pytest.raises(AWSEncryptionSDKClientError):
-        sdk_decrypt(sdk_client, only_new, ciphertext)
-
-    assert join(decrypt_stream([rewrapped], DictResolver(kek2), context)) == plaintext
+    assert slot.provider_info[: len(kek2.name)] == kek2.name.encode()
+    slot = EncryptedDataKey.parse(slot.serialize())  # what the catalog stores and reads back
+    only_new = DictResolver(kek2)
+    assert join(decrypt_stream([ciphertext], only_new, context, data_keys=[slot])) == plaintext
     reader = RandomAccessReader(
-        lambda off, n: rewrapped[off : off + n],
-        len(rewrapped),
-        DictResolver(kek2),
+        lambda off, n: ciphertext[off : off + n],
+        len(ciphertext),
+        only_new,
         context,
-        header=new_header,
+        header=header,
+        data_keys=[slot],
     )
     assert reader.read(F - 2, F + 4) == plaintext[F - 2 : 2 * F + 2]
+    # the slot is what carries the new KEK: without it, the new KEK alone opens nothing
     with pytest.raises(DecryptionError):
-        join(decrypt_stream([rewrapped], DictResolver(kek), context))
+        join(decrypt_stream([ciphertext], only_new, context))
+    # the stored bytes never changed, so the official SDK still opens them with the old KEK
+    decrypted, _ = sdk_decrypt(sdk_client, sdk_provider_for(kek), ciphertext)
+    assert decrypted == plaintext
+
+
+def test_a_key_slot_from_another_message_is_refused(kek, kek2, context) -> None:
+    """A catalog attacker swapping key slots between objects gains nothing: the key
+    commitment proves which data key belongs to which message."""
+    one = join(Sealer(kek, context).seal([b"one" * 1000]))
+    two = join(Sealer(kek, context).seal([b"two" * 1000]))
+    slot_of_two = rewrap_data_key(two[: parse_header(two).length], DictResolver(kek), context, kek2)
+    with pytest.raises(DecryptionError):
+        join(decrypt_stream([one], DictResolver(kek2), context, data_keys=[slot_of_two]))

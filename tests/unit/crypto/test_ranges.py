@@ -36,7 +36,7 @@ from reelvault.crypto import (
 )
 from reelvault.crypto.format import Malformed, parse_header
 from reelvault.errors import OutOfRange
-from reelvault.keys.names import kek_key_name
+from reelvault.crypto.names import kek_key_name
 
 from .conftest import TENANT_ID, DictResolver, Kek, join, make_sdk_provider, pattern
 
@@ -375,9 +375,10 @@ def pipeline_peak(chunks: int, through: str) -> int:
 
 @pytest.mark.parametrize(
     ("through", "bound"),
-    # the sealer's pieces go straight in: a frame or two held; rechunked to 1 MiB chunks
-    # on the way (what an S3 multipart upload sees): a few chunk-sized buffers
-    [("pieces", 1 * MiB), ("1MiB-chunks", 8 * MiB)],
+    # the sealer's pieces go straight in: the pieces of one 1 MiB input chunk are held
+    # together; rechunked to 1 MiB chunks on the way (what an S3 multipart upload sees):
+    # a few chunk-sized buffers
+    [("pieces", 2 * MiB), ("1MiB-chunks", 8 * MiB)],
 )
 def test_memory_stays_flat_for_a_64MiB_stream(through: str, bound: int) -> None:
     small, large = pipeline_peak(8, through), pipeline_peak(64, through)

@@ -28,7 +28,7 @@ from reelvault.crypto import (
     Sealer,
     decrypt_stream,
     open_header,
-    rewrap_header,
+    rewrap_data_key,
 )
 from reelvault.crypto.format import Header, parse_header
 from reelvault.errors import DecryptionError, KeyUnavailable
@@ -694,7 +694,7 @@ def test_a_resolver_without_the_right_key(message: Message, resolver) -> None:
         open_header(parse_header(header), resolver, message.context)
     assert_opaque(info.value, message.kek.key)
     with pytest.raises(DecryptionError) as info:
-        rewrap_header(header, resolver, message.context, message.kek)
+        rewrap_data_key(header, resolver, message.context, message.kek)
     assert_opaque(info.value, message.kek.key)
 
 
@@ -720,7 +720,7 @@ def test_key_unavailable_propagates_unchanged(small: Message, kek2: Kek) -> None
             lambda o, n: data[o : o + n], len(data), r, small.context, header=header
         ),
         lambda r: open_header(parse_header(header), r, small.context),
-        lambda r: rewrap_header(header, r, small.context, kek2),
+        lambda r: rewrap_data_key(header, r, small.context, kek2),
     ]
     for call in calls:
         resolver = _Refusing()

@@ -16,13 +16,11 @@ from typing import Final
 
 __all__ = [
     "MAX_KEK_VERSION",
-    "PROVIDER_ID",
     "kek_key_name",
     "parse_kek_key_name",
     "valid_tenant_id",
 ]
 
-PROVIDER_ID: Final = "reelvault"
 MAX_KEK_VERSION: Final = 9_999_999_999
 
 _TENANT_ID = re.compile(r"[0-9a-f]{32}")

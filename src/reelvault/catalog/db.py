@@ -1,0 +1,205 @@
+"""The catalog database: one engine, transactions, and migrations.
+
+SQLite (an embedded file, the default) and PostgreSQL (production) are the two supported
+backends; every migration and test runs on both.
+
+SQLite needs three things the defaults get wrong for a service:
+
+* Python's ``sqlite3`` driver does not BEGIN before a SELECT, so a read-then-write
+  transaction is not serializable. The driver's transaction handling is switched off and
+  :class:`Database` emits ``BEGIN IMMEDIATE`` itself, which takes the write lock up front:
+  two writers queue on ``busy_timeout`` instead of one failing with "database is locked"
+  halfway through. Read-only transactions use a deferred ``BEGIN`` so readers never wait
+  for writers (WAL).
+* ``foreign_keys`` is off unless asked for on every connection.
+* ``synchronous`` stays at its default (FULL): losing a committed KEK version to a power
+  cut would make everything encrypted under it unreadable, which costs more than the
+  fsyncs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from reelvault.errors import ConfigurationError, IntegrityError, Unavailable
+
+__all__ = ["DEFAULT_URL", "Database", "head_revision"]
+
+DEFAULT_URL: Final = "sqlite:///.reelvault/catalog.sqlite3"
+"""Embedded catalog, relative to the working directory (``.reelvault/`` is git-ignored)."""
+
+_SCRIPT_LOCATION: Final = "reelvault.catalog:migrations"
+# Execution option read by the SQLite "begin" hook: IMMEDIATE or DEFERRED.
+_SQLITE_BEGIN: Final = "reelvault_sqlite_begin"
+# pg_advisory_xact_lock key that serializes migrate() across replicas starting together.
+_MIGRATION_LOCK_KEY: Final = 0x7265656C7661  # "reelva"
+
+
+class Database:
+    """The catalog's engine and session factory; safe to share between threads.
+
+    Args:
+        url: a SQLAlchemy URL, ``sqlite:///path`` or ``postgresql+psycopg://...``. A
+            relative SQLite path is relative to the working directory; its directory is
+            created if missing.
+        busy_timeout: seconds a SQLite writer waits for another writer's lock before
+            giving up with :class:`~reelvault.errors.Unavailable`.
+        echo: log every statement (debugging only: statements include bound values).
+    """
+
+    def __init__(
+        self, url: str | URL = DEFAULT_URL, *, busy_timeout: float = 5.0, echo: bool = False
+    ) -> None:
+        self._url = make_url(url)
+        backend = self._url.get_backend_name()
+        if backend == "sqlite":
+            self._engine = _sqlite_engine(self._url, busy_timeout=busy_timeout, echo=echo)
+        elif backend == "postgresql":
+            # pre_ping: replicas outlive database restarts and failovers.
+            self._engine = create_engine(self._url, pool_pre_ping=True, echo=echo)
+        else:
+            raise ConfigurationError(f"unsupported catalog database backend {backend!r}")
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self._engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}),
+            expire_on_commit=False,
+        )
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def dialect_name(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._engine.dialect.name
+
+    def __repr__(self) -> str:
+        return f"Database({self._url.render_as_string(hide_password=True)!r})"
+
+    @contextmanager
+    def transaction(self, *, readonly: bool = False) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises.
+
+        Args:
+            readonly: the block only reads. On SQLite it then does not take the write lock,
+                so it neither waits for nor blocks writers. (Writing anyway still works but
+                may fail with ``Unavailable`` under contention.)
+
+        Raises:
+            Unavailable: the database cannot be reached or stayed locked.
+        """
+        factory = self._read_sessions if readonly else self._sessions
+        try:
+            with factory.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise Unavailable("catalog database unavailable") from exc
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration; a no-op when it is already there.
+
+        Safe to call from several replicas at once: on PostgreSQL an advisory lock, on
+        SQLite ``BEGIN IMMEDIATE``, makes the others wait and then find nothing to do.
+        Everything runs in one transaction, so a failed migration leaves the old schema.
+        """
+        try:
+            with self._engine.connect() as connection:
+                if connection.dialect.name == "sqlite":
+                    # Batch migrations drop and recreate tables; with foreign keys on, that
+                    # would cascade into (or fail on) the rows referring to them, so they
+                    # are off during the upgrade and checked once at its end. The pragma
+                    # only works outside a transaction: hence the driver connection.
+                    _sqlite_pragma(connection, "foreign_keys=OFF")
+                    try:
+                        _upgrade(connection)
+                    finally:
+                        _sqlite_pragma(connection, "foreign_keys=ON")
+                else:
+                    _upgrade(connection)
+        except OperationalError as exc:
+            raise Unavailable("catalog database unavailable") from exc
+
+    def schema_revision(self) -> str | None:
+        """The migration the database is at; None before the first :meth:`migrate`."""
+        try:
+            with self._engine.connect() as connection:
+                return MigrationContext.configure(connection).get_current_revision()
+        except OperationalError as exc:
+            raise Unavailable("catalog database unavailable") from exc
+
+    def dispose(self) -> None:
+        """Close pooled connections (at shutdown, and in tests before deleting the file)."""
+        self._engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this version of reelvault."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:
+        raise ConfigurationError("no catalog migrations found")
+    return head
+
+
+def _upgrade(connection: Connection) -> None:
+    with connection.begin():
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+            )
+        config = _alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        if (
+            connection.dialect.name == "sqlite"
+            and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None
+        ):
+            raise IntegrityError("migration left rows violating foreign keys")
+
+
+def _alembic_config() -> Config:
+    # Built in code with a package-relative script location, so migrations run from an
+    # installed wheel with no alembic.ini.
+    config = Config()
+    config.set_main_option("script_location", _SCRIPT_LOCATION)
+    return config
+
+
+def _sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> Engine:
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, echo=echo)
+    timeout_ms = int(busy_timeout * 1000)
+
+    def on_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module doc)
+        # busy_timeout first: switching to WAL briefly needs a lock another connection may hold.
+        dbapi_connection.execute(f"PRAGMA busy_timeout={timeout_ms:d}")
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+    def on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
+    return engine
+
+
+def _sqlite_pragma(connection: Connection, pragma: str) -> None:
+    connection.connection.driver_connection.execute(f"PRAGMA {pragma}")  # type: ignore[union-attr]

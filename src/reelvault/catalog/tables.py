@@ -1,0 +1,151 @@
+"""The catalog's tables, as SQLAlchemy typed declarative classes.
+
+The ORM classes are named ``...Row`` so they are never confused with the frozen domain
+objects (``Tenant``, ``KekVersion``) that callers outside a transaction see.
+
+Invariants live in the schema as well as in the code, so a bug or a hand-written SQL fix
+cannot break them silently:
+
+* at most one ``active`` KEK version per tenant (a partial unique index);
+* a version's state is one of :data:`KEK_STATES` (a CHECK constraint);
+* a wrapped key is present exactly when the version is not ``destroyed``: destroying a
+  version erases its key material, and nothing else may;
+* a ``pending-deletion`` version always has a ``deletion_due_at``.
+
+Changing anything here needs a new migration in ``migrations/versions``; the migration
+test compares the migrated schema with this metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Base",
+    "KEK_STATES",
+    "NAMING_CONVENTION",
+    "TenantKeyVersionRow",
+    "TenantRow",
+    "UtcDateTime",
+]
+
+KEK_STATES: Final = ("active", "decrypt-only", "disabled", "pending-deletion", "destroyed")
+"""Stored values of ``tenant_key_versions.state``; ``keys.tenant.KekState`` mirrors them.
+
+They are spelled out here rather than imported because the catalog sits below the key
+layer, and the migrations must keep the values they were written with."""
+
+# Deterministic constraint names: SQLite batch migrations recreate tables and can only
+# find a constraint again by name, and PostgreSQL would otherwise invent its own.
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    SQLite has no time zone type and hands back naive values; PostgreSQL hands back the
+    session's zone. Normalizing here means no caller ever compares a naive time with an
+    aware one, and refusing naive input catches local-time bugs at the first write.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            raise ValueError("timestamps stored in the catalog must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every catalog table; its metadata is the migrations' target."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TenantRow(Base):
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("min_decryption_version >= 1", name="min_decryption_version_positive"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    min_decryption_version: Mapped[int] = mapped_column(
+        BigInteger, default=1, server_default=text("1")
+    )
+
+
+_STATE_IN = "state IN ({})".format(", ".join(f"'{state}'" for state in KEK_STATES))
+
+
+class TenantKeyVersionRow(Base):
+    """One version of a tenant's KEK, wrapped by the root key provider.
+
+    ``wrapped_key`` is NULL once the version is destroyed; ``root_key_id`` stays so
+    operators can still see which root key it was under.
+    """
+
+    __tablename__ = "tenant_key_versions"
+    __table_args__ = (
+        CheckConstraint(_STATE_IN, name="state"),
+        CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint(
+            "(state = 'destroyed' AND wrapped_key IS NULL)"
+            " OR (state <> 'destroyed' AND wrapped_key IS NOT NULL)",
+            name="material",
+        ),
+        CheckConstraint(
+            "state <> 'pending-deletion' OR deletion_due_at IS NOT NULL",
+            name="deletion_due",
+        ),
+        Index(
+            "uq_tenant_key_versions_one_active",
+            "tenant_id",
+            unique=True,
+            sqlite_where=text("state = 'active'"),
+            postgresql_where=text("state = 'active'"),
+        ),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    state: Mapped[str] = mapped_column(String(16))
+    root_key_id: Mapped[str] = mapped_column(String(512))
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    state_changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    deletion_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    destroyed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
