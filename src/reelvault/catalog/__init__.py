@@ -14,7 +14,9 @@ Typical use::
 from reelvault.catalog.db import DEFAULT_URL, Database, head_revision
 from reelvault.catalog.repositories import TenantRepository
 from reelvault.catalog.tables import (
+    API_KEY_ROLES,
     KEK_STATES,
+    ApiKeyRow,
     Base,
     TenantKeyVersionRow,
     TenantRow,
@@ -22,6 +24,8 @@ from reelvault.catalog.tables import (
 )
 
 __all__ = [
+    "API_KEY_ROLES",
+    "ApiKeyRow",
     "Base",
     "DEFAULT_URL",
     "Database",

@@ -27,21 +27,27 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    JSON,
     Index,
     LargeBinary,
     MetaData,
     String,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "API_KEY_ROLES",
+    "ApiKeyRow",
+    "AssetRow",
     "Base",
     "KEK_STATES",
     "NAMING_CONVENTION",
     "TenantKeyVersionRow",
     "TenantRow",
+    "UploadRow",
     "UtcDateTime",
 ]
 
@@ -149,3 +155,88 @@ class TenantKeyVersionRow(Base):
     state_changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
     deletion_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     destroyed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+API_KEY_ROLES: Final = (
+    "platform-admin",
+    "admin",
+    "ingest",
+    "renderer",
+    "distributor",
+    "auditor",
+    "privacy",
+)
+"""Stored values of ``api_keys.role``; ``auth.Role`` mirrors them (spelled out for the same
+reason as :data:`KEK_STATES`)."""
+
+_ROLE_IN = "role IN ({})".format(", ".join(f"'{role}'" for role in API_KEY_ROLES))
+
+
+class ApiKeyRow(Base):
+    """One bearer API key. Only the SHA-256 of its secret is stored (see ``auth``).
+
+    A platform-admin key belongs to no tenant and every other key to exactly one; the
+    ``tenant_scope`` CHECK keeps a tenant key from being turned into a platform key (or the
+    reverse) by a stray UPDATE.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint(_ROLE_IN, name="role"),
+        CheckConstraint(
+            "(role = 'platform-admin' AND tenant_id IS NULL)"
+            " OR (role <> 'platform-admin' AND tenant_id IS NOT NULL)",
+            name="tenant_scope",
+        ),
+        CheckConstraint("length(secret_hash) = 32", name="secret_hash_length"),
+    )
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("tenants.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    description: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class AssetRow(Base):
+    """A committed asset. It exists only once its stored object is complete.
+
+    ``header`` is the message header as stored (kept here so a read needs no extra GET and
+    so the stored header is checked against it); ``key_slot`` is the data key rewrapped
+    under a newer KEK version by rotation (``crypto.rewrap_data_key``), NULL until then;
+    ``kek_version`` names the version that wraps the key readers use (slot, else header).
+    """
+
+    __tablename__ = "assets"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "path"),
+        UniqueConstraint("object_key"),
+        CheckConstraint("size >= 0", name="size_not_negative"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"))
+    path: Mapped[str] = mapped_column(String(1024))
+    content_type: Mapped[str] = mapped_column(String(255))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    object_key: Mapped[str] = mapped_column(String(128))
+    header: Mapped[bytes] = mapped_column(LargeBinary)
+    key_slot: Mapped[bytes | None] = mapped_column(LargeBinary)
+    kek_version: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class UploadRow(Base):
+    """An upload in flight: the object key it writes, so garbage collection can tell an
+    object still being written (or committed a moment ago) from one a crash left behind."""
+
+    __tablename__ = "uploads"
+
+    object_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"))
+    asset_id: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())

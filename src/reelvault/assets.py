@@ -1,0 +1,640 @@
+"""Encrypted video assets: upload, download (whole or a byte range), list, delete, gc.
+
+This is the domain layer: synchronous, transport-free, frozen dataclasses in and out, only
+``reelvault.errors`` raised. The gRPC servicer runs it in worker threads.
+
+Consistency rules, in the order an upload meets them:
+
+1. ``begin_upload`` validates the metadata, checks the path is free and records the upload
+   (``uploads`` row: object key, start time) before anything is written to storage.
+2. Each chunk is hashed, sealed into 64 KiB frames and fed to a multipart upload with a
+   bounded number of parts in flight.
+3. ``complete`` finishes the object, then inserts the asset row and deletes the upload row in
+   one transaction. The asset is visible from that commit on, never before. If another
+   upload took the path meanwhile, the unique index refuses the row, the object is deleted
+   and the caller gets ``AlreadyExists``.
+4. ``abort`` (any failure, cancellation, deadline) aborts the multipart upload, deletes the
+   object if it had completed, then the upload row. Nothing is left behind; if the process
+   dies first, ``gc`` finds the stale upload row later.
+
+So every stored object has an asset row or an upload row, except leftovers of crashes and of
+failed deletes, which is exactly what ``gc`` removes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Final
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+
+from reelvault.catalog import Database
+from reelvault.catalog.tables import AssetRow, UploadRow
+from reelvault.clock import Clock
+from reelvault.crypto import (
+    DEFAULT_FRAME_LENGTH,
+    KIND_ASSET,
+    EncryptedDataKey,
+    EncryptionContext,
+    MessageLayout,
+    RandomAccessReader,
+    Sealer,
+    rechunk,
+    rewrap_data_key,
+)
+from reelvault.crypto.format import Incomplete, Malformed, parse_header
+from reelvault.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+)
+from reelvault.keys.tenant import TenantKeys
+from reelvault.storage import ObjectStore, Upload
+
+__all__ = [
+    "MAX_CHUNK",
+    "AssetInfo",
+    "AssetUpload",
+    "Assets",
+    "Download",
+    "GcReport",
+    "UploadSpec",
+]
+
+MAX_CHUNK: Final = 1024 * 1024
+MAX_PATH_BYTES: Final = 1024
+MAX_LABELS: Final = 64
+MAX_PAGE_SIZE: Final = 1000
+DEFAULT_PAGE_SIZE: Final = 100
+DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
+
+_ID = re.compile(r"[0-9a-f]{32}")
+_LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
+_CONTENT_TYPE = re.compile(r"[\x21-\x7e]+/[\x21-\x7e]+(?:; ?[\x20-\x7e]+)?")
+
+
+@dataclass(frozen=True, slots=True)
+class AssetInfo:
+    id: str
+    tenant_id: str
+    path: str
+    content_type: str
+    labels: Mapping[str, str]
+    size: int
+    sha256: bytes
+    etag: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSpec:
+    """What the first message of an upload says about the asset."""
+
+    path: str
+    content_type: str = DEFAULT_CONTENT_TYPE
+    labels: Mapping[str, str] = field(default_factory=dict)
+    expected_size: int | None = None
+    expected_sha256: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """An asset opened for reading: the range is valid and the object authenticated so
+    far (header, final frame, hence its size); ``chunks`` fetches the rest lazily."""
+
+    asset: AssetInfo
+    offset: int
+    length: int
+    chunks: Iterator[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    stale_uploads: int
+    aborted_multipart_uploads: int
+    deleted_objects: int
+
+
+def _etag(sha256: bytes) -> str:
+    # Derived from the plaintext: the same on every replica and across re-encryption.
+    return '"' + sha256.hex()[:32] + '"'
+
+
+def _info(row: AssetRow) -> AssetInfo:
+    return AssetInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        path=row.path,
+        content_type=row.content_type,
+        labels=MappingProxyType(dict(row.labels)),
+        size=row.size,
+        sha256=row.sha256,
+        etag=_etag(row.sha256),
+        created_at=row.created_at,
+    )
+
+
+def _context(tenant_id: str, asset_id: str) -> EncryptionContext:
+    return EncryptionContext.for_object(tenant_id=tenant_id, object_id=asset_id, kind=KIND_ASSET)
+
+
+def check_asset_id(asset_id: str) -> None:
+    if not isinstance(asset_id, str) or _ID.fullmatch(asset_id) is None:
+        raise InvalidArgument("asset id must be 32 lowercase hex digits")
+
+
+def _check_spec(spec: UploadSpec) -> UploadSpec:
+    path = spec.path
+    if not path or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise InvalidArgument("path must be 1 to 1024 bytes of UTF-8")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in path):
+        raise InvalidArgument("path must not contain control characters")
+    if any(segment in ("", ".", "..") for segment in path.split("/")):
+        raise InvalidArgument("path segments must not be empty, '.' or '..'")
+    content_type = spec.content_type or DEFAULT_CONTENT_TYPE
+    if len(content_type) > 255 or _CONTENT_TYPE.fullmatch(content_type) is None:
+        raise InvalidArgument("content type must look like type/subtype")
+    if len(spec.labels) > MAX_LABELS:
+        raise InvalidArgument(f"at most {MAX_LABELS} labels")
+    for key, value in spec.labels.items():
+        if _LABEL_KEY.fullmatch(key) is None:
+            raise InvalidArgument("label keys must be 1-63 characters of [a-z0-9_.-]")
+        if len(value) > 256 or not value.isprintable():
+            raise InvalidArgument("label values must be at most 256 printable characters")
+    if spec.expected_size is not None and spec.expected_size < 0:
+        raise InvalidArgument("expected size must not be negative")
+    if spec.expected_sha256 is not None and len(spec.expected_sha256) != 32:
+        raise InvalidArgument("expected SHA-256 must be 32 bytes")
+    return UploadSpec(
+        path=path,
+        content_type=content_type,
+        labels=dict(spec.labels),
+        expected_size=spec.expected_size,
+        expected_sha256=spec.expected_sha256,
+    )
+
+
+class Assets:
+    """The asset service's domain logic.
+
+    Args:
+        database: the catalog.
+        tenant_keys: KEK versions; the active one seals new assets.
+        store: object storage (untrusted: ciphertext only, opaque keys).
+        clock: time source for timestamps and garbage collection.
+        frame_length: F for new assets; reelvault writes 64 KiB.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        tenant_keys: TenantKeys,
+        store: ObjectStore,
+        clock: Clock,
+        *,
+        frame_length: int = DEFAULT_FRAME_LENGTH,
+    ) -> None:
+        self._db = database
+        self._keys = tenant_keys
+        self._store = store
+        self._clock = clock
+        self._frame_length = frame_length
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.now(), UTC)
+
+    # --- upload --------------------------------------------------------------------------
+
+    def begin_upload(self, tenant_id: str, spec: UploadSpec) -> AssetUpload:
+        """Validate the metadata and start an upload.
+
+        Raises:
+            InvalidArgument: bad path, content type, labels or expectations.
+            AlreadyExists: the tenant has an asset at this path.
+            KeyUnavailable: the tenant has no active KEK version.
+        """
+        spec = _check_spec(spec)
+        with self._db.transaction(readonly=True) as session:
+            taken = session.scalar(
+                select(AssetRow.id).where(
+                    AssetRow.tenant_id == tenant_id, AssetRow.path == spec.path
+                )
+            )
+        if taken is not None:
+            raise AlreadyExists("an asset with this path already exists")
+        kek = self._keys.encryption_kek(tenant_id)
+        asset_id = secrets.token_hex(16)
+        object_key = f"t/{tenant_id}/{secrets.token_hex(16)}"
+        with self._db.transaction() as session:
+            session.add(
+                UploadRow(
+                    object_key=object_key,
+                    tenant_id=tenant_id,
+                    asset_id=asset_id,
+                    started_at=self._now(),
+                )
+            )
+        try:
+            sealer = Sealer(kek, _context(tenant_id, asset_id), frame_length=self._frame_length)
+            target = self._store.begin(object_key)
+        except BaseException:
+            self._forget_upload(object_key)
+            raise
+        return AssetUpload(
+            self,
+            tenant_id=tenant_id,
+            asset_id=asset_id,
+            object_key=object_key,
+            spec=spec,
+            kek_version=kek.version,
+            sealer=sealer,
+            target=target,
+        )
+
+    def _forget_upload(self, object_key: str) -> None:
+        with self._db.transaction() as session:
+            session.execute(delete(UploadRow).where(UploadRow.object_key == object_key))
+
+    def _commit(self, upload: AssetUpload, size: int, sha256: bytes) -> AssetInfo:
+        row = AssetRow(
+            id=upload.asset_id,
+            tenant_id=upload.tenant_id,
+            path=upload.spec.path,
+            content_type=upload.spec.content_type,
+            labels=dict(upload.spec.labels),
+            size=size,
+            sha256=sha256,
+            object_key=upload.object_key,
+            header=upload.header,
+            key_slot=None,
+            kek_version=upload.kek_version,
+            created_at=self._now(),
+        )
+        try:
+            with self._db.transaction() as session:
+                session.add(row)
+                session.execute(delete(UploadRow).where(UploadRow.object_key == upload.object_key))
+                session.flush()
+                info = _info(row)
+        except SqlIntegrityError:
+            raise AlreadyExists("an asset with this path already exists") from None
+        return info
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def _row(self, tenant_id: str, asset_id: str) -> AssetRow:
+        check_asset_id(asset_id)
+        with self._db.transaction(readonly=True) as session:
+            row = session.scalar(
+                select(AssetRow).where(AssetRow.id == asset_id, AssetRow.tenant_id == tenant_id)
+            )
+            if row is None:
+                # Another tenant's asset and a missing one are the same answer.
+                raise NotFound("asset not found")
+            session.expunge(row)
+        return row
+
+    def stat(self, tenant_id: str, asset_id: str) -> AssetInfo:
+        return _info(self._row(tenant_id, asset_id))
+
+    def list(
+        self, tenant_id: str, *, prefix: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[AssetInfo], str]:
+        """One page of the tenant's assets in path order, and the next page's token."""
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page size must be 0 to {MAX_PAGE_SIZE}")
+        size = page_size or DEFAULT_PAGE_SIZE
+        after = _decode_token(page_token, prefix) if page_token else None
+        query = select(AssetRow).where(AssetRow.tenant_id == tenant_id)
+        if prefix:
+            query = query.where(AssetRow.path.startswith(prefix, autoescape=True))
+        if after is not None:
+            query = query.where(AssetRow.path > after)
+        query = query.order_by(AssetRow.path).limit(size + 1)
+        with self._db.transaction(readonly=True) as session:
+            rows = list(session.scalars(query))
+            infos = [_info(row) for row in rows[:size]]
+        token = _encode_token(infos[-1].path, prefix) if len(rows) > size else ""
+        return infos, token
+
+    def open_download(
+        self,
+        tenant_id: str,
+        asset_id: str,
+        *,
+        offset: int | None = None,
+        length: int | None = None,
+        suffix: int | None = None,
+    ) -> Download:
+        """Open the whole asset, ``[offset, offset + length)``, or its last ``suffix`` bytes.
+
+        Everything that can be refused is refused here, before the caller sends anything:
+        a bad range, a missing asset, a KEK whose state forbids reading, and a stored object
+        whose header or final frame fails authentication (DATA_LOSS).
+
+        Raises:
+            InvalidArgument, OutOfRange, NotFound, KeyUnavailable, IntegrityError.
+        """
+        row = self._row(tenant_id, asset_id)
+        start, count = _resolve_range(row.size, offset, length, suffix)
+        store, key = self._store, row.object_key
+        layout = MessageLayout.for_plaintext(len(row.header), self._frame_length_of(row), row.size)
+
+        def read_at(at: int, n: int) -> bytes:
+            try:
+                return store.get_range(key, at, n)
+            except (NotFound, OutOfRange):
+                raise IntegrityError("the stored object is missing or truncated") from None
+
+        def stream_at(at: int, n: int) -> Iterator[bytes]:
+            try:
+                yield from store.open_stream(key, at, n)
+            except (NotFound, OutOfRange):
+                raise IntegrityError("the stored object is missing or truncated") from None
+
+        slots = [EncryptedDataKey.parse(row.key_slot)] if row.key_slot else []
+        reader = RandomAccessReader(
+            read_at,
+            layout.ciphertext_size,
+            self._keys.resolver(tenant_id),
+            _context(tenant_id, asset_id),
+            header=row.header,
+            data_keys=slots,
+        )
+        frames = reader.stream_range(start, count, stream_at)
+        return Download(_info(row), start, count, rechunk(frames, MAX_CHUNK))
+
+    @staticmethod
+    def _frame_length_of(row: AssetRow) -> int:
+        # The frame length is in the header (authenticated when the reader opens it);
+        # reading it from there keeps assets written with another F readable.
+        try:
+            return parse_header(row.header).frame_length
+        except (Incomplete, Malformed):
+            raise IntegrityError("the catalog's header is malformed") from None
+
+    # --- rotation ------------------------------------------------------------------------
+
+    def rewrap_keys(self, tenant_id: str, *, batch: int = 500) -> int:
+        """Move every asset of the tenant whose data key is wrapped by an older KEK version
+        to the active version, by rewriting its key slot in the catalog. Stored objects are
+        not touched (format.md explains why). Returns how many assets moved.
+
+        Run after ``TenantKeys.rotate``; afterwards the old version can be retired.
+        """
+        kek = self._keys.encryption_kek(tenant_id)
+        resolver = self._keys.resolver(tenant_id)
+        moved = 0
+        while True:
+            with self._db.transaction(readonly=True) as session:
+                rows = list(
+                    session.scalars(
+                        select(AssetRow)
+                        .where(AssetRow.tenant_id == tenant_id, AssetRow.kek_version < kek.version)
+                        .order_by(AssetRow.id)
+                        .limit(batch)
+                    )
+                )
+                for row in rows:
+                    session.expunge(row)
+            if not rows:
+                return moved
+            for row in rows:
+                slots = [EncryptedDataKey.parse(row.key_slot)] if row.key_slot else []
+                slot = rewrap_data_key(
+                    row.header,
+                    resolver,
+                    _context(tenant_id, row.id),
+                    kek,
+                    data_keys=slots,
+                )
+                with self._db.transaction() as session:
+                    session.execute(
+                        update(AssetRow)
+                        .where(AssetRow.id == row.id, AssetRow.kek_version == row.kek_version)
+                        .values(key_slot=slot.serialize(), kek_version=kek.version)
+                    )
+                moved += 1
+
+    # --- delete and gc -------------------------------------------------------------------
+
+    def delete(self, tenant_id: str, asset_id: str) -> None:
+        """Delete the asset: its row at once, then its stored object and every version of
+        it. Idempotent. If storage fails after the row is gone, ``gc`` finishes the job."""
+        check_asset_id(asset_id)
+        with self._db.transaction() as session:
+            row = session.scalar(
+                select(AssetRow).where(AssetRow.id == asset_id, AssetRow.tenant_id == tenant_id)
+            )
+            if row is None:
+                return
+            object_key = row.object_key
+            session.delete(row)
+        self._store.delete(object_key)
+
+    def gc(self, *, older_than_seconds: float = 3600.0) -> GcReport:
+        """Remove what crashes and failed deletes left behind.
+
+        - upload rows older than the threshold (their process died): the multipart upload
+          is aborted, any object deleted, the row removed;
+        - multipart uploads older than the threshold that no live upload row owns;
+        - objects under ``t/`` with neither an asset row nor an upload row.
+        """
+        if older_than_seconds < 0:
+            raise InvalidArgument("the age threshold must not be negative")
+        cutoff = self._now() - timedelta(seconds=older_than_seconds)
+        with self._db.transaction(readonly=True) as session:
+            stale = list(
+                session.scalars(select(UploadRow.object_key).where(UploadRow.started_at < cutoff))
+            )
+        stale_set = set(stale)
+        aborted = 0
+        for upload in self._store.list_multipart_uploads(older_than=cutoff.timestamp()):
+            if upload.key in stale_set or not self._has_upload_row(upload.key):
+                self._store.abort_multipart(upload.key, upload.upload_id)
+                aborted += 1
+        for key in stale:
+            self._store.delete(key)
+            self._forget_upload(key)
+        deleted = 0
+        for key in self._store.list_keys("t/"):
+            if self._is_orphan(key):
+                self._store.delete(key)
+                deleted += 1
+        return GcReport(len(stale), aborted, deleted)
+
+    def _has_upload_row(self, key: str) -> bool:
+        with self._db.transaction(readonly=True) as session:
+            return session.get(UploadRow, key) is not None
+
+    def _is_orphan(self, key: str) -> bool:
+        with self._db.transaction(readonly=True) as session:
+            if session.get(UploadRow, key) is not None:
+                return False
+            owner = session.scalar(select(AssetRow.id).where(AssetRow.object_key == key))
+            return owner is None
+
+
+class AssetUpload:
+    """One upload in progress. Not thread-safe: one caller feeds it, in order."""
+
+    def __init__(
+        self,
+        assets: Assets,
+        *,
+        tenant_id: str,
+        asset_id: str,
+        object_key: str,
+        spec: UploadSpec,
+        kek_version: int,
+        sealer: Sealer,
+        target: Upload,
+    ) -> None:
+        self._assets = assets
+        self.tenant_id = tenant_id
+        self.asset_id = asset_id
+        self.object_key = object_key
+        self.spec = spec
+        self.kek_version = kek_version
+        self._sealer = sealer
+        self._target = target
+        self._sha = hashlib.sha256()
+        self._size = 0
+        self._state = "open"
+        self._object_completed = False
+        try:
+            target.write(sealer.header)
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def header(self) -> bytes:
+        return self._sealer.header
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, chunk: bytes) -> None:
+        """Hash, seal and store one chunk of at most :data:`MAX_CHUNK` bytes.
+
+        Raises:
+            InvalidArgument: the chunk is too large or the upload outgrew its expected size
+                (the upload is aborted).
+        """
+        self._check_open()
+        try:
+            if len(chunk) > MAX_CHUNK:
+                raise InvalidArgument("chunks must be at most 1 MiB")
+            self._size += len(chunk)
+            expected = self.spec.expected_size
+            if expected is not None and self._size > expected:
+                raise InvalidArgument("more bytes than the expected size")
+            self._sha.update(chunk)
+            for piece in self._sealer.update(chunk):
+                self._target.write(piece)
+        except BaseException:
+            self.abort()
+            raise
+
+    def complete(self) -> AssetInfo:
+        """Finish the object, then commit the asset row; the asset is visible from here.
+
+        Raises:
+            InvalidArgument: size or SHA-256 differ from what the metadata promised.
+            AlreadyExists: another upload took the path first.
+        """
+        self._check_open()
+        try:
+            digest = self._sha.digest()
+            spec = self.spec
+            if spec.expected_size is not None and self._size != spec.expected_size:
+                raise InvalidArgument("fewer bytes than the expected size")
+            if spec.expected_sha256 is not None and not secrets.compare_digest(
+                digest, spec.expected_sha256
+            ):
+                raise InvalidArgument("SHA-256 of the uploaded bytes differs from the expected")
+            for piece in self._sealer.finish():
+                self._target.write(piece)
+            self._target.complete()
+            self._object_completed = True
+            info = self._assets._commit(self, self._size, digest)
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "completed"
+        return info
+
+    def abort(self) -> None:
+        """Leave nothing behind. Idempotent; safe to call from any failure path."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        store = self._assets._store
+        try:
+            if self._object_completed:
+                store.delete(self.object_key)
+            else:
+                self._target.abort()
+        finally:
+            # Only once storage is clean: if a crash comes first, gc sees the row.
+            self._assets._forget_upload(self.object_key)
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise FailedPrecondition(f"upload is {self._state}")
+
+
+def _resolve_range(
+    size: int, offset: int | None, length: int | None, suffix: int | None
+) -> tuple[int, int]:
+    if suffix is not None:
+        if offset is not None or length is not None:
+            raise InvalidArgument("give either a byte range or a suffix length, not both")
+        if suffix <= 0:
+            raise InvalidArgument("suffix length must be positive")
+        count = min(suffix, size)
+        if count == 0:
+            raise OutOfRange("range not satisfiable for an empty asset")
+        return size - count, count
+    if offset is None and length is None:
+        return 0, size
+    start = offset or 0
+    if length is None:
+        raise InvalidArgument("a byte range needs a length")
+    if start < 0 or length <= 0:
+        raise InvalidArgument("offset must not be negative and length must be positive")
+    if start + length > size:
+        raise OutOfRange("range outside the asset")
+    return start, length
+
+
+def _encode_token(after: str, prefix: str) -> str:
+    raw = json.dumps({"a": after, "p": prefix}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, prefix: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        after, bound = data["a"], data["p"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidArgument("malformed page token") from None
+    if not isinstance(after, str) or bound != prefix:
+        raise InvalidArgument("page token does not belong to this listing")
+    return after
