@@ -33,7 +33,14 @@ from reelvault.catalog.db import _alembic_config
 from reelvault.keys.tenant import KekState
 
 NOW = datetime(2027, 1, 15, 8, 0, tzinfo=UTC)
-TABLES = {"alembic_version", "tenants", "tenant_key_versions"}
+TABLES = {
+    "alembic_version",
+    "tenants",
+    "tenant_key_versions",
+    "api_keys",
+    "assets",
+    "uploads",
+}
 
 
 def _add_tenant(database: Database, name: str | None = None) -> str:
@@ -134,8 +141,10 @@ def test_downgrade_to_nothing_and_upgrade_again(database: Database) -> None:
     assert _table_names(database) == TABLES
 
 
-def test_head_revision_is_the_first_migration_for_now() -> None:
-    assert head_revision() == "0001"
+def test_head_revision_is_the_newest_migration() -> None:
+    versions = Path(__file__).parents[2] / "src/reelvault/catalog/migrations/versions"
+    newest = max(p.name.split("_")[0] for p in versions.glob("[0-9]*_*.py"))
+    assert head_revision() == newest
 
 
 # -- connections and transactions ----------------------------------------------------

@@ -273,6 +273,34 @@ def test_load_refuses_content_that_is_not_json(tmp_path: Path, content: bytes) -
         LocalKeyring.load(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (
+            b'{"format": "reelvault-keyring", "version": ' + b"9" * 5000 + b"}",
+            "a number has too many digits",
+        ),
+        (b'{"keys": [' + b"9" * 100_000 + b"]}", "a number has too many digits"),
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
+    ],
+    ids=["long integer", "long integer in a list", "deep list", "deep object"],
+)
+def test_load_refuses_hostile_json_with_a_configuration_error(
+    tmp_path: Path, content: bytes, detail: str
+) -> None:
+    """json.loads raises a plain ValueError for an integer past Python's digit limit and
+    RecursionError for deep nesting; neither may escape as a traceback."""
+    path = tmp_path / "keyring.json"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(errors.ConfigurationError, match=f"malformed: {detail}") as raised:
+        LocalKeyring.load(path)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    with pytest.raises(errors.ConfigurationError, match=detail):
+        read_keyring_info(path)
+
+
 # --- rotation ---------------------------------------------------------------------------
 
 

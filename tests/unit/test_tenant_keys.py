@@ -30,6 +30,7 @@ DESTROYED = KekState.DESTROYED
 
 UNKNOWN_TENANT = "0" * 32
 DAY = 86_400.0
+TTL = 60.0  # the cache TTL of the tenant_keys fixture
 
 
 def _new_tenant(keys: TenantKeys) -> str:
@@ -45,16 +46,22 @@ def _row(database: Database, tenant_id: str, version: int) -> TenantKeyVersionRo
         return TenantRepository(session).key_version(tenant_id, version)
 
 
-def _version_in(keys: TenantKeys, state: KekState) -> tuple[str, int]:
-    """A tenant with version 2 active and version 1 brought to ``state`` (or 2 if active)."""
+def _version_in(keys: TenantKeys, clock: FakeClock, state: KekState) -> tuple[str, int]:
+    """A tenant with version 2 active and version 1 brought to ``state`` (or 2 if active).
+
+    Version 1 was rotated out a cache TTL ago, so it may be retired; a pending deletion
+    is due.
+    """
     tenant_id = _new_tenant(keys)
     keys.rotate(tenant_id)
+    clock.advance(TTL)
     if state is ACTIVE:
         return tenant_id, 2
     if state is not DECRYPT_ONLY:
         keys.disable(tenant_id, 1)
     if state in (PENDING, DESTROYED):
-        keys.schedule_deletion(tenant_id, 1, 0)
+        keys.schedule_deletion(tenant_id, 1, TTL)
+        clock.advance(TTL)
     if state is DESTROYED:
         keys.destroy(tenant_id, 1)
     assert _states(keys, tenant_id)[1] is state
@@ -197,15 +204,17 @@ LEGAL: dict[str, dict[KekState, KekState]] = {
 
 def _operation(keys: TenantKeys, name: str) -> Callable[[str, int], object]:
     if name == "schedule_deletion":
-        return lambda tenant_id, version: keys.schedule_deletion(tenant_id, version, 0)
+        return lambda tenant_id, version: keys.schedule_deletion(tenant_id, version, TTL)
     method: Callable[[str, int], object] = getattr(keys, name)
     return method
 
 
 @pytest.mark.parametrize("start", list(KekState))
 @pytest.mark.parametrize("operation", list(LEGAL))
-def test_every_transition(tenant_keys: TenantKeys, operation: str, start: KekState) -> None:
-    tenant_id, version = _version_in(tenant_keys, start)
+def test_every_transition(
+    tenant_keys: TenantKeys, clock: FakeClock, operation: str, start: KekState
+) -> None:
+    tenant_id, version = _version_in(tenant_keys, clock, start)
     before = tenant_keys.list_versions(tenant_id)
     expected = LEGAL[operation].get(start)
 
@@ -250,8 +259,10 @@ def test_the_active_version_cannot_be_scheduled_for_deletion(tenant_keys: Tenant
 
 
 @pytest.mark.parametrize("period", [-1.0, float("nan"), float("inf"), 1e300])
-def test_waiting_period_must_be_a_sane_number(tenant_keys: TenantKeys, period: float) -> None:
-    tenant_id, version = _version_in(tenant_keys, DISABLED)
+def test_waiting_period_must_be_a_sane_number(
+    tenant_keys: TenantKeys, clock: FakeClock, period: float
+) -> None:
+    tenant_id, version = _version_in(tenant_keys, clock, DISABLED)
     with pytest.raises(errors.InvalidArgument):
         tenant_keys.schedule_deletion(tenant_id, version, period)
     assert _states(tenant_keys, tenant_id)[version] is DISABLED
@@ -260,7 +271,7 @@ def test_waiting_period_must_be_a_sane_number(tenant_keys: TenantKeys, period: f
 def test_destroy_waits_for_the_deletion_date_then_erases_the_material(
     tenant_keys: TenantKeys, database: Database, clock: FakeClock
 ) -> None:
-    tenant_id, version = _version_in(tenant_keys, DECRYPT_ONLY)
+    tenant_id, version = _version_in(tenant_keys, clock, DECRYPT_ONLY)
     scheduled = tenant_keys.schedule_deletion(tenant_id, version, 7 * DAY)
     due = datetime.fromtimestamp(clock.now(), UTC) + timedelta(days=7)
     assert scheduled.deletion_due_at == due
@@ -284,9 +295,9 @@ def test_destroy_waits_for_the_deletion_date_then_erases_the_material(
 
 
 def test_cancelled_deletion_comes_back_disabled_and_can_be_enabled(
-    tenant_keys: TenantKeys,
+    tenant_keys: TenantKeys, clock: FakeClock
 ) -> None:
-    tenant_id, version = _version_in(tenant_keys, DECRYPT_ONLY)
+    tenant_id, version = _version_in(tenant_keys, clock, DECRYPT_ONLY)
     kek = tenant_keys.decryption_kek(tenant_id, version)
     tenant_keys.schedule_deletion(tenant_id, version, DAY)
 
@@ -304,9 +315,9 @@ def test_cancelled_deletion_comes_back_disabled_and_can_be_enabled(
 
 @pytest.mark.parametrize("state", list(KekState))
 def test_decryption_is_allowed_only_for_active_and_decrypt_only(
-    tenant_keys: TenantKeys, root_provider: FakeRootKeyProvider, state: KekState
+    tenant_keys: TenantKeys, root_provider: FakeRootKeyProvider, clock: FakeClock, state: KekState
 ) -> None:
-    tenant_id, version = _version_in(tenant_keys, state)
+    tenant_id, version = _version_in(tenant_keys, clock, state)
     tenant_keys.clear_cache()
     if state in (ACTIVE, DECRYPT_ONLY):
         kek = tenant_keys.decryption_kek(tenant_id, version)
@@ -323,9 +334,12 @@ def test_decryption_is_allowed_only_for_active_and_decrypt_only(
 
 
 def test_disabled_version_is_refused_although_the_root_provider_would_unwrap_it(
-    tenant_keys: TenantKeys, root_provider: FakeRootKeyProvider, database: Database
+    tenant_keys: TenantKeys,
+    root_provider: FakeRootKeyProvider,
+    database: Database,
+    clock: FakeClock,
 ) -> None:
-    tenant_id, version = _version_in(tenant_keys, DECRYPT_ONLY)
+    tenant_id, version = _version_in(tenant_keys, clock, DECRYPT_ONLY)
     key = tenant_keys.decryption_kek(tenant_id, version).key
     tenant_keys.disable(tenant_id, version)
 
@@ -342,10 +356,11 @@ def test_disabled_version_is_refused_although_the_root_provider_would_unwrap_it(
     assert root_provider.unwrap_calls == calls
 
 
-def test_min_decryption_version(tenant_keys: TenantKeys) -> None:
+def test_min_decryption_version(tenant_keys: TenantKeys, clock: FakeClock) -> None:
     tenant_id = _new_tenant(tenant_keys)
     tenant_keys.rotate(tenant_id)
     tenant_keys.rotate(tenant_id)
+    clock.advance(TTL)
     v1 = tenant_keys.decryption_kek(tenant_id, 1)
 
     assert tenant_keys.set_min_decryption_version(tenant_id, 2).min_decryption_version == 2
@@ -361,21 +376,171 @@ def test_min_decryption_version(tenant_keys: TenantKeys) -> None:
 
 
 def test_min_decryption_version_is_bounded_by_the_current_version(
-    tenant_keys: TenantKeys,
+    tenant_keys: TenantKeys, clock: FakeClock
 ) -> None:
     tenant_id = _new_tenant(tenant_keys)
     tenant_keys.rotate(tenant_id)
     tenant_keys.rotate(tenant_id)
+    clock.advance(TTL)
     with pytest.raises(errors.InvalidArgument):
         tenant_keys.set_min_decryption_version(tenant_id, 0)
     with pytest.raises(errors.FailedPrecondition):
         tenant_keys.set_min_decryption_version(tenant_id, 4)
     # With no active version the latest version is the bound.
     tenant_keys.disable(tenant_id, 3)
+    clock.advance(TTL)
     assert tenant_keys.set_min_decryption_version(tenant_id, 3).min_decryption_version == 3
     with pytest.raises(errors.FailedPrecondition):
         tenant_keys.set_min_decryption_version(tenant_id, 4)
     assert tenant_keys.get_tenant(tenant_id).min_decryption_version == 3
+
+
+# -- retiring a version while another replica may still encrypt under it ---------------
+
+
+def _at(clock: FakeClock, seconds: float = 0) -> str:
+    moment = datetime.fromtimestamp(clock.now() + seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+def replica(database: Database, root_provider: FakeRootKeyProvider, clock: FakeClock) -> TenantKeys:
+    """A second replica over the same catalog, with the same cache TTL."""
+    return TenantKeys(database, root_provider, clock, cache_ttl=TTL)
+
+
+def test_min_decryption_version_waits_a_cache_ttl_after_the_rotation(
+    tenant_keys: TenantKeys, replica: TenantKeys, clock: FakeClock
+) -> None:
+    tenant_id = _new_tenant(tenant_keys)
+    assert replica.encryption_kek(tenant_id).version == 1  # replica 2 serves uploads
+    rotated_at = _at(clock)
+    tenant_keys.rotate(tenant_id)
+
+    clock.advance(TTL - 0.5)
+    assert replica.encryption_kek(tenant_id).version == 1  # stale, as documented
+    message = (
+        rf"raising the minimum decryption version to 2 is not allowed yet: KEK version 1 "
+        rf"was the active version until {rotated_at}, .* cache \(60 s\) expires; allowed "
+        rf"from {_at(clock, 0.5)} \(in 1 s\)"
+    )
+    for keys in (tenant_keys, replica):
+        with pytest.raises(errors.FailedPrecondition, match=message):
+            keys.set_min_decryption_version(tenant_id, 2)
+    assert tenant_keys.get_tenant(tenant_id).min_decryption_version == 1
+
+    clock.advance(0.5)  # every replica's cached v1 has expired now
+    assert tenant_keys.set_min_decryption_version(tenant_id, 2).min_decryption_version == 2
+    assert replica.encryption_kek(tenant_id).version == 2
+
+
+def test_each_version_a_raised_minimum_excludes_is_checked(
+    tenant_keys: TenantKeys, clock: FakeClock
+) -> None:
+    tenant_id = _new_tenant(tenant_keys)
+    tenant_keys.rotate(tenant_id)
+    clock.advance(TTL / 2)
+    tenant_keys.rotate(tenant_id)  # v2 was active for half a TTL
+    clock.advance(TTL / 2)
+
+    with pytest.raises(errors.FailedPrecondition, match="KEK version 2 was the active"):
+        tenant_keys.set_min_decryption_version(tenant_id, 3)
+    assert tenant_keys.set_min_decryption_version(tenant_id, 2).min_decryption_version == 2
+    with pytest.raises(errors.FailedPrecondition, match="KEK version 2 was the active"):
+        tenant_keys.set_min_decryption_version(tenant_id, 3)
+    clock.advance(TTL / 2)
+    assert tenant_keys.set_min_decryption_version(tenant_id, 3).min_decryption_version == 3
+
+
+def test_lowering_the_minimum_is_never_held_back(tenant_keys: TenantKeys, clock: FakeClock) -> None:
+    tenant_id = _new_tenant(tenant_keys)
+    tenant_keys.rotate(tenant_id)
+    clock.advance(TTL)
+    tenant_keys.set_min_decryption_version(tenant_id, 2)
+    tenant_keys.rotate(tenant_id)
+    # The way back from a mistake must stay open, whatever was rotated just now.
+    assert tenant_keys.set_min_decryption_version(tenant_id, 1).min_decryption_version == 1
+    assert tenant_keys.set_min_decryption_version(tenant_id, 2).min_decryption_version == 2
+    with pytest.raises(errors.FailedPrecondition):
+        tenant_keys.set_min_decryption_version(tenant_id, 3)
+
+
+@pytest.mark.parametrize("demotion", ["rotate", "disable"])
+def test_scheduling_deletion_waits_a_cache_ttl_after_the_version_was_active(
+    tenant_keys: TenantKeys, replica: TenantKeys, clock: FakeClock, demotion: str
+) -> None:
+    tenant_id = _new_tenant(tenant_keys)
+    replica.encryption_kek(tenant_id)
+    demoted_at = _at(clock)
+    if demotion == "rotate":
+        tenant_keys.rotate(tenant_id)
+    else:  # disabling the active version leaves the tenant with none
+        tenant_keys.disable(tenant_id, 1)
+    clock.advance(TTL - 1)
+
+    message = (
+        rf"scheduling it for deletion is not allowed yet: KEK version 1 was the active "
+        rf"version until {demoted_at}, .* allowed from {_at(clock, 1)} \(in 1 s\)"
+    )
+    with pytest.raises(errors.FailedPrecondition, match=message):
+        tenant_keys.schedule_deletion(tenant_id, 1, DAY)
+    assert _states(tenant_keys, tenant_id)[1] is not PENDING
+
+    clock.advance(1)
+    assert tenant_keys.schedule_deletion(tenant_id, 1, DAY).state is PENDING
+
+
+def test_a_later_state_change_of_a_long_retired_version_holds_nothing_up(
+    tenant_keys: TenantKeys, clock: FakeClock
+) -> None:
+    """state_changed_at moves on with every change; the successor's creation bounds when
+    the version stopped being active, so these are not refused."""
+    tenant_id = _new_tenant(tenant_keys)
+    tenant_keys.rotate(tenant_id)
+    clock.advance(TTL)
+    tenant_keys.disable(tenant_id, 1)
+    tenant_keys.enable(tenant_id, 1)
+    tenant_keys.schedule_deletion(tenant_id, 1, DAY)
+    assert tenant_keys.set_min_decryption_version(tenant_id, 2).min_decryption_version == 2
+    tenant_keys.cancel_deletion(tenant_id, 1)
+    assert tenant_keys.schedule_deletion(tenant_id, 1, DAY).state is PENDING
+
+
+def test_a_version_disabled_while_active_counts_from_the_disable(
+    tenant_keys: TenantKeys, clock: FakeClock
+) -> None:
+    tenant_id = _new_tenant(tenant_keys)
+    tenant_keys.disable(tenant_id, 1)  # stopped being active here, long before v2 exists
+    clock.advance(TTL)
+    tenant_keys.rotate(tenant_id)
+    assert tenant_keys.set_min_decryption_version(tenant_id, 2).min_decryption_version == 2
+    assert tenant_keys.schedule_deletion(tenant_id, 1, TTL).state is PENDING
+
+
+def test_the_waiting_period_is_at_least_the_cache_ttl(
+    tenant_keys: TenantKeys, clock: FakeClock
+) -> None:
+    tenant_id, version = _version_in(tenant_keys, clock, DISABLED)
+    for period in (0, TTL - 0.001):
+        with pytest.raises(errors.InvalidArgument, match=r"KEK cache TTL \(60\)"):
+            tenant_keys.schedule_deletion(tenant_id, version, period)
+    assert _states(tenant_keys, tenant_id)[version] is DISABLED
+
+    scheduled = tenant_keys.schedule_deletion(tenant_id, version, TTL)
+    assert scheduled.deletion_due_at == datetime.fromtimestamp(clock.now() + TTL, UTC)
+    clock.advance(TTL)
+    assert tenant_keys.destroy(tenant_id, version).state is DESTROYED
+
+
+def test_without_a_cache_a_version_can_be_retired_at_once(
+    database: Database, root_provider: FakeRootKeyProvider, clock: FakeClock
+) -> None:
+    keys = TenantKeys(database, root_provider, clock, cache_ttl=0)
+    tenant_id = _new_tenant(keys)
+    keys.rotate(tenant_id)
+    assert keys.set_min_decryption_version(tenant_id, 2).min_decryption_version == 2
+    keys.schedule_deletion(tenant_id, 1, 0)
+    assert keys.destroy(tenant_id, 1).state is DESTROYED
 
 
 def test_kek_repr_never_shows_the_key(tenant_keys: TenantKeys) -> None:
@@ -462,8 +627,10 @@ def test_resolver_answers_only_for_its_own_tenant(tenant_keys: TenantKeys) -> No
     assert tenant_id in repr(resolver)
 
 
-def test_resolver_raises_key_unavailable_for_a_forbidden_version(tenant_keys: TenantKeys) -> None:
-    tenant_id, version = _version_in(tenant_keys, DECRYPT_ONLY)
+def test_resolver_raises_key_unavailable_for_a_forbidden_version(
+    tenant_keys: TenantKeys, clock: FakeClock
+) -> None:
+    tenant_id, version = _version_in(tenant_keys, clock, DECRYPT_ONLY)
     tenant_keys.set_min_decryption_version(tenant_id, 2)
     with pytest.raises(errors.KeyUnavailable):
         tenant_keys.resolver(tenant_id).wrapping_key(kek_key_name(tenant_id, version))
@@ -529,10 +696,12 @@ def test_cache_ttl_must_be_a_sane_number(
 def test_state_changes_take_effect_at_once_on_this_replica(
     tenant_keys: TenantKeys,
     root_provider: FakeRootKeyProvider,
+    clock: FakeClock,
     change: Callable[[TenantKeys, str], object],
 ) -> None:
     tenant_id = _new_tenant(tenant_keys)
     tenant_keys.rotate(tenant_id)
+    clock.advance(TTL)
     tenant_keys.decryption_kek(tenant_id, 1)  # cached
     calls = root_provider.unwrap_calls
 
@@ -584,6 +753,72 @@ def test_a_read_racing_a_state_change_is_not_cached(
 
     with pytest.raises(errors.KeyUnavailable):
         tenant_keys.decryption_kek(tenant_id, 1)
+
+
+def test_the_newest_version_read_as_active_is_the_encryption_key(
+    tenant_keys: TenantKeys, replica: TenantKeys
+) -> None:
+    tenant_id = _new_tenant(tenant_keys)
+    assert replica.encryption_kek(tenant_id).version == 1
+    tenant_keys.rotate(tenant_id)
+    # The replica reads an object sealed under v2, and so learns that v2 is active.
+    assert replica.decryption_kek(tenant_id, 2).version == 2
+    assert replica.encryption_kek(tenant_id).version == 2
+    assert replica.decryption_kek(tenant_id, 1).version == 1  # still cached for decryption
+
+
+def test_an_older_read_arriving_last_does_not_demote_the_newer_active_version(
+    tenant_keys: TenantKeys, replica: TenantKeys, root_provider: FakeRootKeyProvider
+) -> None:
+    tenant_id = _new_tenant(tenant_keys)
+
+    def rotate_and_read_meanwhile() -> None:  # while the replica unwraps v1...
+        tenant_keys.rotate(tenant_id)
+        assert replica.encryption_kek(tenant_id).version == 2
+
+    root_provider.on_unwrap = rotate_and_read_meanwhile
+    assert replica.encryption_kek(tenant_id).version == 1  # ...read before the rotation
+    assert replica.encryption_kek(tenant_id).version == 2
+
+
+def test_a_rotation_overtaken_by_another_does_not_cache_its_version_as_active(
+    tenant_keys: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant_id = _new_tenant(tenant_keys)
+    cache = tenant_keys._cache
+    real_replace = cache.replace
+    overtaken = False
+
+    def another_rotation_commits_first(tenant: str, kek: Kek, **kwargs: object) -> None:
+        nonlocal overtaken
+        if not overtaken:
+            overtaken = True
+            assert tenant_keys.rotate(tenant) == kek.version + 1
+        real_replace(tenant, kek, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cache, "replace", another_rotation_commits_first)
+    assert tenant_keys.rotate(tenant_id) == 2
+    monkeypatch.undo()
+
+    assert _states(tenant_keys, tenant_id) == {1: DECRYPT_ONLY, 2: DECRYPT_ONLY, 3: ACTIVE}
+    assert tenant_keys.encryption_kek(tenant_id).version == 3
+
+
+def test_the_ttl_counts_from_the_catalog_read_not_from_a_slow_unwrap(
+    tenant_keys: TenantKeys, root_provider: FakeRootKeyProvider, clock: FakeClock
+) -> None:
+    tenant_id = _new_tenant(tenant_keys)
+    tenant_keys.clear_cache()
+    root_provider.on_unwrap = lambda: clock.advance(10)  # a slow root provider
+    kek = tenant_keys.encryption_kek(tenant_id)
+    calls = root_provider.unwrap_calls
+
+    clock.advance(TTL - 10 - 0.1)
+    assert tenant_keys.encryption_kek(tenant_id) == kek
+    assert root_provider.unwrap_calls == calls
+    clock.advance(0.1)
+    assert tenant_keys.encryption_kek(tenant_id) == kek
+    assert root_provider.unwrap_calls == calls + 1
 
 
 def test_cache_is_safe_under_concurrent_use(tenant_keys: TenantKeys) -> None:

@@ -22,12 +22,12 @@ from datetime import UTC, datetime
 from typing import Final
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
-    JSON,
     Index,
     LargeBinary,
     MetaData,

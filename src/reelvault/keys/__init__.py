@@ -4,9 +4,9 @@ Layout and semantics: docs/keys.md. The data keys themselves are drawn and wrapp
 :mod:`reelvault.crypto`, which asks :class:`KekResolver` for the KEK a header names.
 """
 
+from reelvault.crypto.names import kek_key_name, parse_kek_key_name, valid_tenant_id
 from reelvault.keys.kms import KmsRootKeyProvider
 from reelvault.keys.local import LocalKeyring, init_keyring, rotate_keyring
-from reelvault.crypto.names import kek_key_name, parse_kek_key_name, valid_tenant_id
 from reelvault.keys.provider import RootKeyProvider, WrappedKey
 from reelvault.keys.tenant import Kek, KekResolver, KekState, KekVersion, Tenant, TenantKeys
 

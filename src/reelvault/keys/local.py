@@ -376,10 +376,12 @@ def _parse(data: bytes, path: PathArg) -> _Document:
         raise malformed("file is too large")
     try:
         document = json.loads(data.decode("utf-8"))
-    except RecursionError:  # nesting deeper than the interpreter's stack
-        raise malformed("JSON is nested too deeply") from None
-    except ValueError:  # not UTF-8, not JSON, or an integer past Python's digit limit
-        raise malformed("not UTF-8 JSON, or a number in it is too long") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise malformed("not UTF-8 JSON") from None
+    except ValueError:  # an integer past Python's int digit limit (sys.set_int_max_str_digits)
+        raise malformed("a number has too many digits") from None
+    except RecursionError:
+        raise malformed("nested too deeply") from None
     if not isinstance(document, dict):
         raise malformed("not a JSON object")
     if document.get("format") != FILE_FORMAT:

@@ -14,7 +14,8 @@ Versions move through states as in HashiCorp Vault Transit and AWS KMS::
                         active (the previous one)         decrypt-only
     disable             active, decrypt-only              disabled
     enable              disabled                          decrypt-only
-    schedule_deletion   decrypt-only, disabled            pending-deletion
+    schedule_deletion   decrypt-only, disabled            pending-deletion (see TenantKeys
+                                                          for when it is allowed)
     cancel_deletion     pending-deletion                  disabled
     destroy             pending-deletion, once due        destroyed (wrapped key erased)
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 import math
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,12 @@ from typing import Final
 
 from reelvault.catalog import Database, TenantKeyVersionRow, TenantRepository, TenantRow
 from reelvault.clock import Clock
+from reelvault.crypto.names import (
+    MAX_KEK_VERSION,
+    kek_key_name,
+    parse_kek_key_name,
+    valid_tenant_id,
+)
 from reelvault.errors import (
     ConfigurationError,
     FailedPrecondition,
@@ -48,7 +55,6 @@ from reelvault.errors import (
     KeyUnavailable,
     NotFound,
 )
-from reelvault.crypto.names import MAX_KEK_VERSION, kek_key_name, parse_kek_key_name, valid_tenant_id
 from reelvault.keys.provider import RootKeyProvider, WrappedKey
 
 __all__ = [
@@ -160,11 +166,31 @@ class TenantKeys:
     provider does not hold database locks.
 
     Unwrapped KEKs are cached in process memory for ``cache_ttl`` seconds (measured on
-    ``clock.monotonic()``; 0 disables the cache). Any state change made through this object
-    drops the tenant's cached KEKs at once, so on this replica a disable, a deletion or a
-    raised minimum version takes effect immediately. **Other replicas keep using a KEK they
-    have cached until their entry expires**: a state change is fully in force everywhere
-    only ``cache_ttl`` seconds after it commits. Keep the TTL short for that reason.
+    ``clock.monotonic()`` from the start of the catalog read that loaded them; 0 disables
+    the cache). Any state change made through this object drops the tenant's cached KEKs at
+    once, so on this replica a disable, a deletion or a raised minimum version takes effect
+    immediately. **Other replicas keep using a KEK they have cached until their entry
+    expires**: a state change is fully in force everywhere only ``cache_ttl`` seconds after
+    it commits. Keep the TTL short for that reason.
+
+    In particular, after a :meth:`rotate` another replica may keep *encrypting* new objects
+    under the previous version for up to ``cache_ttl``. So that such objects are never
+    born unreadable or shredded, retiring a version waits for every cache to forget it was
+    active:
+
+    * :meth:`set_min_decryption_version` refuses to raise the minimum above a version that
+      stopped being active (was demoted by a rotation, or disabled) less than ``cache_ttl``
+      ago; lowering it is always allowed.
+    * :meth:`schedule_deletion` refuses such a version too, and requires a waiting period of
+      at least ``cache_ttl``: when the deletion is due, every replica's cached copy (for
+      decryption, say) has expired, so :meth:`destroy` really leaves no usable copy.
+
+    Both refusals are ``FailedPrecondition`` saying when the operation becomes allowed.
+    They rely on every replica using the same ``cache_ttl`` (or none a longer one than the
+    replica making the change) and on the replicas' wall clocks agreeing (NTP): when a
+    version stopped being active is read from the catalog's timestamps. A plain
+    :meth:`disable` is not held back: it is the reversible emergency stop, and takes effect
+    on other replicas within the TTL, as any state change.
 
     Python cannot wipe ``bytes``; an expired or dropped KEK stays in freed memory until it
     is overwritten. The cache bounds how long a live reference exists, nothing more.
@@ -180,6 +206,7 @@ class TenantKeys:
         self._db = database
         self._root = root
         self._clock = clock
+        self._cache_ttl = cache_ttl
         self._cache = _KekCache(clock, cache_ttl)
 
     # -- tenants ---------------------------------------------------------------------
@@ -205,13 +232,14 @@ class TenantKeys:
         tenant_id = secrets.token_hex(16)
         key, wrapped = self._root.generate_key(_wrapping_context(tenant_id, 1))
         now = self._now()
+        ticket = self._cache.ticket()
         with self._db.transaction() as session:
             repository = TenantRepository(session)
             row = TenantRow(id=tenant_id, name=name, created_at=now, min_decryption_version=1)
             repository.add_tenant(row)
             repository.add_key_version(_new_version_row(tenant_id, 1, wrapped, now))
             tenant = _tenant(row)
-        self._cache.replace(tenant_id, Kek(kek_key_name(tenant_id, 1), 1, key))
+        self._cache.replace(tenant_id, Kek(kek_key_name(tenant_id, 1), 1, key), ticket=ticket)
         return tenant
 
     def get_tenant(self, tenant_id: str) -> Tenant:
@@ -261,6 +289,9 @@ class TenantKeys:
             repository.tenant(tenant_id)
             version = repository.latest_key_version(tenant_id) + 1
         key, wrapped = self._generate(tenant_id, version)
+        # Taken before the commit: a state change of the new version committed by another
+        # thread before the cache is updated then keeps the new key out of the cache.
+        ticket = self._cache.ticket()
         with self._db.transaction() as session:
             repository = TenantRepository(session)
             repository.tenant(tenant_id, lock=True)
@@ -274,7 +305,8 @@ class TenantKeys:
                 _set_state(previous, KekState.DECRYPT_ONLY, now)
                 session.flush()  # before the insert: never two active rows
             repository.add_key_version(_new_version_row(tenant_id, version, wrapped, now))
-        self._cache.replace(tenant_id, Kek(kek_key_name(tenant_id, version), version, key))
+        kek = Kek(kek_key_name(tenant_id, version), version, key)
+        self._cache.replace(tenant_id, kek, ticket=ticket)
         return version
 
     def disable(self, tenant_id: str, version: int) -> KekVersion:
@@ -287,7 +319,7 @@ class TenantKeys:
             NotFound: unknown tenant or version.
             FailedPrecondition: the version is not active or decrypt-only.
         """
-        with self._locked_version(tenant_id, version) as (row, now):
+        with self._locked_version(tenant_id, version) as (_, row, now):
             _require(row, {KekState.ACTIVE, KekState.DECRYPT_ONLY})
             _set_state(row, KekState.DISABLED, now)
             return _version(row)
@@ -300,7 +332,7 @@ class TenantKeys:
             NotFound: unknown tenant or version.
             FailedPrecondition: the version is not disabled.
         """
-        with self._locked_version(tenant_id, version) as (row, now):
+        with self._locked_version(tenant_id, version) as (_, row, now):
             _require(row, {KekState.DISABLED})
             _set_state(row, KekState.DECRYPT_ONLY, now)
             return _version(row)
@@ -311,17 +343,24 @@ class TenantKeys:
         """Mark a version for destruction after a waiting period, during which it cannot
         be used and :meth:`cancel_deletion` can still save it.
 
+        Refused while the version may still be active in another replica's cache, and with
+        a waiting period shorter than the cache TTL (see the class docstring).
+
         Raises:
-            InvalidArgument: the waiting period is negative or not a finite number.
+            InvalidArgument: the waiting period is not a number of seconds >= the cache TTL,
+                or puts the due date out of range.
             NotFound: unknown tenant or version.
-            FailedPrecondition: the version is active (rotate first), or is not
-                decrypt-only or disabled.
+            FailedPrecondition: the version is active (rotate first), is not decrypt-only
+                or disabled, or stopped being active less than the cache TTL ago.
         """
-        waiting_period = _waiting_period(waiting_period_seconds, self._now())
-        with self._locked_version(tenant_id, version) as (row, now):
+        waiting_period = self._waiting_period(waiting_period_seconds)
+        with self._locked_version(tenant_id, version) as (repository, row, now):
             if row.state == KekState.ACTIVE:
                 raise FailedPrecondition("the active KEK version cannot be deleted; rotate first")
             _require(row, {KekState.DECRYPT_ONLY, KekState.DISABLED})
+            self._require_retired_everywhere(
+                repository, tenant_id, [version], now, "scheduling it for deletion"
+            )
             _set_state(row, KekState.PENDING_DELETION, now)
             row.deletion_due_at = now + waiting_period
             return _version(row)
@@ -333,7 +372,7 @@ class TenantKeys:
             NotFound: unknown tenant or version.
             FailedPrecondition: the version is not pending deletion.
         """
-        with self._locked_version(tenant_id, version) as (row, now):
+        with self._locked_version(tenant_id, version) as (_, row, now):
             _require(row, {KekState.PENDING_DELETION})
             _set_state(row, KekState.DISABLED, now)
             row.deletion_due_at = None
@@ -348,7 +387,7 @@ class TenantKeys:
             FailedPrecondition: the version is not pending deletion, or its waiting period
                 has not ended.
         """
-        with self._locked_version(tenant_id, version) as (row, now):
+        with self._locked_version(tenant_id, version) as (_, row, now):
             _require(row, {KekState.PENDING_DELETION})
             if row.deletion_due_at is None or now < row.deletion_due_at:
                 raise FailedPrecondition("the KEK version's deletion waiting period has not ended")
@@ -359,13 +398,17 @@ class TenantKeys:
 
     def set_min_decryption_version(self, tenant_id: str, version: int) -> Tenant:
         """Refuse decryption with versions below ``version`` (which may also be lowered
-        again, as in Vault).
+        again, as in Vault; lowering is never refused).
+
+        Raising it is refused while a version it would newly exclude may still be active in
+        another replica's cache (see the class docstring).
 
         Raises:
             InvalidArgument: ``version`` is below 1.
             NotFound: unknown tenant.
             FailedPrecondition: ``version`` is above the active version (or above the
-                latest version when none is active).
+                latest version when none is active), or a version from the current minimum
+                up to ``version - 1`` stopped being active less than the cache TTL ago.
         """
         if version < 1:
             raise InvalidArgument("the minimum decryption version is at least 1")
@@ -381,6 +424,13 @@ class TenantKeys:
                 raise FailedPrecondition(
                     "the minimum decryption version cannot exceed the current KEK version"
                 )
+            self._require_retired_everywhere(
+                repository,
+                tenant_id,
+                range(tenant_row.min_decryption_version, version),
+                self._now(),
+                f"raising the minimum decryption version to {version}",
+            )
             tenant_row.min_decryption_version = version
             tenant = _tenant(tenant_row)
         self._cache.drop(tenant_id)
@@ -400,7 +450,7 @@ class TenantKeys:
         if cached is not None:
             return cached
         _check_tenant_id(tenant_id)
-        epoch = self._cache.epoch()
+        ticket = self._cache.ticket()
         with self._db.transaction(readonly=True) as session:
             repository = TenantRepository(session)
             repository.tenant(tenant_id)
@@ -409,7 +459,7 @@ class TenantKeys:
                 raise KeyUnavailable("the tenant has no active KEK version")
             version, wrapped = row.version, _wrapped(row)
         kek = self._unwrap(tenant_id, version, wrapped)
-        self._cache.put(tenant_id, kek, active=True, epoch=epoch)
+        self._cache.put(tenant_id, kek, active=True, ticket=ticket)
         return kek
 
     def decryption_kek(self, tenant_id: str, version: int) -> Kek:
@@ -429,7 +479,7 @@ class TenantKeys:
             return cached
         _check_tenant_id(tenant_id)
         _check_version(version)
-        epoch = self._cache.epoch()
+        ticket = self._cache.ticket()
         with self._db.transaction(readonly=True) as session:
             repository = TenantRepository(session)
             tenant_row = repository.tenant(tenant_id)
@@ -442,7 +492,7 @@ class TenantKeys:
                 )
             active, wrapped = row.state == KekState.ACTIVE, _wrapped(row)
         kek = self._unwrap(tenant_id, version, wrapped)
-        self._cache.put(tenant_id, kek, active=active, epoch=epoch)
+        self._cache.put(tenant_id, kek, active=active, ticket=ticket)
         return kek
 
     def resolver(self, tenant_id: str) -> KekResolver:
@@ -458,7 +508,7 @@ class TenantKeys:
     @contextmanager
     def _locked_version(
         self, tenant_id: str, version: int
-    ) -> Iterator[tuple[TenantKeyVersionRow, datetime]]:
+    ) -> Iterator[tuple[TenantRepository, TenantKeyVersionRow, datetime]]:
         """A write transaction holding the tenant's lock, for one version's state change.
 
         The tenant's cached KEKs are dropped after the commit, not before: a reader that
@@ -469,8 +519,73 @@ class TenantKeys:
         with self._db.transaction() as session:
             repository = TenantRepository(session)
             repository.tenant(tenant_id, lock=True)
-            yield repository.key_version(tenant_id, version), self._now()
+            yield repository, repository.key_version(tenant_id, version), self._now()
         self._cache.drop(tenant_id)
+
+    def _require_retired_everywhere(
+        self,
+        repository: TenantRepository,
+        tenant_id: str,
+        versions: Iterable[int],
+        now: datetime,
+        action: str,
+    ) -> None:
+        """Refuse ``action`` while one of ``versions`` may still be the active KEK in some
+        replica's cache: until ``cache_ttl`` after it stopped being active.
+
+        When it stopped is bounded from above by its ``state_changed_at`` (every later
+        change moves that on) and by its successor's ``created_at`` (a version is demoted
+        at the latest by the rotation that creates the next one). The smaller bound is
+        used, so a later disable, enable or deletion schedule of a version rotated out long
+        ago does not hold anything up. The catalog keeps no demotion time of its own, so a
+        version disabled while active and changed again after its successor was created
+        counts from that creation: later than needed, never earlier.
+
+        Raises:
+            FailedPrecondition: naming the version and when ``action`` becomes allowed.
+        """
+        if self._cache_ttl == 0:
+            return
+        rows = {row.version: row for row in repository.key_versions(tenant_id)}
+        ttl = timedelta(seconds=self._cache_ttl)
+        for version in versions:
+            row = rows.get(version)
+            if row is None:
+                continue
+            if row.state == KekState.ACTIVE:  # callers exclude it; never let it through
+                raise FailedPrecondition(
+                    f"{action} is not allowed: KEK version {version} is active"
+                )
+            successor = rows.get(version + 1)
+            if successor is None:
+                inactive_since = row.state_changed_at
+            else:
+                inactive_since = min(row.state_changed_at, successor.created_at)
+            allowed_at = inactive_since + ttl
+            if now < allowed_at:
+                wait = math.ceil((allowed_at - now).total_seconds())
+                raise FailedPrecondition(
+                    f"{action} is not allowed yet: KEK version {version} was the active "
+                    f"version until {_rfc3339(inactive_since)}, and other replicas may keep "
+                    f"encrypting under it until their KEK cache ({self._cache_ttl:g} s) "
+                    f"expires; allowed from {_rfc3339(allowed_at, ceil=True)} (in {wait} s)"
+                )
+
+    def _waiting_period(self, seconds: float) -> timedelta:
+        """A deletion waiting period, at least the cache TTL: when the deletion is due,
+        every copy cached before it was scheduled has expired, on every replica."""
+        ttl = self._cache_ttl
+        message = f"the waiting period must be a number of seconds >= the KEK cache TTL ({ttl:g})"
+        if not seconds >= ttl:  # too short, negative, or NaN
+            raise InvalidArgument(message)
+        try:
+            period = timedelta(seconds=seconds)
+            self._now() + period  # the due date must be a representable time
+        except OverflowError:
+            raise InvalidArgument(
+                "the waiting period puts the deletion date out of range"
+            ) from None
+        return period
 
     def _generate(self, tenant_id: str, version: int) -> tuple[bytes, WrappedKey]:
         if version > MAX_KEK_VERSION:
@@ -492,13 +607,30 @@ class _Entry:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Ticket:
+    """Taken before reading (or writing) the catalog: the cache's epoch then, and the
+    monotonic time, from which an entry's TTL counts."""
+
+    epoch: int
+    taken_at: float
+
+
 class _KekCache:
     """Unwrapped KEKs by tenant and version, expiring on the monotonic clock.
 
-    ``epoch`` counts invalidations. A reader takes it before reading the catalog and passes
-    it to :meth:`put`; if a state change was dropped in between, the read may be stale and
-    is not cached. Unwrapping happens outside the lock, so two threads missing at once may
-    both unwrap; that costs one extra provider call and nothing else.
+    ``epoch`` counts invalidations. A reader takes a :meth:`ticket` before reading the
+    catalog and passes it to :meth:`put`; if a state change was dropped in between, the read
+    may be stale and is not cached. An entry expires ``ttl`` seconds after its ticket was
+    taken, not after the (possibly slow) unwrap: so an entry loaded from a catalog read that
+    began before a state change committed is gone ``ttl`` seconds after that commit, at the
+    latest, which is what :class:`TenantKeys`' retirement rules count on. Unwrapping
+    happens outside the lock, so two threads missing at once may both unwrap; that costs
+    one extra provider call and nothing else.
+
+    At most one entry per tenant is marked active, and it is the highest version cached as
+    active: the active version only ever moves up (by :meth:`TenantKeys.rotate`), so a
+    lower one arriving later comes from an older read.
     """
 
     def __init__(self, clock: Clock, ttl: float) -> None:
@@ -508,9 +640,10 @@ class _KekCache:
         self._entries: dict[str, dict[int, _Entry]] = {}
         self._epoch = 0
 
-    def epoch(self) -> int:
+    def ticket(self) -> _Ticket:
+        now = self._clock.monotonic()
         with self._lock:
-            return self._epoch
+            return _Ticket(self._epoch, now)
 
     def get(self, tenant_id: str, version: int) -> Kek | None:
         now = self._clock.monotonic()
@@ -521,30 +654,34 @@ class _KekCache:
     def active(self, tenant_id: str) -> Kek | None:
         now = self._clock.monotonic()
         with self._lock:
-            for entry in self._entries.get(tenant_id, {}).values():
-                if entry.active and now < entry.expires_at:
-                    return entry.kek
-            return None
+            live = [
+                entry
+                for entry in self._entries.get(tenant_id, {}).values()
+                if entry.active and now < entry.expires_at
+            ]
+            return max(live, key=lambda entry: entry.kek.version).kek if live else None
 
-    def put(self, tenant_id: str, kek: Kek, *, active: bool, epoch: int) -> None:
-        if self._ttl == 0:
-            return
+    def put(self, tenant_id: str, kek: Kek, *, active: bool, ticket: _Ticket) -> None:
+        """Cache ``kek`` unless the cache was invalidated since ``ticket`` was taken."""
         now = self._clock.monotonic()
         with self._lock:
-            if epoch != self._epoch:
-                return
-            self._purge(now)
-            self._entries.setdefault(tenant_id, {})[kek.version] = _Entry(
-                kek, active, now + self._ttl
-            )
+            if ticket.epoch == self._epoch:
+                self._purge(now)
+                self._insert(tenant_id, kek, active, ticket.taken_at + self._ttl, now)
 
-    def replace(self, tenant_id: str, kek: Kek) -> None:
-        """Drop the tenant's entries and cache its new active version, atomically."""
+    def replace(self, tenant_id: str, kek: Kek, *, ticket: _Ticket) -> None:
+        """After a rotation committed: drop the tenant's entries (so no reader caches the
+        previous active version from a read that began earlier) and cache ``kek`` as
+        active, unless the cache was invalidated since ``ticket`` was taken (a state
+        change of ``kek`` may have committed meanwhile), atomically."""
+        now = self._clock.monotonic()
         with self._lock:
+            fresh = ticket.epoch == self._epoch
             self._epoch += 1
             self._entries.pop(tenant_id, None)
-            epoch = self._epoch
-        self.put(tenant_id, kek, active=True, epoch=epoch)
+            if fresh:
+                self._purge(now)
+                self._insert(tenant_id, kek, True, ticket.taken_at + self._ttl, now)
 
     def drop(self, tenant_id: str) -> None:
         with self._lock:
@@ -555,6 +692,20 @@ class _KekCache:
         with self._lock:
             self._epoch += 1
             self._entries.clear()
+
+    def _insert(
+        self, tenant_id: str, kek: Kek, active: bool, expires_at: float, now: float
+    ) -> None:
+        if now >= expires_at:  # also when the TTL is 0
+            return
+        versions = self._entries.setdefault(tenant_id, {})
+        if active:
+            if any(e.active and e.kek.version > kek.version for e in versions.values()):
+                active = False  # a newer version is active already: this read is older
+            else:
+                for entry in versions.values():
+                    entry.active = False
+        versions[kek.version] = _Entry(kek, active, expires_at)
 
     def _purge(self, now: float) -> None:
         # On insert only: misses are rare, and it keeps idle tenants' keys from lingering.
@@ -576,16 +727,12 @@ def _check_tenant_id(tenant_id: str) -> None:
         raise NotFound("tenant not found")
 
 
-def _waiting_period(seconds: float, now: datetime) -> timedelta:
-    message = "the waiting period must be a number of seconds >= 0"
-    if not seconds >= 0:  # negative, or NaN
-        raise InvalidArgument(message)
-    try:
-        period = timedelta(seconds=seconds)
-        now + period  # the due date must be a representable time
-    except OverflowError:
-        raise InvalidArgument(message) from None
-    return period
+def _rfc3339(moment: datetime, *, ceil: bool = False) -> str:
+    """``moment`` in UTC to the second; ``ceil`` rounds up (for "allowed from")."""
+    moment = moment.astimezone(UTC)
+    if ceil and moment.microsecond:
+        moment += timedelta(seconds=1)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _check_version(version: int) -> None:

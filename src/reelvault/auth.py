@@ -1,0 +1,366 @@
+"""Authentication and authorization: bearer API keys, roles and the permission table.
+
+Every call carries ``authorization: Bearer <token>``. A token names its key and carries
+the key's secret::
+
+    rvk_<key id>_<secret>
+
+    rvk_            fixed prefix, so a leaked token is easy to recognize (secret scanners)
+    key id          16 lowercase hex digits (64 random bits); the primary key of the row
+    _               separator
+    secret          43 characters: 32 random bytes, base64url without padding
+
+The catalog stores ``SHA-256(secret)`` only, never the secret: anyone reading the
+database or a backup cannot call the vault. A slow password hash (bcrypt, Argon2) is not
+needed because the secret is 256 uniformly random bits, not something a person chose:
+there is no dictionary to try, and brute force against a SHA-256 preimage of a 256-bit
+secret is out of reach. A fast hash also keeps authentication cheap on every request.
+
+Authentication fails with one :class:`~reelvault.errors.Unauthenticated` message whatever
+went wrong (malformed token, unknown key, wrong secret, revoked key), so responses are no
+oracle for which key ids exist or which are revoked. Hashes are compared in constant time,
+and a lookup that finds no key still compares against a dummy hash, so the work done does
+not depend on whether the id exists either.
+
+Each key is bound to one role, and to one tenant unless the role is ``platform-admin``.
+What each role may call is :data:`PERMISSIONS`, keyed by full gRPC method name; a method
+missing from it is denied to everyone. Tenant scope is the caller's job at the transport
+edge, through :func:`require_tenant_access` and :func:`require_can_create_key`: another
+tenant's resources look missing (``NotFound``), as everywhere in reelvault.
+
+The platform admin creates tenants and manages keys, and deliberately cannot read, write
+or list any tenant's assets: running the platform must not imply access to customers'
+video (separation of duties). To reach assets it has to create a tenant key, which is a
+visible, listable and revocable act.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from reelvault.catalog import ApiKeyRow, Database, TenantRepository
+from reelvault.clock import Clock
+from reelvault.crypto.names import valid_tenant_id
+from reelvault.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+
+__all__ = [
+    "ApiKeyInfo",
+    "ApiKeys",
+    "MAX_DESCRIPTION_LENGTH",
+    "PERMISSIONS",
+    "Principal",
+    "Role",
+    "TOKEN_PREFIX",
+    "authorize",
+    "require_can_create_key",
+    "require_tenant_access",
+]
+
+TOKEN_PREFIX: Final = "rvk_"  # noqa: S105 (a public marker, not a secret)
+MAX_DESCRIPTION_LENGTH: Final = 256
+
+_KEY_ID_BYTES: Final = 8
+_SECRET_BYTES: Final = 32
+# 32 bytes in unpadded base64url: 42 characters of 6 bits and a last one carrying the final
+# 4 bits and two zero bits. Only the canonical last characters are accepted, so one secret
+# has exactly one spelling.
+_TOKEN: Final = re.compile(r"rvk_([0-9a-f]{16})_([A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])")
+_SECRET_LENGTH: Final = 43  # ceil(32 * 8 / 6)
+_TOKEN_LENGTH: Final = len(TOKEN_PREFIX) + 2 * _KEY_ID_BYTES + 1 + _SECRET_LENGTH
+_KEY_ID: Final = re.compile(r"[0-9a-f]{16}")
+# Compared against when the key id is unknown, so that case costs what a wrong secret does.
+_DUMMY_HASH: Final = hashlib.sha256(b"reelvault: no such API key").digest()
+_UNAUTHENTICATED: Final = "invalid API key"
+
+
+class Role(StrEnum):
+    """What a key may do; values are stored in ``api_keys.role`` (``API_KEY_ROLES``)."""
+
+    PLATFORM_ADMIN = "platform-admin"
+    ADMIN = "admin"
+    INGEST = "ingest"
+    RENDERER = "renderer"
+    DISTRIBUTOR = "distributor"
+    AUDITOR = "auditor"
+    PRIVACY = "privacy"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller: which key, for which tenant, in which role.
+
+    Attributes:
+        tenant_id: None exactly for platform admins.
+    """
+
+    key_id: str
+    tenant_id: str | None
+    role: Role
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return self.role is Role.PLATFORM_ADMIN
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """What may be shown about a key: never its secret, nor the secret's hash.
+
+    Attributes:
+        tenant_id: None for platform-admin keys.
+        revoked_at: None while the key is valid.
+    """
+
+    id: str
+    tenant_id: str | None
+    role: Role
+    description: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeys:
+    """Creates, lists, revokes and authenticates API keys.
+
+    Tenant scope is not checked here: these methods act on whatever tenant they are given,
+    and the transport edge first calls :func:`require_tenant_access` or
+    :func:`require_can_create_key` with the caller's :class:`Principal`.
+
+    Revocation is read from the catalog on every :meth:`authenticate` (nothing is cached),
+    so it takes effect on every replica with the commit. Safe to share between threads.
+    """
+
+    def __init__(self, database: Database, clock: Clock) -> None:
+        self._db = database
+        self._clock = clock
+
+    def create(
+        self, *, tenant_id: str | None, role: Role, description: str = ""
+    ) -> tuple[ApiKeyInfo, str]:
+        """Create a key and return it with its token, which cannot be shown again.
+
+        Raises:
+            InvalidArgument: unknown role; a tenant for a platform-admin key or none for
+                any other; a description longer than 256 characters or with anything but
+                printable characters.
+            NotFound: the tenant does not exist.
+        """
+        try:
+            role = Role(role)
+        except ValueError:
+            raise InvalidArgument("unknown role") from None
+        if role is Role.PLATFORM_ADMIN and tenant_id is not None:
+            raise InvalidArgument("platform-admin keys belong to no tenant")
+        if role is not Role.PLATFORM_ADMIN and tenant_id is None:
+            raise InvalidArgument(f"{role} keys need a tenant")
+        if not (
+            isinstance(description, str)
+            and len(description) <= MAX_DESCRIPTION_LENGTH
+            and description.isprintable()
+        ):
+            raise InvalidArgument(
+                f"a key description is at most {MAX_DESCRIPTION_LENGTH} printable characters"
+            )
+        if tenant_id is not None:
+            _check_tenant_id(tenant_id)
+        key_id = secrets.token_hex(_KEY_ID_BYTES)
+        secret = _encode_secret(secrets.token_bytes(_SECRET_BYTES))
+        with self._db.transaction() as session:
+            if tenant_id is not None:
+                TenantRepository(session).tenant(tenant_id)
+            row = ApiKeyRow(
+                id=key_id,
+                tenant_id=tenant_id,
+                role=role.value,
+                secret_hash=_hash(secret),
+                description=description,
+                created_at=self._now(),
+            )
+            session.add(row)
+            session.flush()
+            info = _info(row)
+        return info, f"{TOKEN_PREFIX}{key_id}_{secret}"
+
+    def get(self, key_id: str) -> ApiKeyInfo:
+        """Raises NotFound for an unknown key."""
+        with self._db.transaction(readonly=True) as session:
+            return _info(_key_row(session, key_id))
+
+    def list(self, tenant_id: str | None) -> builtins.list[ApiKeyInfo]:
+        """A tenant's keys (None: the platform-admin keys), revoked ones included, oldest
+        first. Raises NotFound for an unknown tenant."""
+        if tenant_id is not None:
+            _check_tenant_id(tenant_id)
+        with self._db.transaction(readonly=True) as session:
+            scope: ColumnElement[bool]
+            if tenant_id is None:
+                scope = ApiKeyRow.tenant_id.is_(None)
+            else:
+                TenantRepository(session).tenant(tenant_id)
+                scope = ApiKeyRow.tenant_id == tenant_id
+            query = select(ApiKeyRow).where(scope).order_by(ApiKeyRow.created_at, ApiKeyRow.id)
+            return [_info(row) for row in session.scalars(query)]
+
+    def revoke(self, key_id: str) -> ApiKeyInfo:
+        """Revoke a key for good. Idempotent: a revoked key keeps its first revocation time.
+
+        Raises:
+            NotFound: unknown key.
+        """
+        with self._db.transaction() as session:
+            row = _key_row(session, key_id, lock=True)
+            if row.revoked_at is None:
+                row.revoked_at = self._now()
+            return _info(row)
+
+    def authenticate(self, token: str) -> Principal:
+        """The caller a bearer token stands for.
+
+        Raises:
+            Unauthenticated: the token is malformed, names no key, has the wrong secret or
+                a revoked key; one message for all (see the module docstring).
+            Unavailable: the catalog cannot be reached (not an authentication failure).
+        """
+        match = (
+            _TOKEN.fullmatch(token)
+            if isinstance(token, str) and len(token) == _TOKEN_LENGTH
+            else None
+        )
+        if match is None:
+            raise Unauthenticated(_UNAUTHENTICATED)
+        key_id, secret = match.groups()
+        presented = _hash(secret)
+        with self._db.transaction(readonly=True) as session:
+            row = session.get(ApiKeyRow, key_id)
+            stored = _DUMMY_HASH if row is None else row.secret_hash
+            # Compare first, whatever else is wrong, so the work done is the same each time.
+            matches = hmac.compare_digest(presented, stored)
+            if not matches or row is None or row.revoked_at is not None:
+                raise Unauthenticated(_UNAUTHENTICATED)
+            return Principal(key_id=row.id, tenant_id=row.tenant_id, role=Role(row.role))
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.now(), UTC)
+
+
+# -- authorization -------------------------------------------------------------------
+
+_TENANT_ROLES: Final = frozenset(Role) - {Role.PLATFORM_ADMIN}
+_ASSET_WRITERS: Final = frozenset({Role.ADMIN, Role.INGEST})
+_ASSET_READERS: Final = _ASSET_WRITERS | {Role.RENDERER}
+_ASSET_METADATA_READERS: Final = _ASSET_READERS | {Role.DISTRIBUTOR}
+_KEY_MANAGERS: Final = frozenset({Role.PLATFORM_ADMIN, Role.ADMIN})
+_PLATFORM: Final = frozenset({Role.PLATFORM_ADMIN})
+
+PERMISSIONS: Final[Mapping[str, frozenset[Role]]] = MappingProxyType(
+    {
+        "/reelvault.v1.TenantService/CreateTenant": _PLATFORM,
+        # Tenant roles: their own tenant only (require_tenant_access).
+        "/reelvault.v1.TenantService/GetTenant": _PLATFORM | _TENANT_ROLES,
+        "/reelvault.v1.TenantService/ListTenants": _PLATFORM,
+        # Tenant admins: their own tenant's keys only, never platform-admin keys.
+        "/reelvault.v1.ApiKeyService/CreateApiKey": _KEY_MANAGERS,
+        "/reelvault.v1.ApiKeyService/ListApiKeys": _KEY_MANAGERS,
+        "/reelvault.v1.ApiKeyService/RevokeApiKey": _KEY_MANAGERS,
+        # No platform admin here: separation of duties (module docstring).
+        "/reelvault.v1.AssetService/Upload": _ASSET_WRITERS,
+        "/reelvault.v1.AssetService/Download": _ASSET_READERS,
+        "/reelvault.v1.AssetService/StatAsset": _ASSET_METADATA_READERS,
+        "/reelvault.v1.AssetService/ListAssets": _ASSET_METADATA_READERS,
+        "/reelvault.v1.AssetService/DeleteAsset": _ASSET_WRITERS,
+    }
+)
+"""Full gRPC method name -> the roles that may call it. Absent methods are denied to all.
+docs/api.md shows this table; a test keeps the two equal."""
+
+
+def authorize(principal: Principal, method: str) -> None:
+    """Raises PermissionDenied unless the principal's role may call ``method`` (a full gRPC
+    method name such as ``/reelvault.v1.AssetService/Upload``); unknown methods included."""
+    if principal.role not in PERMISSIONS.get(method, frozenset()):
+        # The method name comes from the client: not echoed back.
+        raise PermissionDenied(f"the {principal.role} role may not call this method")
+
+
+def require_tenant_access(principal: Principal, tenant_id: str | None) -> None:
+    """Check that the principal may act within ``tenant_id`` (None: the platform scope,
+    that is platform-admin keys).
+
+    Platform admins may act anywhere; everyone else only within their own tenant.
+
+    Raises:
+        NotFound: anything else, so another tenant (or a platform key) is
+            indistinguishable from one that does not exist.
+    """
+    if not principal.is_platform_admin and tenant_id != principal.tenant_id:
+        raise NotFound("not found")
+
+
+def require_can_create_key(principal: Principal, *, tenant_id: str | None, role: Role) -> None:
+    """Check that the principal may create a ``role`` key for ``tenant_id``.
+
+    Only platform admins create platform-admin keys; a tenant admin creates keys of the
+    tenant roles, for its own tenant. (Which roles reach CreateApiKey at all is
+    :data:`PERMISSIONS`.)
+
+    Raises:
+        PermissionDenied: a platform-admin key requested by anyone but a platform admin.
+        NotFound: another tenant (see :func:`require_tenant_access`).
+    """
+    if role is Role.PLATFORM_ADMIN and not principal.is_platform_admin:
+        raise PermissionDenied("only platform admins create platform-admin keys")
+    require_tenant_access(principal, tenant_id)
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def _encode_secret(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("ascii")).digest()
+
+
+def _check_tenant_id(tenant_id: str) -> None:
+    # Ids are ours (32 hex digits); anything else cannot exist, so it need not reach SQL.
+    if not (isinstance(tenant_id, str) and valid_tenant_id(tenant_id)):
+        raise NotFound("tenant not found")
+
+
+def _key_row(session: Session, key_id: str, *, lock: bool = False) -> ApiKeyRow:
+    if not (isinstance(key_id, str) and _KEY_ID.fullmatch(key_id)):
+        raise NotFound("API key not found")
+    query = select(ApiKeyRow).where(ApiKeyRow.id == key_id)
+    if lock:
+        query = query.with_for_update()
+    row = session.scalars(query).one_or_none()
+    if row is None:
+        raise NotFound("API key not found")
+    return row
+
+
+def _info(row: ApiKeyRow) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        role=Role(row.role),
+        description=row.description,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )

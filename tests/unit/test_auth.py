@@ -1,0 +1,659 @@
+"""API keys, authentication without oracles, roles, tenant scope and the permission table."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import importlib
+import pathlib
+import re
+import secrets
+import string
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+
+import reelvault.auth
+from reelvault import errors
+from reelvault.auth import (
+    PERMISSIONS,
+    ApiKeyInfo,
+    ApiKeys,
+    Principal,
+    Role,
+    authorize,
+    require_can_create_key,
+    require_tenant_access,
+)
+from reelvault.catalog import API_KEY_ROLES, ApiKeyRow, Database
+from reelvault.clock import FakeClock
+from reelvault.keys.tenant import TenantKeys
+
+API_DOC = pathlib.Path(__file__).parents[2] / "docs" / "api.md"
+TOKEN = re.compile(r"rvk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
+TENANT_ROLES = [role for role in Role if role is not Role.PLATFORM_ADMIN]
+UNKNOWN_TENANT = "0" * 32
+TENANT_A = "a" * 32
+TENANT_B = "b" * 32
+
+
+@pytest.fixture
+def api_keys(database: Database, clock: FakeClock) -> ApiKeys:
+    return ApiKeys(database, clock)
+
+
+@pytest.fixture
+def tenant_id(tenant_keys: TenantKeys) -> str:
+    return tenant_keys.create_tenant("acme").id
+
+
+@pytest.fixture
+def other_tenant_id(tenant_keys: TenantKeys) -> str:
+    return tenant_keys.create_tenant("globex").id
+
+
+# rvk_ + 16 hex digits + _: the secret itself may contain "_" (base64url), so no split.
+_SECRET_AT = 21
+
+
+def _key_id(token: str) -> str:
+    return token[4:20]
+
+
+def _secret(token: str) -> str:
+    return token[_SECRET_AT:]
+
+
+def _with_secret(token: str, secret: str) -> str:
+    return token[:_SECRET_AT] + secret
+
+
+def _random_secret() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+def _unauthenticated(api_keys: ApiKeys, token: object) -> errors.Unauthenticated:
+    with pytest.raises(errors.Unauthenticated) as info:
+        api_keys.authenticate(token)  # type: ignore[arg-type]
+    return info.value
+
+
+def _raw_rows(database: Database) -> list[tuple[object, ...]]:
+    with database.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text("SELECT * FROM api_keys"))]
+
+
+# -- the stored role values ------------------------------------------------------------
+
+
+def test_roles_match_the_stored_values() -> None:
+    assert tuple(role.value for role in Role) == API_KEY_ROLES
+
+
+def test_public_surface_is_sorted_and_importable() -> None:
+    module = importlib.import_module("reelvault.auth")
+    assert list(module.__all__) == sorted(module.__all__)
+    for name in module.__all__:
+        assert hasattr(module, name), name
+
+
+# -- create, authenticate, revoke, list ------------------------------------------------
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("role", TENANT_ROLES)
+def test_a_tenant_key_authenticates_as_its_tenant_and_role(
+    api_keys: ApiKeys, clock: FakeClock, tenant_id: str, role: Role
+) -> None:
+    info, token = api_keys.create(tenant_id=tenant_id, role=role, description="render farm")
+
+    assert TOKEN.fullmatch(token)
+    assert _key_id(token) == info.id
+    assert info == ApiKeyInfo(
+        id=info.id,
+        tenant_id=tenant_id,
+        role=role,
+        description="render farm",
+        created_at=datetime.fromtimestamp(clock.now(), UTC),
+        revoked_at=None,
+    )
+    principal = api_keys.authenticate(token)
+    assert principal == Principal(key_id=info.id, tenant_id=tenant_id, role=role)
+    assert principal.role is role
+    assert not principal.is_platform_admin
+    assert api_keys.get(info.id) == info
+
+
+@pytest.mark.db
+def test_a_platform_admin_key_belongs_to_no_tenant(api_keys: ApiKeys) -> None:
+    info, token = api_keys.create(tenant_id=None, role=Role.PLATFORM_ADMIN)
+    assert info.tenant_id is None
+    assert info.description == ""
+    principal = api_keys.authenticate(token)
+    assert principal == Principal(info.id, None, Role.PLATFORM_ADMIN)
+    assert principal.is_platform_admin
+
+
+@pytest.mark.db
+def test_every_key_gets_its_own_id_and_secret(api_keys: ApiKeys, tenant_id: str) -> None:
+    tokens = [api_keys.create(tenant_id=tenant_id, role=Role.INGEST)[1] for _ in range(20)]
+    assert len({_key_id(token) for token in tokens}) == 20
+    assert len({_secret(token) for token in tokens}) == 20
+
+
+@pytest.mark.db
+def test_platform_admin_keys_have_no_tenant_and_other_keys_need_one(
+    api_keys: ApiKeys, database: Database, tenant_id: str
+) -> None:
+    with pytest.raises(errors.InvalidArgument):
+        api_keys.create(tenant_id=tenant_id, role=Role.PLATFORM_ADMIN)
+    for role in TENANT_ROLES:
+        with pytest.raises(errors.InvalidArgument):
+            api_keys.create(tenant_id=None, role=role)
+    assert _raw_rows(database) == []
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("missing", [UNKNOWN_TENANT, "A" * 32, "not a tenant id", ""])
+def test_keys_for_a_missing_tenant_are_not_found(api_keys: ApiKeys, missing: str) -> None:
+    with pytest.raises(errors.NotFound):
+        api_keys.create(tenant_id=missing, role=Role.ADMIN)
+
+
+@pytest.mark.db
+def test_unknown_roles_are_invalid(api_keys: ApiKeys, tenant_id: str) -> None:
+    with pytest.raises(errors.InvalidArgument):
+        api_keys.create(tenant_id=tenant_id, role="root")  # type: ignore[arg-type]
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("description", ["", "x" * 256, "Ingest — café 🎬 (prod)"])
+def test_descriptions_of_printable_characters_round_trip(
+    api_keys: ApiKeys, tenant_id: str, description: str
+) -> None:
+    info, _ = api_keys.create(tenant_id=tenant_id, role=Role.INGEST, description=description)
+    assert info.description == description
+    assert api_keys.get(info.id).description == description
+
+
+@pytest.mark.db
+@pytest.mark.parametrize(
+    "description",
+    ["x" * 257, "line\nbreak", "nul\x00", "tab\t", "bidi \u202e override", "\x1b[31mred"],
+)
+def test_long_or_unprintable_descriptions_are_invalid(
+    api_keys: ApiKeys, tenant_id: str, description: str
+) -> None:
+    with pytest.raises(errors.InvalidArgument):
+        api_keys.create(tenant_id=tenant_id, role=Role.INGEST, description=description)
+
+
+@pytest.mark.db
+def test_a_revoked_key_no_longer_authenticates(
+    api_keys: ApiKeys, clock: FakeClock, tenant_id: str
+) -> None:
+    info, token = api_keys.create(tenant_id=tenant_id, role=Role.RENDERER)
+    api_keys.authenticate(token)
+    clock.advance(10)
+
+    revoked = api_keys.revoke(info.id)
+
+    assert revoked.revoked_at == datetime.fromtimestamp(clock.now(), UTC)
+    assert revoked == dataclasses.replace(info, revoked_at=revoked.revoked_at)
+    _unauthenticated(api_keys, token)
+
+
+@pytest.mark.db
+def test_revoking_is_idempotent_and_keeps_the_first_time(
+    api_keys: ApiKeys, clock: FakeClock, tenant_id: str
+) -> None:
+    info, token = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    first = api_keys.revoke(info.id)
+    clock.advance(3600)
+    assert api_keys.revoke(info.id) == first
+    assert api_keys.get(info.id) == first
+    _unauthenticated(api_keys, token)
+
+
+@pytest.mark.db
+def test_revoking_one_key_leaves_the_others(api_keys: ApiKeys, tenant_id: str) -> None:
+    revoked, revoked_token = api_keys.create(tenant_id=tenant_id, role=Role.INGEST)
+    kept, kept_token = api_keys.create(tenant_id=tenant_id, role=Role.INGEST)
+    api_keys.revoke(revoked.id)
+    _unauthenticated(api_keys, revoked_token)
+    assert api_keys.authenticate(kept_token).key_id == kept.id
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("key_id", ["0" * 16, "A" * 16, "x", "", "0" * 17, "0" * 32])
+def test_unknown_keys_are_not_found(api_keys: ApiKeys, key_id: str) -> None:
+    with pytest.raises(errors.NotFound):
+        api_keys.get(key_id)
+    with pytest.raises(errors.NotFound):
+        api_keys.revoke(key_id)
+
+
+@pytest.mark.db
+def test_listing_is_per_tenant_oldest_first_and_includes_revoked_keys(
+    api_keys: ApiKeys, clock: FakeClock, tenant_id: str, other_tenant_id: str
+) -> None:
+    first, _ = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    clock.advance(1)
+    platform, _ = api_keys.create(tenant_id=None, role=Role.PLATFORM_ADMIN)
+    other, _ = api_keys.create(tenant_id=other_tenant_id, role=Role.ADMIN)
+    clock.advance(1)
+    second, _ = api_keys.create(tenant_id=tenant_id, role=Role.INGEST)
+    revoked = api_keys.revoke(first.id)
+
+    assert api_keys.list(tenant_id) == [revoked, second]
+    assert api_keys.list(other_tenant_id) == [other]
+    assert api_keys.list(None) == [platform]
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("missing", [UNKNOWN_TENANT, "nope"])
+def test_listing_a_missing_tenant_is_not_found(api_keys: ApiKeys, missing: str) -> None:
+    with pytest.raises(errors.NotFound):
+        api_keys.list(missing)
+
+
+@pytest.mark.db
+def test_a_tenant_with_no_keys_lists_none(api_keys: ApiKeys, tenant_id: str) -> None:
+    assert api_keys.list(tenant_id) == []
+    assert api_keys.list(None) == []
+
+
+# -- authentication failures: one answer, no oracle --------------------------------------
+
+
+def _malformed(token: str) -> list[object]:
+    """Tokens that are not of the form rvk_<16 hex>_<43 canonical base64url characters>."""
+    key_id, secret = _key_id(token), _secret(token)
+    return [
+        "",
+        "rvk_",
+        "rvk__",
+        f"Bearer {token}",
+        f" {token}",
+        f"{token} ",
+        f"{token}\n",
+        f"{token}\x00",
+        f"{token}A",
+        token[:-1],
+        f"RVK_{key_id}_{secret}",
+        f"rvk-{key_id}-{secret}",
+        f"rvk_{key_id}{secret}",
+        f"rvk_{'F' * 16}_{secret}",  # upper-case hex
+        f"rvk_{key_id[:-1]}_{secret}A",  # right length, short id
+        f"rvk_{key_id}0_{secret[:-1]}",  # right length, long id
+        f"rvk_{key_id}_{secret}=",  # padding
+        f"rvk_{key_id}_{secret[:-2]}+/",  # standard, not URL-safe, alphabet
+        f"rvk_{key_id}_{secret[:-1]}B",  # non-canonical last character (low bits set)
+        f"rvk_{key_id}_{secret[:-1]}\u0660",  # a non-ASCII digit
+        "rvk_" + "\u0661" * 16 + "_" + secret,
+        f"rvk_{key_id}_{base64.urlsafe_b64encode(secrets.token_bytes(33)).decode()}",
+        "rvk_" + "0" * 16 + "_" + "A" * 10_000,
+        token.encode(),
+        None,
+        42,
+    ]
+
+
+@pytest.mark.db
+def test_malformed_tokens_are_unauthenticated(api_keys: ApiKeys, tenant_id: str) -> None:
+    _, token = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    for bad in _malformed(token):
+        _unauthenticated(api_keys, bad)
+    api_keys.authenticate(token)
+
+
+@pytest.mark.db
+def test_a_wrong_secret_is_unauthenticated(api_keys: ApiKeys, tenant_id: str) -> None:
+    _, token = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    _unauthenticated(api_keys, _with_secret(token, _random_secret()))
+
+
+@pytest.mark.db
+def test_another_keys_secret_does_not_authenticate(api_keys: ApiKeys, tenant_id: str) -> None:
+    _, token = api_keys.create(tenant_id=tenant_id, role=Role.RENDERER)
+    _, other = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    _unauthenticated(api_keys, _with_secret(token, _secret(other)))
+    _unauthenticated(api_keys, _with_secret(other, _secret(token)))
+
+
+@pytest.mark.db
+def test_every_single_character_change_is_unauthenticated(
+    api_keys: ApiKeys, tenant_id: str
+) -> None:
+    _, token = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    for position, char in enumerate(token):
+        replacement = "0" if char != "0" else "1"
+        _unauthenticated(api_keys, token[:position] + replacement + token[position + 1 :])
+
+
+@pytest.mark.db
+def test_an_unknown_key_id_is_unauthenticated(api_keys: ApiKeys, tenant_id: str) -> None:
+    _, token = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    _unauthenticated(api_keys, f"rvk_{secrets.token_hex(8)}_{_secret(token)}")
+
+
+@pytest.mark.db
+def test_an_unknown_key_id_costs_a_hash_comparison_too(
+    api_keys: ApiKeys, tenant_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, token = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # looked up by auth at each call
+    _unauthenticated(api_keys, f"rvk_{secrets.token_hex(8)}_{_random_secret()}")
+    _unauthenticated(api_keys, _with_secret(token, _random_secret()))
+    api_keys.authenticate(token)
+    assert len(compared) == 3
+    assert all(len(a) == len(b) == 32 for a, b in compared)
+
+
+@pytest.mark.db
+def test_every_failure_gives_the_same_answer(api_keys: ApiKeys, tenant_id: str) -> None:
+    revoked, revoked_token = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    api_keys.revoke(revoked.id)
+    _, token = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    failures = [
+        _unauthenticated(api_keys, "rvk_nonsense"),
+        _unauthenticated(api_keys, f"rvk_{secrets.token_hex(8)}_{_secret(token)}"),
+        _unauthenticated(api_keys, _with_secret(token, _random_secret())),
+        _unauthenticated(api_keys, revoked_token),
+        *(_unauthenticated(api_keys, bad) for bad in _malformed(token)),
+    ]
+    assert {type(error) for error in failures} == {errors.Unauthenticated}
+    assert len({str(error) for error in failures}) == 1
+    assert len({error.args for error in failures}) == 1
+    for error in failures:
+        assert error.__cause__ is None
+        assert error.__suppress_context__ or error.__context__ is None
+        assert revoked.id not in str(error)
+        assert _secret(token) not in str(error)
+
+
+# -- the secret stays secret -------------------------------------------------------------
+
+
+@pytest.mark.db
+def test_only_the_sha256_of_the_secret_is_stored(
+    api_keys: ApiKeys, database: Database, tenant_id: str
+) -> None:
+    info, token = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN, description="ci")
+    secret = _secret(token)
+    raw = base64.urlsafe_b64decode(secret + "=")
+    forms = [token.encode(), secret.encode(), raw, raw.hex().encode()]
+
+    [row] = _raw_rows(database)
+    for value in row:
+        as_bytes = value if isinstance(value, bytes) else str(value).encode()
+        for form in forms:
+            assert form not in as_bytes
+    with database.transaction(readonly=True) as session:
+        stored = session.get(ApiKeyRow, info.id)
+        assert stored is not None
+        assert stored.secret_hash == hashlib.sha256(secret.encode()).digest()
+
+    if database.dialect_name == "sqlite":  # the whole file, WAL included
+        path = pathlib.Path(str(database.engine.url.database))
+        files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
+        for content in (p.read_bytes() for p in files):
+            for form in forms:
+                assert form not in content
+
+
+@pytest.mark.db
+def test_no_returned_object_shows_the_secret_or_its_hash(api_keys: ApiKeys, tenant_id: str) -> None:
+    info, token = api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    secret = _secret(token)
+    digest = hashlib.sha256(secret.encode()).digest()
+    shown = [
+        info,
+        api_keys.authenticate(token),
+        api_keys.get(info.id),
+        *api_keys.list(tenant_id),
+        api_keys.revoke(info.id),
+        api_keys,
+    ]
+    for obj in shown:
+        for text in (repr(obj), str(obj)):
+            assert secret not in text
+            assert digest.hex() not in text
+            assert repr(digest) not in text
+    assert {field.name for field in dataclasses.fields(ApiKeyInfo)} == {
+        "id",
+        "tenant_id",
+        "role",
+        "description",
+        "created_at",
+        "revoked_at",
+    }
+
+
+# -- schema invariants -------------------------------------------------------------------
+
+
+def _row(**overrides: object) -> ApiKeyRow:
+    values: dict[str, object] = {
+        "id": secrets.token_hex(8),
+        "tenant_id": None,
+        "role": "platform-admin",
+        "secret_hash": bytes(32),
+        "description": "",
+        "created_at": datetime(2027, 1, 15, tzinfo=UTC),
+    }
+    values.update(overrides)
+    return ApiKeyRow(**values)
+
+
+@pytest.mark.db
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"role": "root"},
+        {"role": "platform-admin", "tenant_id": "tenant"},
+        {"role": "admin", "tenant_id": None},
+        {"secret_hash": bytes(31)},
+        {"secret_hash": bytes(33)},
+        {"role": "admin", "tenant_id": UNKNOWN_TENANT},
+    ],
+    ids=["role", "platform-with-tenant", "tenant-role-without", "short-hash", "long-hash", "fk"],
+)
+def test_the_schema_refuses_invalid_keys(
+    database: Database, tenant_id: str, overrides: dict[str, object]
+) -> None:
+    if overrides.get("tenant_id") == "tenant":
+        overrides = {**overrides, "tenant_id": tenant_id}
+    with pytest.raises(SqlIntegrityError), database.transaction() as session:
+        session.add(_row(**overrides))
+
+
+@pytest.mark.db
+def test_the_schema_accepts_every_role_with_the_right_scope(
+    database: Database, tenant_id: str
+) -> None:
+    with database.transaction() as session:
+        for role in API_KEY_ROLES:
+            session.add(_row(role=role, tenant_id=None if role == "platform-admin" else tenant_id))
+
+
+# -- authorization -----------------------------------------------------------------------
+
+
+def _rpc_methods() -> set[str]:
+    methods: set[str] = set()
+    for name in ("apikey_pb2", "asset_pb2", "tenant_pb2"):
+        module = importlib.import_module(f"reelvault.v1.{name}")
+        for service in module.DESCRIPTOR.services_by_name.values():
+            methods.update(f"/{service.full_name}/{method.name}" for method in service.methods)
+    return methods
+
+
+def test_every_rpc_has_a_permission_entry_and_nothing_else_does() -> None:
+    methods = _rpc_methods()
+    assert len(methods) == 11
+    assert set(PERMISSIONS) == methods
+    for roles in PERMISSIONS.values():
+        assert roles
+        assert all(isinstance(role, Role) for role in roles)
+
+
+def test_the_permission_table_cannot_be_changed_at_run_time() -> None:
+    with pytest.raises(TypeError):
+        PERMISSIONS["/reelvault.v1.AssetService/Upload"] = frozenset(Role)  # type: ignore[index]
+
+
+def _principal(role: Role, tenant_id: str | None = TENANT_A) -> Principal:
+    return Principal("0123456789abcdef", None if role is Role.PLATFORM_ADMIN else tenant_id, role)
+
+
+@pytest.mark.parametrize("method", sorted(PERMISSIONS))
+@pytest.mark.parametrize("role", list(Role))
+def test_authorize_follows_the_table(method: str, role: Role) -> None:
+    if role in PERMISSIONS[method]:
+        authorize(_principal(role), method)
+    else:
+        with pytest.raises(errors.PermissionDenied):
+            authorize(_principal(role), method)
+
+
+ASSET_METHODS = sorted(m for m in PERMISSIONS if m.startswith("/reelvault.v1.AssetService/"))
+
+
+@pytest.mark.parametrize("method", ASSET_METHODS)
+def test_platform_admins_do_not_touch_assets(method: str) -> None:
+    with pytest.raises(errors.PermissionDenied):
+        authorize(_principal(Role.PLATFORM_ADMIN), method)
+
+
+def test_the_suggested_role_split() -> None:
+    def allowed(method: str) -> set[str]:
+        return {role.value for role in PERMISSIONS[f"/reelvault.v1.{method}"]}
+
+    assert allowed("TenantService/CreateTenant") == {"platform-admin"}
+    assert allowed("TenantService/ListTenants") == {"platform-admin"}
+    assert allowed("TenantService/GetTenant") == set(API_KEY_ROLES)
+    for method in ("CreateApiKey", "ListApiKeys", "RevokeApiKey"):
+        assert allowed(f"ApiKeyService/{method}") == {"platform-admin", "admin"}
+    assert allowed("AssetService/Upload") == {"admin", "ingest"}
+    assert allowed("AssetService/DeleteAsset") == {"admin", "ingest"}
+    assert allowed("AssetService/Download") == {"admin", "ingest", "renderer"}
+    for method in ("StatAsset", "ListAssets"):
+        assert allowed(f"AssetService/{method}") == {"admin", "ingest", "renderer", "distributor"}
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "",
+        "/",
+        "/reelvault.v1.AssetService/Nope",
+        "/reelvault.v1.assetservice/upload",
+        "/reelvault.v1.AssetService/Upload/",
+        "reelvault.v1.AssetService/Upload",
+        "/reelvault.v2.TenantService/CreateTenant",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ],
+)
+@pytest.mark.parametrize("role", list(Role))
+def test_unknown_methods_are_denied_to_everyone(method: str, role: Role) -> None:
+    with pytest.raises(errors.PermissionDenied) as info:
+        authorize(_principal(role), method)
+    if method:
+        assert method not in str(info.value)
+
+
+def test_tenant_principals_reach_only_their_own_tenant() -> None:
+    for role in TENANT_ROLES:
+        principal = _principal(role, TENANT_A)
+        require_tenant_access(principal, TENANT_A)
+        for elsewhere in (TENANT_B, None, "", UNKNOWN_TENANT):
+            with pytest.raises(errors.NotFound):
+                require_tenant_access(principal, elsewhere)
+
+
+def test_platform_admins_reach_every_tenant_and_the_platform() -> None:
+    for tenant in (TENANT_A, TENANT_B, None):
+        require_tenant_access(_principal(Role.PLATFORM_ADMIN), tenant)
+
+
+def test_tenant_admins_create_tenant_keys_for_their_own_tenant_only() -> None:
+    admin = _principal(Role.ADMIN, TENANT_A)
+    for role in TENANT_ROLES:
+        require_can_create_key(admin, tenant_id=TENANT_A, role=role)
+        with pytest.raises(errors.NotFound):
+            require_can_create_key(admin, tenant_id=TENANT_B, role=role)
+    for tenant in (None, TENANT_A, TENANT_B):
+        with pytest.raises(errors.PermissionDenied):
+            require_can_create_key(admin, tenant_id=tenant, role=Role.PLATFORM_ADMIN)
+
+
+def test_platform_admins_create_any_key() -> None:
+    platform = _principal(Role.PLATFORM_ADMIN)
+    require_can_create_key(platform, tenant_id=None, role=Role.PLATFORM_ADMIN)
+    for role in TENANT_ROLES:
+        require_can_create_key(platform, tenant_id=TENANT_B, role=role)
+
+
+# -- the documented table ----------------------------------------------------------------
+
+
+def _documented_permissions() -> tuple[list[str], dict[str, set[str]]]:
+    """Parse the permission table in docs/api.md: (role columns, method -> roles ticked)."""
+    text = API_DOC.read_text(encoding="utf-8")
+    section = text.split("## Authentication and permissions", 1)[1]
+    lines = [line.strip() for line in section.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
+
+    def cells(line: str) -> list[str]:
+        assert line.startswith("|") and line.endswith("|"), line
+        return [cell.strip() for cell in line[1:-1].split("|")]
+
+    header = cells(lines[start])
+    assert set(cells(lines[start + 1])) == {"---"}
+    roles = header[1:]
+    table: dict[str, set[str]] = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        method, *ticks = cells(line)
+        assert len(ticks) == len(roles), line
+        assert set(ticks) <= {"✓", ""}, line
+        assert method.startswith("`") and method.endswith("`"), line
+        assert method not in table, line
+        table[method.strip("`")] = {role for role, tick in zip(roles, ticks, strict=True) if tick}
+    return roles, table
+
+
+def test_the_documented_permission_table_is_the_code() -> None:
+    roles, table = _documented_permissions()
+    assert roles == [role.value for role in Role]
+    assert table == {m: {r.value for r in allowed} for m, allowed in PERMISSIONS.items()}
+    assert list(table) == list(PERMISSIONS)
+
+
+def test_the_documented_token_example_has_the_documented_shape() -> None:
+    text = API_DOC.read_text(encoding="utf-8")
+    assert "authorization: Bearer rvk_<key id>_<secret>" in text
+    assert reelvault.auth.TOKEN_PREFIX == "rvk_"
+
+
+def test_the_token_alphabet_is_url_safe_base64() -> None:
+    # The strict parser's last-character set: the base64url digits whose low 2 bits are 0.
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    canonical = "".join(c for i, c in enumerate(alphabet) if i % 4 == 0)
+    assert canonical == "AEIMQUYcgkosw048"
+    for _ in range(200):
+        assert _random_secret()[-1] in canonical
