@@ -269,6 +269,20 @@ class Assets:
             session.execute(delete(UploadRow).where(UploadRow.object_key == object_key))
 
     def _commit(self, upload: AssetUpload, size: int, sha256: bytes) -> AssetInfo:
+        # An upload that straddled a KEK rotation commits under the version active now,
+        # through a key slot: otherwise it would pin a version the operator is retiring.
+        # If that version can no longer decrypt, the upload fails (and is aborted) rather
+        # than commit an asset nobody may read.
+        key_slot, kek_version = None, upload.kek_version
+        active = self._keys.encryption_kek(upload.tenant_id)
+        if active.version != upload.kek_version:
+            slot = rewrap_data_key(
+                upload.header,
+                self._keys.resolver(upload.tenant_id),
+                _context(upload.tenant_id, upload.asset_id),
+                active,
+            )
+            key_slot, kek_version = slot.serialize(), active.version
         row = AssetRow(
             id=upload.asset_id,
             tenant_id=upload.tenant_id,
@@ -279,8 +293,8 @@ class Assets:
             sha256=sha256,
             object_key=upload.object_key,
             header=upload.header,
-            key_slot=None,
-            kek_version=upload.kek_version,
+            key_slot=key_slot,
+            kek_version=kek_version,
             created_at=self._now(),
         )
         try:

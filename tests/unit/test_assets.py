@@ -400,3 +400,19 @@ def test_a_key_slot_copied_from_another_asset_is_refused(
     # with only the slot left to try, the read fails; it never returns two's bytes
     with pytest.raises((errors.IntegrityError, errors.KeyUnavailable)):
         get(assets, tenant, one.id)
+
+
+def test_an_upload_straddling_a_rotation_commits_under_the_new_version(
+    assets, tenant, tenant_keys, clock, database
+):
+    upload = assets.begin_upload(tenant, UploadSpec(path="long"))
+    upload.write(b"first half ")
+    tenant_keys.rotate(tenant)
+    upload.write(b"second half")
+    info = upload.complete()
+    with database.transaction(readonly=True) as session:
+        row = session.get(AssetRow, info.id)
+        assert row.kek_version == 2 and row.key_slot is not None
+    clock.advance(120)
+    tenant_keys.disable(tenant, 1)
+    assert get(assets, tenant, info.id) == b"first half second half"
