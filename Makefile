@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 # on first touch: about 2x CPU at our chunk sizes. The service and benchmarks run with these.
 MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=67108864
 
-.PHONY: venv test test-postgres lint format protos check-protos bench-crypto lock clean
+.PHONY: venv run test test-postgres lint format protos check-protos bench-crypto lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+## make run: a local vault (SeaweedFS + the gRPC service on 127.0.0.1:7400) in .reelvault/
+run: $(STAMP)
+	$(MALLOC_ENV) $(VENV)/bin/reelvault dev
 
 ## make test: the whole suite (SQLite for the catalog tests)
 test: $(STAMP)
