@@ -161,7 +161,7 @@ def _add_service_commands(groups: Groups, common: argparse.ArgumentParser) -> No
         parents=[common],
         help="run the gRPC service",
         description=(
-            "Run the gRPC service until SIGTERM or SIGINT. Settings come from REELVAULT_* "
+            "Run the gRPC service until SIGTERM or SIGINT. Settings come from REELVAULT_*\n"
             "environment variables, over a TOML file (--config), over the defaults."
         ),
         epilog=_settings_help(),
@@ -229,8 +229,8 @@ def _dev(args: argparse.Namespace) -> Output:
     from reelvault import dev  # noqa: PLC0415 - startup time
 
     settings = Settings.load(config_file=args.config)
-    facts = dev.run(settings, json_output=args.json)
-    return Output(data={"stopped": True, **facts}, text="stopped")
+    dev.run(settings, json_output=args.json)
+    return Output(data={"stopped": True}, text="reelvault dev stopped")
 
 
 # --- tenant ----------------------------------------------------------------------------

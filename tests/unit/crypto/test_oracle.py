@@ -12,14 +12,13 @@ import functools
 import os
 
 import pytest
-from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
 from aws_encryption_sdk.identifiers import Algorithm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reelvault.crypto import (
-    EncryptedDataKey,
     DEFAULT_FRAME_LENGTH,
+    EncryptedDataKey,
     MessageLayout,
     RandomAccessReader,
     Sealer,

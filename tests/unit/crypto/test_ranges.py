@@ -35,8 +35,8 @@ from reelvault.crypto import (
     rechunk,
 )
 from reelvault.crypto.format import Malformed, parse_header
-from reelvault.errors import OutOfRange
 from reelvault.crypto.names import kek_key_name
+from reelvault.errors import OutOfRange
 
 from .conftest import TENANT_ID, DictResolver, Kek, join, make_sdk_provider, pattern
 

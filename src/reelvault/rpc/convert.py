@@ -1,0 +1,119 @@
+"""Protobuf messages <-> domain dataclasses; nothing else.
+
+Every function here is pure. Values the domain validates (ids, paths, labels, ranges) are
+passed through unchanged so the domain's error is the one the caller sees; only what is
+a property of the wire format is decided here: an unset proto enum, an unset optional
+field, which member of a ``oneof`` is present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Final
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from reelvault.assets import AssetInfo, UploadSpec
+from reelvault.auth import ApiKeyInfo, Role
+from reelvault.errors import InvalidArgument
+from reelvault.keys.tenant import Tenant
+from reelvault.v1 import apikey_pb2, asset_pb2, tenant_pb2
+
+__all__ = [
+    "ROLE_FROM_PROTO",
+    "ROLE_TO_PROTO",
+    "api_key_to_proto",
+    "asset_to_proto",
+    "download_range",
+    "role_from_proto",
+    "tenant_to_proto",
+    "timestamp",
+    "upload_spec",
+]
+
+ROLE_TO_PROTO: Final[Mapping[Role, apikey_pb2.Role]] = MappingProxyType(
+    {
+        Role.PLATFORM_ADMIN: apikey_pb2.ROLE_PLATFORM_ADMIN,
+        Role.ADMIN: apikey_pb2.ROLE_ADMIN,
+        Role.INGEST: apikey_pb2.ROLE_INGEST,
+        Role.RENDERER: apikey_pb2.ROLE_RENDERER,
+        Role.DISTRIBUTOR: apikey_pb2.ROLE_DISTRIBUTOR,
+        Role.AUDITOR: apikey_pb2.ROLE_AUDITOR,
+        Role.PRIVACY: apikey_pb2.ROLE_PRIVACY,
+    }
+)
+ROLE_FROM_PROTO: Final[Mapping[int, Role]] = MappingProxyType(
+    {value: role for role, value in ROLE_TO_PROTO.items()}
+)
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    message = Timestamp()
+    message.FromDatetime(moment)
+    return message
+
+
+def role_from_proto(value: int) -> Role:
+    """Raises InvalidArgument for ``ROLE_UNSPECIFIED`` or a number this version does not know."""
+    role = ROLE_FROM_PROTO.get(value)
+    if role is None:
+        raise InvalidArgument("a role is required")
+    return role
+
+
+def tenant_to_proto(tenant: Tenant) -> tenant_pb2.Tenant:
+    return tenant_pb2.Tenant(
+        id=tenant.id, name=tenant.name, create_time=timestamp(tenant.created_at)
+    )
+
+
+def api_key_to_proto(key: ApiKeyInfo) -> apikey_pb2.ApiKey:
+    message = apikey_pb2.ApiKey(
+        id=key.id,
+        tenant_id=key.tenant_id or "",
+        role=ROLE_TO_PROTO[key.role],
+        description=key.description,
+        create_time=timestamp(key.created_at),
+    )
+    if key.revoked_at is not None:
+        message.revoke_time.CopyFrom(timestamp(key.revoked_at))
+    return message
+
+
+def asset_to_proto(asset: AssetInfo) -> asset_pb2.Asset:
+    return asset_pb2.Asset(
+        id=asset.id,
+        tenant_id=asset.tenant_id,
+        path=asset.path,
+        content_type=asset.content_type,
+        labels=dict(asset.labels),
+        size=asset.size,
+        sha256=asset.sha256,
+        etag=asset.etag,
+        create_time=timestamp(asset.created_at),
+    )
+
+
+def upload_spec(metadata: asset_pb2.AssetMetadata) -> UploadSpec:
+    """The domain's view of an upload's first message. An empty ``expected_sha256`` means
+    "not given": in proto3 the two cannot be told apart."""
+    return UploadSpec(
+        path=metadata.path,
+        content_type=metadata.content_type,  # empty: the domain's default
+        labels=dict(metadata.labels),
+        expected_size=metadata.expected_size if metadata.HasField("expected_size") else None,
+        expected_sha256=metadata.expected_sha256 or None,
+    )
+
+
+def download_range(request: asset_pb2.DownloadRequest) -> dict[str, int]:
+    """Keyword arguments for ``Assets.open_download``: ``offset`` and ``length``, or
+    ``suffix``, or none for the whole asset."""
+    which = request.WhichOneof("range")
+    if which == "byte_range":
+        return {"offset": request.byte_range.offset, "length": request.byte_range.length}
+    if which == "suffix_length":
+        return {"suffix": request.suffix_length}
+    return {}

@@ -1,0 +1,316 @@
+"""The cross-cutting work of every RPC, done once: request ids, authentication,
+authorization, error mapping and the access log.
+
+:class:`VaultInterceptor` wraps each method handler's behaviour, so all of it runs inside
+the call itself, in the task that runs the servicer. (An aio interceptor's own
+``intercept_service`` runs before the call, in another context: a contextvar set there
+would not reach the servicer, and it cannot see the call's ``ServicerContext``.) For each
+call, in order:
+
+1. **Request id.** The client's ``x-request-id`` if it is a sane token (1-128 characters
+   of ``[A-Za-z0-9._:-]``), else a fresh one. Sent back in the initial and the trailing
+   metadata, and bound in structlog's contextvars so every log line of the call has it.
+2. **Authentication.** ``authorization: Bearer <token>`` through
+   :meth:`ApiKeys.authenticate <reelvault.auth.ApiKeys.authenticate>` in a worker thread
+   (it reads the catalog). Health checks and reflection are public; everything else
+   needs a key.
+3. **Authorization.** :func:`reelvault.auth.authorize` with the full method name: a method
+   missing from the permission table is denied to everyone.
+4. **The servicer**, with the caller available from :func:`current_principal`.
+5. **Error mapping.** A :class:`~reelvault.errors.ReelvaultError` becomes its class's gRPC
+   status with its message; one whose status is ``INTERNAL`` (configuration, an
+   unclassified provider failure) and any other exception become ``INTERNAL`` /
+   ``internal error``, with the traceback logged here and never sent. No call ends in
+   ``UNKNOWN``, and no stack trace or internal detail reaches a client.
+6. **Access log.** One ``rpc`` line per call: method, status, duration, request id, peer,
+   tenant and key id. Never the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import grpc  # type: ignore[import-untyped, unused-ignore]
+import structlog
+
+from reelvault.auth import ApiKeys, Principal, authorize
+from reelvault.errors import (
+    IntegrityError,
+    PermissionDenied,
+    ReelvaultError,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "DeadlineExceeded",
+    "PUBLIC_METHOD_PREFIXES",
+    "REQUEST_ID_KEY",
+    "VaultInterceptor",
+    "check_deadline",
+    "current_principal",
+]
+
+REQUEST_ID_KEY: Final = "x-request-id"
+PUBLIC_METHOD_PREFIXES: Final = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+"""Methods callable without an API key: load balancers and tooling use them."""
+
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_BEARER: Final = "bearer "
+_INTERNAL_MESSAGE: Final = "internal error"
+
+_log = structlog.get_logger("reelvault.rpc")
+_principal: ContextVar[Principal | None] = ContextVar("reelvault_principal", default=None)
+
+
+class DeadlineExceeded(Exception):
+    """Raised by a servicer that finds its call's deadline has passed (see
+    :func:`check_deadline`); mapped to ``DEADLINE_EXCEEDED``. A transport condition, so
+    not part of the domain's error tree."""
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the RPC being served.
+
+    Raises:
+        RuntimeError: outside an authenticated call (a programming error: INTERNAL).
+    """
+    principal = _principal.get()
+    if principal is None:
+        raise RuntimeError("no authenticated principal in this context")
+    return principal
+
+
+def check_deadline(context: Any) -> None:
+    """Raise :class:`DeadlineExceeded` if the call's deadline has passed. Long streams call
+    it between messages, so they stop working for a client that has given up even where
+    the cancellation has not reached the handler yet."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded
+
+
+@dataclass
+class _Call:
+    """What the interceptor knows about one call, for its steps and its log line."""
+
+    method: str
+    request_id: str = ""
+    peer: str = ""
+    deadline: float | None = None  # on time.monotonic()
+    principal: Principal | None = None
+    status: Any = None  # grpc.StatusCode once decided
+    started: float = field(default_factory=time.monotonic)
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """Bind the call's principal and log fields for one step of the call."""
+        token = _principal.set(self.principal)
+        fields: dict[str, Any] = {"request_id": self.request_id, "method": self.method}
+        if self.principal is not None:
+            fields["tenant_id"] = self.principal.tenant_id
+            fields["key_id"] = self.principal.key_id
+        try:
+            with structlog.contextvars.bound_contextvars(**fields):
+                yield
+        finally:
+            _principal.reset(token)
+
+
+class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused-ignore]
+    """The server's one interceptor (see the module docstring for what it does).
+
+    Args:
+        api_keys: authenticates bearer tokens.
+    """
+
+    def __init__(self, api_keys: ApiKeys) -> None:
+        self._api_keys = api_keys
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
+            return None
+        method: str = handler_call_details.method
+        return _rewrap(handler, lambda behaviour: self._wrap(method, behaviour))
+
+    def _wrap(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behaviour):
+            return self._wrap_stream(method, behaviour)
+        return self._wrap_call(method, behaviour)
+
+    def _wrap_call(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        """Handlers that are coroutines: unary responses, and streams written with
+        ``context.write`` (the health service's Watch)."""
+
+        async def handle(request: Any, context: Any) -> Any:
+            call = _Call(method)
+            try:
+                with call.scope():
+                    await self._admit(call, context)
+                with call.scope():
+                    result = await behaviour(request, context)
+                call.status = grpc.StatusCode.OK
+                return result
+            except BaseException as exc:
+                with call.scope():
+                    await _fail(call, context, exc)
+            finally:
+                _access_log(call)
+
+        return handle
+
+    def _wrap_stream(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        """Handlers that are async generators (server streaming). Each step of the inner
+        generator runs inside the call's scope, whichever task drives it."""
+
+        async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
+            call = _Call(method)
+            stream: AsyncGenerator[Any, None] | None = None
+            try:
+                with call.scope():
+                    await self._admit(call, context)
+                stream = behaviour(request, context)
+                while True:
+                    with call.scope():
+                        try:
+                            item = await anext(stream)
+                        except StopAsyncIteration:
+                            break
+                    yield item
+                call.status = grpc.StatusCode.OK
+            except GeneratorExit:  # the server closed the stream: the call is over
+                call.status = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException as exc:
+                with call.scope():
+                    await _fail(call, context, exc)
+            finally:
+                if stream is not None:
+                    with call.scope():
+                        await stream.aclose()
+                _access_log(call)
+
+        return handle
+
+    async def _admit(self, call: _Call, context: Any) -> None:
+        """Request id, authentication, authorization: everything before the servicer."""
+        # Read what the log needs now: asking a finished call for its peer crashes grpcio.
+        call.peer = context.peer()
+        remaining = context.time_remaining()
+        if remaining is not None:
+            call.deadline = call.started + remaining
+        metadata = tuple(context.invocation_metadata() or ())
+        call.request_id = _request_id(metadata)
+        echoed = ((REQUEST_ID_KEY, call.request_id),)
+        context.set_trailing_metadata(echoed)
+        await context.send_initial_metadata(echoed)
+        if call.method.startswith(PUBLIC_METHOD_PREFIXES):
+            return
+        token = _bearer_token(metadata)
+        call.principal = await asyncio.to_thread(self._api_keys.authenticate, token)
+        authorize(call.principal, call.method)
+
+
+def _rewrap(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **serializers)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **serializers)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **serializers)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **serializers)
+
+
+def _request_id(metadata: Sequence[tuple[str, Any]]) -> str:
+    for key, value in metadata:
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return secrets.token_hex(16)
+
+
+def _bearer_token(metadata: Sequence[tuple[str, Any]]) -> str:
+    values = [value for key, value in metadata if key == "authorization"]
+    if len(values) != 1 or not isinstance(values[0], str):
+        raise Unauthenticated("an API key is required: authorization: Bearer <token>")
+    header: str = values[0]
+    if header[: len(_BEARER)].lower() != _BEARER:
+        raise Unauthenticated("an API key is required: authorization: Bearer <token>")
+    return header[len(_BEARER) :].strip()
+
+
+async def _fail(call: _Call, context: Any, exc: BaseException) -> None:
+    """End the call with the status ``exc`` maps to, by re-raising it or by aborting the
+    call (``context.abort`` raises)."""
+    if isinstance(exc, grpc.aio.AbortError):  # already aborted with a status
+        call.status = context.code() or grpc.StatusCode.UNKNOWN
+        raise exc
+    if isinstance(exc, asyncio.CancelledError):  # client cancelled, deadline, shutdown
+        expired = call.expired()
+        call.status = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        raise exc
+    if isinstance(exc, DeadlineExceeded):
+        code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    elif isinstance(exc, ReelvaultError):
+        code, message = _map_error(exc)
+    elif isinstance(exc, Exception):
+        _log.error("unexpected error", exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
+    else:  # KeyboardInterrupt, SystemExit: not ours to translate
+        raise exc
+    call.status = code
+    await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, call.request_id),))
+
+
+def _map_error(exc: ReelvaultError) -> tuple[Any, str]:
+    code = getattr(grpc.StatusCode, exc.grpc_status)
+    if code == grpc.StatusCode.INTERNAL:
+        # Configuration problems and unclassified failures: their messages may name files
+        # or providers. The operator reads them here; the client learns nothing.
+        _log.error("internal error", exc_info=exc)
+        return code, _INTERNAL_MESSAGE
+    if isinstance(exc, IntegrityError):
+        # Possible tampering or corruption: the reason stays in the server log.
+        _log.error("stored data failed an integrity check", reason=getattr(exc, "reason", None))
+    elif isinstance(exc, Unavailable):
+        _log.warning("dependency unavailable", exc_info=exc)
+    elif isinstance(exc, Unauthenticated | PermissionDenied):
+        _log.info("access refused", error=exc.message)
+    return code, exc.message
+
+
+def _access_log(call: _Call) -> None:
+    principal = call.principal
+    status = call.status if call.status is not None else grpc.StatusCode.UNKNOWN
+    _log.info(
+        "rpc",
+        method=call.method,
+        status=status.name,
+        duration_ms=round((time.monotonic() - call.started) * 1000, 3),
+        request_id=call.request_id,
+        peer=call.peer,
+        tenant_id=principal.tenant_id if principal else None,
+        key_id=principal.key_id if principal else None,
+    )

@@ -1,0 +1,232 @@
+"""The gRPC server: construction, TLS, health, reflection and graceful shutdown.
+
+:func:`create_server` builds a ``grpc.aio`` server for a :class:`~reelvault.app.Vault` and
+binds it, returning the bound port, so tests listen on port 0. :func:`serve` runs one
+until SIGTERM or SIGINT, then :func:`shutdown` drains it:
+
+1. the health service answers ``NOT_SERVING`` for every service, so load balancers stop
+   routing here;
+2. the server stops accepting calls; calls in flight (a long download, say) have up to
+   ``shutdown_grace`` seconds to finish;
+3. calls still running then are cancelled: an upload cancelled this way aborts its
+   multipart upload and leaves nothing behind.
+
+A second signal during the drain cancels the remaining calls at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final
+
+import grpc  # type: ignore[import-untyped, unused-ignore]
+import structlog
+from grpc_health.v1 import (  # type: ignore[import-untyped, unused-ignore]
+    health,
+    health_pb2,
+    health_pb2_grpc,
+)
+from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped, unused-ignore]
+
+from reelvault.app import Vault
+from reelvault.config import Settings
+from reelvault.errors import ConfigurationError
+from reelvault.logging import configure_logging
+from reelvault.rpc.interceptors import VaultInterceptor
+from reelvault.rpc.servicers import ApiKeyServicer, AssetServicer, TenantServicer
+from reelvault.v1 import (
+    apikey_pb2,
+    apikey_pb2_grpc,
+    asset_pb2,
+    asset_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
+)
+
+__all__ = [
+    "HealthServicer",
+    "MAX_MESSAGE_BYTES",
+    "SERVICE_NAMES",
+    "create_server",
+    "serve",
+    "shutdown",
+]
+
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+"""Send and receive limit: 1 MiB chunks plus headroom (gRPC's default receive limit is 4 MiB)."""
+
+SERVICE_NAMES: Final = (
+    tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name,
+    apikey_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+    asset_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name,
+)
+"""reelvault's own services, as health checks and reflection name them."""
+
+# Worker threads for the domain's blocking calls. asyncio's default (cores + 4) would let a
+# handful of uploads waiting on S3 backpressure stall every other call's catalog lookup.
+_WORKER_THREADS: Final = 64
+
+# How long shutdown waits for cancelled calls to clean up (an S3 abort is one request).
+_CLEANUP_TIMEOUT: Final = 10.0
+
+_log = structlog.get_logger("reelvault.rpc")
+
+HealthServicer = health.aio.HealthServicer
+"""The standard health service, asyncio flavour."""
+
+
+async def create_server(
+    vault: Vault, settings: Settings, *, health_servicer: Any = None
+) -> tuple[Any, int]:
+    """Build the server and bind it; the caller starts it (``await server.start()``).
+
+    Args:
+        vault: the components the servicers call.
+        settings: ``grpc_host``, ``grpc_port`` (0: a free port) and the ``tls_*`` files.
+        health_servicer: the :data:`HealthServicer` to register, for a caller that will
+            flip it to ``NOT_SERVING`` at shutdown (:func:`shutdown`); a new one by default.
+
+    Returns:
+        The ``grpc.aio.Server`` and the port it is bound to.
+
+    Raises:
+        ConfigurationError: a TLS file cannot be read, or the address cannot be bound.
+    """
+    server = grpc.aio.server(
+        interceptors=[VaultInterceptor(vault.api_keys)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # gRPC sets SO_REUSEPORT by default: a second server on the same port would
+            # then start quietly and take half the connections. Fail instead.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    registrations: tuple[tuple[Callable[[Any, Any], None], Any], ...] = (
+        (tenant_pb2_grpc.add_TenantServiceServicer_to_server, TenantServicer(vault)),
+        (apikey_pb2_grpc.add_ApiKeyServiceServicer_to_server, ApiKeyServicer(vault)),
+        (asset_pb2_grpc.add_AssetServiceServicer_to_server, AssetServicer(vault)),
+    )
+    for register, servicer in registrations:
+        register(servicer, server)
+
+    if health_servicer is None:
+        health_servicer = HealthServicer()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+    address = _address(settings.grpc_host, settings.grpc_port)
+    credentials = _credentials(settings)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        raise ConfigurationError(
+            f"cannot listen on {address} (REELVAULT_GRPC_HOST, REELVAULT_GRPC_PORT): {exc}"
+        ) from None
+    return server, int(port)
+
+
+async def shutdown(server: Any, health_servicer: Any, grace: float | None) -> None:
+    """Drain: health ``NOT_SERVING``, stop accepting, let calls in flight finish for up to
+    ``grace`` seconds (None: cancel them at once), then cancel the rest.
+
+    Returns once the cleanup of cancelled calls (aborting their multipart uploads) has
+    finished too, or after :data:`_CLEANUP_TIMEOUT`, so the caller can close the vault.
+    """
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace)
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=_CLEANUP_TIMEOUT)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the service until SIGTERM or SIGINT, then drain it (module docstring).
+
+    Raises:
+        ConfigurationError, Unavailable: the service could not start.
+    """
+    configure_logging(settings.log_level, settings.log_format)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=_WORKER_THREADS, thread_name_prefix="reelvault")
+    )
+    vault = await asyncio.to_thread(Vault.from_settings, settings)
+    try:
+        health_servicer = HealthServicer()
+        server, port = await create_server(vault, settings, health_servicer=health_servicer)
+        await server.start()
+        _log.info(
+            "listening",
+            host=settings.grpc_host,
+            port=port,
+            tls=settings.tls_enabled,
+            mutual_tls=settings.tls_client_ca_file is not None,
+        )
+        signalled = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for signum in signals:
+            loop.add_signal_handler(signum, signalled.set)
+        try:
+            await signalled.wait()
+            _log.info("shutting down", grace_seconds=settings.shutdown_grace)
+            for signum in signals:  # a second signal: stop waiting for calls in flight
+                loop.add_signal_handler(signum, _cancel_calls, server)
+            await shutdown(server, health_servicer, settings.shutdown_grace)
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+        _log.info("stopped")
+    finally:
+        vault.close()
+
+
+def _cancel_calls(server: Any) -> None:
+    _log.warning("second signal: cancelling calls in flight")
+    asyncio.ensure_future(server.stop(None))  # noqa: RUF006 - the drain awaits the stop
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):  # an IPv6 literal
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _credentials(settings: Settings) -> Any:
+    """Server TLS credentials, or None for plaintext. With a client CA, clients must
+    present a certificate it signed (mutual TLS)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    certificate = _read(settings.tls_cert_file, "REELVAULT_TLS_CERT_FILE")
+    key = _read(settings.tls_key_file, "REELVAULT_TLS_KEY_FILE")
+    client_ca = (
+        _read(settings.tls_client_ca_file, "REELVAULT_TLS_CLIENT_CA_FILE")
+        if settings.tls_client_ca_file is not None
+        else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, certificate)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _read(path: Path, variable: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigurationError(f"{variable}: {path} is not a PEM file")
+    return data

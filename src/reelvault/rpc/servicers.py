@@ -1,0 +1,265 @@
+"""The gRPC servicers: protobuf in, a domain call in a worker thread, protobuf out.
+
+Nothing here authenticates, maps errors or logs: :mod:`reelvault.rpc.interceptors` does
+that for every call, and hands the caller over as :func:`current_principal`. Servicers
+raise :mod:`reelvault.errors` like the domain does; they never abort a call themselves.
+
+The domain is synchronous and may block (catalog, object store, key provider), so every
+call into it goes through :func:`asyncio.to_thread`. The streaming methods own the
+lifetime of the domain's upload and download objects: whatever ends the call (success,
+an error, the client cancelling, the deadline, server shutdown), an upload is completed or
+aborted and a download's chunk iterator is closed before the call is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
+
+from reelvault import auth
+from reelvault.app import Vault
+from reelvault.assets import AssetInfo, AssetUpload
+from reelvault.auth import Principal
+from reelvault.errors import InvalidArgument, NotFound, PermissionDenied
+from reelvault.rpc import convert
+from reelvault.rpc.interceptors import check_deadline, current_principal
+from reelvault.v1 import (
+    apikey_pb2,
+    apikey_pb2_grpc,
+    asset_pb2,
+    asset_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
+)
+
+__all__ = ["ApiKeyServicer", "AssetServicer", "TenantServicer"]
+
+_T = TypeVar("_T")
+
+
+def _require_access(principal: Principal, tenant_id: str | None, missing: NotFound) -> None:
+    """:func:`auth.require_tenant_access`, refusing with exactly the error a missing resource
+    gets, so another tenant's resource cannot be told from one that does not exist."""
+    try:
+        auth.require_tenant_access(principal, tenant_id)
+    except NotFound:
+        raise missing from None
+
+
+class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):  # type: ignore[misc, unused-ignore]
+    def __init__(self, vault: Vault) -> None:
+        self._keys = vault.tenant_keys
+
+    async def CreateTenant(  # noqa: N802 - gRPC method names
+        self, request: tenant_pb2.CreateTenantRequest, context: Any
+    ) -> tenant_pb2.Tenant:
+        tenant = await asyncio.to_thread(self._keys.create_tenant, request.name)
+        return convert.tenant_to_proto(tenant)
+
+    async def GetTenant(  # noqa: N802 - gRPC method names
+        self, request: tenant_pb2.GetTenantRequest, context: Any
+    ) -> tenant_pb2.Tenant:
+        _require_access(current_principal(), request.tenant_id, NotFound("tenant not found"))
+        tenant = await asyncio.to_thread(self._keys.get_tenant, request.tenant_id)
+        return convert.tenant_to_proto(tenant)
+
+    async def ListTenants(  # noqa: N802 - gRPC method names
+        self, request: tenant_pb2.ListTenantsRequest, context: Any
+    ) -> tenant_pb2.ListTenantsResponse:
+        tenants = await asyncio.to_thread(self._keys.list_tenants)
+        return tenant_pb2.ListTenantsResponse(tenants=[convert.tenant_to_proto(t) for t in tenants])
+
+
+class ApiKeyServicer(apikey_pb2_grpc.ApiKeyServiceServicer):  # type: ignore[misc, unused-ignore]
+    """Tenant admins act on their own tenant (an empty ``tenant_id`` means it); platform
+    admins name the tenant, or none for platform-admin keys."""
+
+    def __init__(self, vault: Vault) -> None:
+        self._api_keys = vault.api_keys
+
+    async def CreateApiKey(  # noqa: N802 - gRPC method names
+        self, request: apikey_pb2.CreateApiKeyRequest, context: Any
+    ) -> apikey_pb2.CreateApiKeyResponse:
+        principal = current_principal()
+        role = convert.role_from_proto(request.role)
+        tenant_id = _tenant_scope(principal, request.tenant_id)
+        try:
+            auth.require_can_create_key(principal, tenant_id=tenant_id, role=role)
+        except NotFound:
+            raise NotFound("tenant not found") from None  # as for a missing tenant
+        info, token = await asyncio.to_thread(
+            self._api_keys.create,
+            tenant_id=tenant_id,
+            role=role,
+            description=request.description,
+        )
+        return apikey_pb2.CreateApiKeyResponse(api_key=convert.api_key_to_proto(info), secret=token)
+
+    async def ListApiKeys(  # noqa: N802 - gRPC method names
+        self, request: apikey_pb2.ListApiKeysRequest, context: Any
+    ) -> apikey_pb2.ListApiKeysResponse:
+        principal = current_principal()
+        tenant_id = _tenant_scope(principal, request.tenant_id)
+        _require_access(principal, tenant_id, NotFound("tenant not found"))
+        keys = await asyncio.to_thread(self._api_keys.list, tenant_id)
+        return apikey_pb2.ListApiKeysResponse(api_keys=[convert.api_key_to_proto(k) for k in keys])
+
+    async def RevokeApiKey(  # noqa: N802 - gRPC method names
+        self, request: apikey_pb2.RevokeApiKeyRequest, context: Any
+    ) -> apikey_pb2.ApiKey:
+        principal = current_principal()
+        info = await asyncio.to_thread(self._api_keys.get, request.api_key_id)
+        # A key's tenant never changes, so checking before revoking is race-free.
+        _require_access(principal, info.tenant_id, NotFound("API key not found"))
+        revoked = await asyncio.to_thread(self._api_keys.revoke, info.id)
+        return convert.api_key_to_proto(revoked)
+
+
+def _tenant_scope(principal: Principal, requested: str) -> str | None:
+    """The tenant a key-management request is about: the named one, else the caller's
+    own (None, the platform scope, for a platform admin)."""
+    return requested or principal.tenant_id
+
+
+class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, unused-ignore]
+    """Assets of the caller's tenant, taken from its API key, never from the request."""
+
+    def __init__(self, vault: Vault) -> None:
+        self._assets = vault.assets
+
+    async def Upload(  # noqa: N802 - gRPC method names
+        self, request_iterator: AsyncIterator[asset_pb2.UploadRequest], context: Any
+    ) -> asset_pb2.Asset:
+        tenant_id = _caller_tenant()
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None or first.WhichOneof("payload") != "metadata":
+            raise InvalidArgument("the first upload message must carry the asset metadata")
+        spec = convert.upload_spec(first.metadata)
+        upload = await asyncio.to_thread(self._assets.begin_upload, tenant_id, spec)
+        lock = threading.Lock()
+        completed: list[AssetInfo] = []
+
+        def complete() -> AssetInfo:
+            completed.append(upload.complete())
+            return completed[0]
+
+        try:
+            async for message in messages:
+                check_deadline(context)
+                if message.WhichOneof("payload") != "chunk":
+                    raise InvalidArgument(
+                        "after the metadata, every upload message must carry a chunk"
+                    )
+                await _run_locked(lock, upload.write, message.chunk)
+            check_deadline(context)
+            info = await _run_locked(lock, complete)
+        except BaseException:
+            # Shielded: a second cancellation must not leave anything behind either.
+            await asyncio.shield(_run_locked(lock, self._undo, upload, completed))
+            raise
+        return convert.asset_to_proto(info)
+
+    def _undo(self, upload: AssetUpload, completed: list[AssetInfo]) -> None:
+        """Leave nothing of a failed upload behind: abort it or, if it completed after
+        all, delete the asset it made.
+
+        The second case is real: grpc.aio ends the request stream of a cancelled call
+        (client cancel, lost connection, shutdown) exactly as it ends one the client
+        closed, so the handler can go on to complete an upload that the client never
+        finished. The cancellation reaches the handler a moment later, while completing;
+        the client is told CANCELLED, so the asset must not stay.
+        """
+        if completed:
+            self._assets.delete(upload.tenant_id, completed[0].id)
+        else:
+            upload.abort()
+
+    async def Download(  # noqa: N802 - gRPC method names
+        self, request: asset_pb2.DownloadRequest, context: Any
+    ) -> AsyncIterator[asset_pb2.DownloadResponse]:
+        tenant_id = _caller_tenant()
+        # Everything refusable (range, missing asset, key state, a tampered header or
+        # final frame) is refused here, before the first message, as a plain status.
+        download = await asyncio.to_thread(
+            self._assets.open_download,
+            tenant_id,
+            request.asset_id,
+            **convert.download_range(request),
+        )
+        chunks = download.chunks
+        lock = threading.Lock()
+        try:
+            yield asset_pb2.DownloadResponse(
+                header=asset_pb2.DownloadHeader(
+                    asset=convert.asset_to_proto(download.asset),
+                    offset=download.offset,
+                    length=download.length,
+                )
+            )
+            while True:
+                check_deadline(context)
+                chunk = await _run_locked(lock, next, chunks, None)
+                if chunk is None:
+                    break
+                yield asset_pb2.DownloadResponse(chunk=chunk)
+        finally:
+            # Releases the object store's response body; waits for a fetch in flight.
+            await asyncio.shield(_run_locked(lock, _close, chunks))
+
+    async def StatAsset(  # noqa: N802 - gRPC method names
+        self, request: asset_pb2.StatAssetRequest, context: Any
+    ) -> asset_pb2.Asset:
+        info = await asyncio.to_thread(self._assets.stat, _caller_tenant(), request.asset_id)
+        return convert.asset_to_proto(info)
+
+    async def ListAssets(  # noqa: N802 - gRPC method names
+        self, request: asset_pb2.ListAssetsRequest, context: Any
+    ) -> asset_pb2.ListAssetsResponse:
+        assets, next_token = await asyncio.to_thread(
+            self._assets.list,
+            _caller_tenant(),
+            prefix=request.prefix,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return asset_pb2.ListAssetsResponse(
+            assets=[convert.asset_to_proto(a) for a in assets], next_page_token=next_token
+        )
+
+    async def DeleteAsset(  # noqa: N802 - gRPC method names
+        self, request: asset_pb2.DeleteAssetRequest, context: Any
+    ) -> asset_pb2.DeleteAssetResponse:
+        await asyncio.to_thread(self._assets.delete, _caller_tenant(), request.asset_id)
+        return asset_pb2.DeleteAssetResponse()
+
+
+def _caller_tenant() -> str:
+    tenant_id = current_principal().tenant_id
+    if tenant_id is None:  # platform admins hold no tenant's assets (auth.PERMISSIONS)
+        raise PermissionDenied("platform admin keys have no access to assets")
+    return tenant_id
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+async def _run_locked(lock: threading.Lock, function: Callable[..., _T], *args: Any) -> _T:
+    """Run ``function(*args)`` in a worker thread while holding ``lock``.
+
+    Cancelling the awaiting task does not stop a function already running in a thread.
+    Serializing every blocking call on one object (an upload, a download's chunk
+    iterator) through one lock therefore lets a cleanup step (abort, close) that goes
+    through the lock too wait for the call in flight instead of racing it.
+    """
+
+    def locked() -> _T:
+        with lock:
+            return function(*args)
+
+    return await asyncio.to_thread(locked)

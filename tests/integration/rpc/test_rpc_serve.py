@@ -1,0 +1,171 @@
+"""``serve(Settings.load())`` as a real process: configured only through REELVAULT_*
+variables, wired by ``Vault.from_settings`` (catalog, local keyring, SeaweedFS), serving
+until a signal, then draining and exiting cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from rpc_harness import CHANNEL_OPTIONS, Stubs, bearer
+
+from reelvault.app import Vault
+from reelvault.auth import ApiKeys, Role
+from reelvault.clock import SystemClock
+from reelvault.config import Settings
+from reelvault.keys import init_keyring
+from reelvault.storage.seaweed import SeaweedServer
+from reelvault.v1 import apikey_pb2, asset_pb2, tenant_pb2
+
+pytestmark = pytest.mark.db
+
+SERVE = "import asyncio; from reelvault.config import Settings; from reelvault.rpc import serve; "
+SERVE += "asyncio.run(serve(Settings.load()))"
+
+
+class Process:
+    """The service as a child process, with its JSON log lines collected as they come."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", SERVE],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[dict] = []
+        self.raw: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.raw.append(line)
+            with contextlib.suppress(ValueError):  # not every line is ours (warnings)
+                self.lines.append(json.loads(line))
+
+    def wait_for_event(self, event: str, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if line.get("event") == event:
+                    return line
+            if self.popen.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {event!r} log line; stderr:\n{''.join(self.raw)}")
+
+
+@pytest.fixture
+def environment(database, seaweed: SeaweedServer, tmp_path: Path) -> dict[str, str]:
+    keyring = tmp_path / "keyring.json"
+    init_keyring(keyring)
+    seaweed.object_store("reelvault-serve", create=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELVAULT_")}
+    env.update(
+        {
+            "REELVAULT_DATA_DIR": str(tmp_path / "data"),
+            "REELVAULT_DATABASE_URL": database.engine.url.render_as_string(hide_password=False),
+            "REELVAULT_KEYRING": str(keyring),
+            "REELVAULT_S3_ENDPOINT_URL": seaweed.endpoint_url,
+            "REELVAULT_S3_BUCKET": "reelvault-serve",
+            "REELVAULT_S3_REGION": seaweed.region,
+            "REELVAULT_S3_ACCESS_KEY_ID": seaweed.access_key,
+            "REELVAULT_S3_SECRET_ACCESS_KEY": seaweed.secret_key,
+            "REELVAULT_S3_PART_SIZE": "5MiB",
+            "REELVAULT_GRPC_PORT": "0",
+            "REELVAULT_SHUTDOWN_GRACE": "5",
+            "REELVAULT_LOG_FORMAT": "json",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def process(environment) -> Iterator[Process]:
+    process = Process(environment)
+    try:
+        yield process
+    finally:
+        if process.popen.poll() is None:
+            process.popen.kill()
+        process.popen.wait(30)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_runs_from_the_environment_until_signalled(process, database, environment, signum):
+    port = process.wait_for_event("listening")["port"]
+    assert port > 0
+    platform_token = ApiKeys(database, SystemClock()).create(
+        tenant_id=None, role=Role.PLATFORM_ADMIN
+    )[1]
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+        api = Stubs(channel)
+        platform = bearer(platform_token)
+        tenant = api.tenants.CreateTenant(
+            tenant_pb2.CreateTenantRequest(name="serve"), metadata=platform
+        )
+        ingest = api.keys.CreateApiKey(
+            apikey_pb2.CreateApiKeyRequest(tenant_id=tenant.id, role=apikey_pb2.ROLE_INGEST),
+            metadata=platform,
+        ).secret
+        data = os.urandom(6 * 1024 * 1024 + 5)  # two S3 parts of 5 MiB
+        chunks = [data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+        messages = [asset_pb2.UploadRequest(metadata=asset_pb2.AssetMetadata(path="a.ts"))]
+        messages += [asset_pb2.UploadRequest(chunk=c) for c in chunks]
+        asset = api.assets.Upload(iter(messages), metadata=bearer(ingest))
+        responses = list(
+            api.assets.Download(
+                asset_pb2.DownloadRequest(asset_id=asset.id), metadata=bearer(ingest)
+            )
+        )
+        assert b"".join(r.chunk for r in responses[1:]) == data
+
+    process.popen.send_signal(signum)
+    assert process.popen.wait(30) == 0
+    process.wait_for_event("stopped")
+    assert len(process.lines) == len(process.raw)  # every line is structured (JSON)
+    assert not [line for line in process.lines if line["level"] in ("warning", "error")]
+    access = [line for line in process.lines if line.get("event") == "rpc"]
+    assert {line["status"] for line in access} == {"OK"}
+    everything = "".join(process.raw)
+    assert environment["REELVAULT_S3_SECRET_ACCESS_KEY"] not in everything
+    assert platform_token.split("_", 2)[2] not in everything
+    assert ingest.split("_", 2)[2] not in everything
+
+
+def test_from_settings_wires_the_same_graph(environment, seaweed):
+    settings = Settings.load(environment)
+    vault = Vault.from_settings(settings)
+    try:
+        tenant = vault.tenant_keys.create_tenant("wired")
+        assert vault.tenant_keys.get_tenant(tenant.id) == tenant
+        assert vault.assets.list(tenant.id) == ([], "")
+    finally:
+        vault.close()
+
+
+def test_a_missing_keyring_stops_the_start(environment, tmp_path):
+    environment["REELVAULT_KEYRING"] = str(tmp_path / "nowhere.json")
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "nowhere.json" in result.stderr

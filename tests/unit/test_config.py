@@ -1,0 +1,209 @@
+"""Settings: one place, environment over file over defaults, clear errors, no secrets shown."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from reelvault.config import Settings
+from reelvault.errors import ConfigurationError
+
+MiB = 1024 * 1024
+
+
+def test_defaults():
+    settings = Settings.load({})
+    assert settings == Settings()
+    assert settings.data_dir == Path(".reelvault")
+    assert settings.resolved_database_url == "sqlite:///.reelvault/catalog.sqlite3"
+    assert settings.resolved_keyring_path == Path(".reelvault/keyring.json")
+    assert settings.root_key_provider == "local"
+    assert settings.s3_bucket == "reelvault"
+    assert settings.s3_part_size == 16 * MiB
+    assert settings.s3_max_in_flight == 4
+    assert (settings.grpc_host, settings.grpc_port) == ("127.0.0.1", 7400)
+    assert settings.key_cache_ttl == 60.0
+    assert settings.shutdown_grace == 30.0
+    assert (settings.log_level, settings.log_format) == ("info", "console")
+    assert not settings.tls_enabled
+
+
+def test_derived_defaults_follow_the_data_dir():
+    settings = Settings.load({"REELVAULT_DATA_DIR": "/var/lib/reelvault"})
+    assert settings.resolved_database_url == "sqlite:////var/lib/reelvault/catalog.sqlite3"
+    assert settings.resolved_keyring_path == Path("/var/lib/reelvault/keyring.json")
+    explicit = Settings.load(
+        {
+            "REELVAULT_DATA_DIR": "/var/lib/reelvault",
+            "REELVAULT_DATABASE_URL": "postgresql+psycopg://rv@db/rv",
+            "REELVAULT_KEYRING": "/etc/reelvault/keyring.json",
+        }
+    )
+    assert explicit.resolved_database_url == "postgresql+psycopg://rv@db/rv"
+    assert explicit.resolved_keyring_path == Path("/etc/reelvault/keyring.json")
+    # replace() keeps derived values derived
+    moved = dataclasses.replace(settings, data_dir=Path("/srv"))
+    assert moved.resolved_keyring_path == Path("/srv/keyring.json")
+
+
+def test_every_setting_is_read_from_the_environment():
+    env = {
+        "REELVAULT_DATA_DIR": "/d",
+        "REELVAULT_DATABASE_URL": "sqlite:////d/x.sqlite3",
+        "REELVAULT_ROOT_KEY_PROVIDER": "AWS-KMS",
+        "REELVAULT_KEYRING": "/k.json",
+        "REELVAULT_KMS_KEY_ID": "alias/reelvault",
+        "REELVAULT_KMS_REGION": "eu-west-1",
+        "REELVAULT_KMS_ENDPOINT_URL": "http://127.0.0.1:4566",
+        "REELVAULT_S3_ENDPOINT_URL": "http://127.0.0.1:8333",
+        "REELVAULT_S3_BUCKET": "videos",
+        "REELVAULT_S3_REGION": "us-east-1",
+        "REELVAULT_S3_ACCESS_KEY_ID": "AKID",
+        "REELVAULT_S3_SECRET_ACCESS_KEY": "s3cr3t",
+        "REELVAULT_S3_PART_SIZE": "8MiB",
+        "REELVAULT_S3_MAX_IN_FLIGHT": "2",
+        "REELVAULT_GRPC_HOST": "0.0.0.0",
+        "REELVAULT_GRPC_PORT": "0",
+        "REELVAULT_TLS_CERT_FILE": "/tls/cert.pem",
+        "REELVAULT_TLS_KEY_FILE": "/tls/key.pem",
+        "REELVAULT_TLS_CLIENT_CA_FILE": "/tls/ca.pem",
+        "REELVAULT_KEY_CACHE_TTL": "0",
+        "REELVAULT_SHUTDOWN_GRACE": "2.5",
+        "REELVAULT_LOG_LEVEL": "DEBUG",
+        "REELVAULT_LOG_FORMAT": "json",
+    }
+    settings = Settings.load(env)
+    assert [variable for variable, _, _ in Settings.describe()] == list(env)
+    assert settings == Settings(
+        data_dir=Path("/d"),
+        database_url="sqlite:////d/x.sqlite3",
+        root_key_provider="aws-kms",
+        keyring_path=Path("/k.json"),
+        kms_key_id="alias/reelvault",
+        kms_region="eu-west-1",
+        kms_endpoint_url="http://127.0.0.1:4566",
+        s3_endpoint_url="http://127.0.0.1:8333",
+        s3_bucket="videos",
+        s3_region="us-east-1",
+        s3_access_key_id="AKID",
+        s3_secret_access_key="s3cr3t",
+        s3_part_size=8 * MiB,
+        s3_max_in_flight=2,
+        grpc_host="0.0.0.0",
+        grpc_port=0,
+        tls_cert_file=Path("/tls/cert.pem"),
+        tls_key_file=Path("/tls/key.pem"),
+        tls_client_ca_file=Path("/tls/ca.pem"),
+        key_cache_ttl=0.0,
+        shutdown_grace=2.5,
+        log_level="debug",
+        log_format="json",
+    )
+    assert settings.tls_enabled
+
+
+def test_a_file_is_read_and_the_environment_overrides_it(tmp_path):
+    config = tmp_path / "reelvault.toml"
+    config.write_text(
+        'data_dir = "/from/file"\ngrpc_port = 7500\ns3_part_size = 6291456\n'
+        'shutdown_grace = 10\nlog_format = "json"\n'
+    )
+    settings = Settings.load({"REELVAULT_GRPC_PORT": "7600"}, config_file=config)
+    assert settings.data_dir == Path("/from/file")
+    assert settings.grpc_port == 7600
+    assert settings.s3_part_size == 6 * MiB
+    assert settings.shutdown_grace == 10.0
+    assert settings.log_format == "json"
+    # REELVAULT_CONFIG names the file when --config does not
+    assert Settings.load({"REELVAULT_CONFIG": str(config)}).grpc_port == 7500
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"REELVAULT_GRPC_PORT": "seventy"}, "REELVAULT_GRPC_PORT"),
+        ({"REELVAULT_GRPC_PORT": "70000"}, "REELVAULT_GRPC_PORT"),
+        ({"REELVAULT_GRPC_PORT": "-1"}, "REELVAULT_GRPC_PORT"),
+        ({"REELVAULT_S3_PART_SIZE": "1MiB"}, "REELVAULT_S3_PART_SIZE"),
+        ({"REELVAULT_S3_PART_SIZE": "lots"}, "REELVAULT_S3_PART_SIZE"),
+        ({"REELVAULT_S3_MAX_IN_FLIGHT": "0"}, "REELVAULT_S3_MAX_IN_FLIGHT"),
+        ({"REELVAULT_KEY_CACHE_TTL": "-1"}, "REELVAULT_KEY_CACHE_TTL"),
+        ({"REELVAULT_KEY_CACHE_TTL": "nan"}, "REELVAULT_KEY_CACHE_TTL"),
+        ({"REELVAULT_SHUTDOWN_GRACE": "inf"}, "REELVAULT_SHUTDOWN_GRACE"),
+        ({"REELVAULT_ROOT_KEY_PROVIDER": "vault"}, "REELVAULT_ROOT_KEY_PROVIDER"),
+        ({"REELVAULT_ROOT_KEY_PROVIDER": "aws-kms"}, "REELVAULT_KMS_KEY_ID"),
+        ({"REELVAULT_LOG_LEVEL": "loud"}, "REELVAULT_LOG_LEVEL"),
+        ({"REELVAULT_LOG_FORMAT": "xml"}, "REELVAULT_LOG_FORMAT"),
+        ({"REELVAULT_S3_BUCKET": ""}, "REELVAULT_S3_BUCKET"),
+        ({"REELVAULT_DATA_DIR": " "}, "REELVAULT_DATA_DIR"),
+        ({"REELVAULT_DATABASE_URL": "not a url"}, "REELVAULT_DATABASE_URL"),
+        ({"REELVAULT_S3_ACCESS_KEY_ID": "AKID"}, "REELVAULT_S3_SECRET_ACCESS_KEY"),
+        ({"REELVAULT_TLS_CERT_FILE": "/c.pem"}, "REELVAULT_TLS_KEY_FILE"),
+        ({"REELVAULT_TLS_CLIENT_CA_FILE": "/ca.pem"}, "REELVAULT_TLS_CLIENT_CA_FILE"),
+    ],
+)
+def test_bad_values_name_the_variable(env, variable):
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.load(env)
+    assert caught.value.message.startswith(variable), caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("grpc_port = true\n", "grpc_port in config file"),
+        ('grpc_port = "x"\n', "grpc_port in config file"),
+        ("no_such_setting = 1\n", "unknown setting 'no_such_setting'"),
+        ("grpc_port = \n", "not valid TOML"),
+    ],
+)
+def test_bad_files_are_configuration_errors(tmp_path, content, fragment):
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    with pytest.raises(ConfigurationError, match=fragment):
+        Settings.load({}, config_file=config)
+
+
+def test_a_missing_file_is_a_configuration_error(tmp_path):
+    with pytest.raises(ConfigurationError, match="cannot read config file"):
+        Settings.load({"REELVAULT_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_settings_built_in_code_are_checked_too():
+    with pytest.raises(ConfigurationError, match="REELVAULT_GRPC_PORT"):
+        Settings(grpc_port=99999)
+    assert Settings(log_level="WARNING").log_level == "warning"  # type: ignore[arg-type]
+
+
+def test_secrets_are_never_shown():
+    settings = Settings.load(
+        {
+            "REELVAULT_S3_ACCESS_KEY_ID": "AKID",
+            "REELVAULT_S3_SECRET_ACCESS_KEY": "very-secret-key",
+            "REELVAULT_DATABASE_URL": "postgresql+psycopg://rv:db-password@db/rv",
+        }
+    )
+    shown = repr(settings) + str(settings) + repr(Settings.describe())
+    assert "very-secret-key" not in shown
+    assert "db-password" not in shown
+    assert "AKID" in repr(settings)
+    with pytest.raises(ConfigurationError) as caught:  # a secret without its key id
+        Settings.load({"REELVAULT_S3_SECRET_ACCESS_KEY": "very-secret-key"})
+    assert "REELVAULT_S3_ACCESS_KEY_ID" in caught.value.message
+    assert "very-secret-key" not in caught.value.message
+
+
+def test_describe_lists_every_setting_with_a_default_and_help():
+    rows = Settings.describe()
+    assert len(rows) == len(dataclasses.fields(Settings))
+    for variable, default, help_text in rows:
+        assert variable.startswith("REELVAULT_")
+        assert isinstance(default, str)
+        assert help_text and "\n" not in help_text
+    described = {variable: default for variable, default, _ in rows}
+    assert described["REELVAULT_GRPC_PORT"] == "7400"
+    assert described["REELVAULT_DATABASE_URL"] == "sqlite:///<data_dir>/catalog.sqlite3"
+    assert described["REELVAULT_KEYRING"] == "<data_dir>/keyring.json"
+    assert described["REELVAULT_S3_SECRET_ACCESS_KEY"] == ""
