@@ -5,6 +5,7 @@ until a signal, then draining and exiting cleanly."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -169,3 +170,91 @@ def test_a_missing_keyring_stops_the_start(environment, tmp_path):
     )
     assert result.returncode != 0
     assert "nowhere.json" in result.stderr
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class _PeakRss(threading.Thread):
+    """Samples a process's resident set every 20 ms (memory, not time: no timing assert)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self._halt = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            with contextlib.suppress(OSError, AssertionError):
+                self.peak = max(self.peak, _rss_bytes(self.pid))
+            self._halt.wait(0.02)
+
+    def stop(self) -> int:
+        self._halt.set()
+        self.join()
+        return self.peak
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_a_1GiB_upload_and_download_keep_server_memory_flat(environment, database):
+    """The server streams: a 1 GiB asset passes through bounded buffers (chunks, frames,
+    parts in flight), so its resident memory must not grow with the asset."""
+    environment.update(
+        MALLOC_MMAP_THRESHOLD_="67108864",
+        MALLOC_TRIM_THRESHOLD_="1073741824",
+        MALLOC_TOP_PAD_="67108864",
+    )
+    process = Process(environment)
+    try:
+        port = process.wait_for_event("listening")["port"]
+        keys = ApiKeys(database, SystemClock())
+        platform = bearer(keys.create(tenant_id=None, role=Role.PLATFORM_ADMIN)[1])
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+            api = Stubs(channel)
+            tenant = api.tenants.CreateTenant(
+                tenant_pb2.CreateTenantRequest(name="big"), metadata=platform
+            )
+            ingest = bearer(
+                api.keys.CreateApiKey(
+                    apikey_pb2.CreateApiKeyRequest(
+                        tenant_id=tenant.id, role=apikey_pb2.ROLE_INGEST
+                    ),
+                    metadata=platform,
+                ).secret
+            )
+            blocks = [os.urandom(1 << 20) for _ in range(7)]  # incompressible, not one block
+            sent = hashlib.sha256()
+
+            def messages() -> Iterator[asset_pb2.UploadRequest]:
+                yield asset_pb2.UploadRequest(
+                    metadata=asset_pb2.AssetMetadata(path="big.mxf", expected_size=1 << 30)
+                )
+                for i in range(1024):
+                    sent.update(blocks[i % 7])
+                    yield asset_pb2.UploadRequest(chunk=blocks[i % 7])
+
+            baseline = _rss_bytes(process.popen.pid)
+            sampler = _PeakRss(process.popen.pid)
+            sampler.start()
+            try:
+                asset = api.assets.Upload(messages(), metadata=ingest)
+                received, size = hashlib.sha256(), 0
+                for response in api.assets.Download(
+                    asset_pb2.DownloadRequest(asset_id=asset.id), metadata=ingest
+                ):
+                    received.update(response.chunk)
+                    size += len(response.chunk)
+            finally:
+                peak = sampler.stop()
+        assert asset.size == size == 1 << 30
+        assert asset.sha256 == sent.digest() == received.digest()
+        growth = peak - baseline
+        assert growth < 160 * 1024 * 1024, f"server RSS grew by {growth >> 20} MiB for 1 GiB"
+    finally:
+        process.popen.send_signal(signal.SIGTERM)
+        process.popen.wait(60)
