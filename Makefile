@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 # on first touch: about 2x CPU at our chunk sizes. The service and benchmarks run with these.
 MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=67108864
 
-.PHONY: venv run test test-postgres lint format protos check-protos bench-crypto lock clean
+.PHONY: venv run test test-postgres lint format protos check-protos bench-crypto bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ check-protos: $(STAMP)
 ## make bench-crypto: format throughput vs raw AES-GCM and the official SDK
 bench-crypto: $(STAMP)
 	$(MALLOC_ENV) $(PY) -m bench.crypto_bench --json bench/results/crypto.json
+
+## make bench: the service end to end (1 GiB up/down, ranges, server RSS) vs boto3 on SeaweedFS
+bench: $(STAMP)
+	$(MALLOC_ENV) $(PY) -m bench.service_bench --json bench/results/service.json
 
 ## make lock: re-resolve and pin every dependency (then review the diff)
 lock:

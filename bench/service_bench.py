@@ -18,14 +18,17 @@ reads ``VmRSS`` from ``/proc/<pid>/status`` every 50 ms. A platform-admin key is
 calling ``ApiKeys`` on the catalog before the server starts; through the client it then
 creates a tenant and an ingest key, which every measured call uses.
 
-What is measured. Each round runs both contenders once per operation, in an order that
-alternates from round to round, so machine noise hits both alike; the table reports the
-median over the rounds, after one discarded warm-up round (which also verifies content).
+What is measured. Each round runs every contender once per operation, in an order that
+rotates from round to round, so machine noise hits all of them alike; the table reports
+the median over the rounds, after one discarded warm-up round (which also verifies content).
 
 1. upload ``--size-mib`` (1 GiB): ``Client.upload`` of a generator of 1 MiB chunks vs
    boto3 ``upload_fileobj`` of a file-like object over the same generator, with a
    ``TransferConfig`` of the vault's own part size and parts in flight. The chunks cycle
    through 17 distinct random 1 MiB buffers: incompressible, and no two 16 MiB parts alike.
+   A control runs beside them: boto3 ``upload_part`` with one ``bytes`` body per part,
+   ``max_in_flight`` at once, which is the request pattern of the vault's own S3 writer
+   without the service (``upload_fileobj`` sends file-like bodies instead).
 2. download the same size: ``Client.download`` streamed (chunks discarded) vs boto3
    ``get_object`` with the body streamed in 1 MiB pieces (discarded).
 3. ``--ranges`` 1 MiB ranges at random unaligned offsets of the last uploaded asset:
@@ -41,6 +44,10 @@ median over the rounds, after one discarded warm-up round (which also verifies c
 
 CPU seconds of the three processes (this one: the client side; the server; SeaweedFS) are
 recorded per transfer: on a small machine they say which side is the bottleneck.
+
+Experiments: ``--server-env NAME=VALUE`` (repeatable) adds to the server's environment,
+e.g. ``MALLOC_ARENA_MAX=1`` or ``REELVAULT_S3_PART_SIZE=8MiB`` (REELVAULT_* settings there
+reach boto3's TransferConfig too); ``--size-mib 256 --runs 1`` for a quick look.
 
 MB/s are 10^6 plaintext bytes per second. A benchmark reports: it exits 0 whatever the
 PASS/MISS verdicts say. Every process it starts is stopped, on failure and Ctrl-C too.
@@ -72,6 +79,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +87,7 @@ from typing import Any
 import boto3
 import botocore
 import cryptography
-import grpc
+import grpc  # type: ignore[import-untyped, unused-ignore]
 from boto3.s3.transfer import TransferConfig
 
 from reelvault.auth import ApiKeys, Role
@@ -87,8 +95,12 @@ from reelvault.catalog import Database
 from reelvault.client import Client
 from reelvault.clock import SystemClock
 from reelvault.config import Settings
-from reelvault.crypto.format import FINAL_FRAME_OVERHEAD, FRAME_OVERHEAD, MessageLayout
-from reelvault.crypto.format import parse_header
+from reelvault.crypto.format import (
+    FINAL_FRAME_OVERHEAD,
+    FRAME_OVERHEAD,
+    MessageLayout,
+    parse_header,
+)
 from reelvault.keys.local import init_keyring
 from reelvault.storage.seaweed import SeaweedServer, find_weed
 
@@ -105,8 +117,12 @@ SERVICE_MALLOC = {
     "MALLOC_TRIM_THRESHOLD_": "1073741824",
     "MALLOC_TOP_PAD_": "67108864",
 }
-RV, B3 = "reelvault", "boto3"
-LABELS = {RV: "reelvault (gRPC client)", B3: "boto3 direct to S3"}
+RV, B3, B3P = "reelvault", "boto3", "boto3-parts"
+LABELS = {
+    RV: "reelvault (gRPC client)",
+    B3: "boto3 direct to S3",
+    B3P: "boto3 upload_part, bytes bodies",
+}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -238,7 +254,7 @@ class RssSampler(threading.Thread):
         return statistics.median(inside) if inside else float("nan")
 
 
-_METRIC = re.compile(r'^(SeaweedFS_s3_[a-z_]+)\{([^}]*)\} (\S+)$', re.M)
+_METRIC = re.compile(r"^(SeaweedFS_s3_[a-z_]+)\{([^}]*)\} (\S+)$", re.M)
 
 
 class Metrics:
@@ -248,7 +264,7 @@ class Metrics:
         self.url = f"http://127.0.0.1:{port}/metrics"
 
     def scrape(self, bucket: str) -> dict[str, float]:
-        with urllib.request.urlopen(self.url, timeout=5) as resp:  # noqa: S310 - local
+        with urllib.request.urlopen(self.url, timeout=5) as resp:
             text = resp.read().decode()
         out = {"sent_bytes": 0.0, "received_bytes": 0.0, "gets": 0.0}
         for name, labels, value in _METRIC.findall(text):
@@ -315,6 +331,7 @@ class Stack:
     tenant_id: str = ""
     database_url: str = ""
     weed_version: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
     _log_fh: Any = field(default=None, repr=False)
 
     # -- start --------------------------------------------------------------------------
@@ -360,7 +377,11 @@ class Stack:
             "REELVAULT_SHUTDOWN_GRACE": "2",
         }
         env.update(vault_env)
-        self.settings = Settings.load(vault_env)  # what the server will read
+        env.update(self.extra_env)
+        # what the server will read (experiments may override REELVAULT_* settings too)
+        self.settings = Settings.load(
+            {**vault_env, **{k: v for k, v in self.extra_env.items() if k.startswith("REELVAULT_")}}
+        )
 
         # A platform-admin key, straight into the catalog (as `reelvault dev` does).
         database = Database(self.database_url)
@@ -375,7 +396,7 @@ class Stack:
         self.server_log = self.root / "reelvault-serve.log"
         self._log_fh = self.server_log.open("wb")
         log("starting `reelvault serve` ...")
-        self.server = subprocess.Popen(  # noqa: S603 - fixed argv
+        self.server = subprocess.Popen(
             [*reelvault_command(), "serve"],
             env=env,
             cwd=self.root,
@@ -412,20 +433,21 @@ class Stack:
 
     def stop(self) -> None:
         server, self.server = self.server, None
-        if server is not None:
-            if server.poll() is None:
+        try:
+            if server is not None and server.poll() is None:
                 server.send_signal(signal.SIGTERM)
                 try:
                     server.wait(15)
                 except subprocess.TimeoutExpired:
                     server.kill()
                     server.wait()
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
-        seaweed, self.seaweed = self.seaweed, None
-        if seaweed is not None:
-            seaweed.stop()
+        finally:
+            if self._log_fh is not None:
+                self._log_fh.close()
+                self._log_fh = None
+            seaweed, self.seaweed = self.seaweed, None
+            if seaweed is not None:
+                seaweed.stop()
 
     def server_log_tail(self, lines: int = 30) -> str:
         if self.server_log is None or not self.server_log.exists():
@@ -461,6 +483,41 @@ class Bench:
         )
         return key
 
+    def b3_upload_parts(self, name: str) -> str:
+        """The control: boto3 requests shaped as the vault's S3 writer sends them (each
+        part one ``bytes`` body, ``max_in_flight`` at once), without the service."""
+        key = f"bench/{name}-parts.bin"
+        s3, part_size = self.s3, self.transfer.multipart_chunksize
+        upload_id = s3.create_multipart_upload(Bucket=BASE_BUCKET, Key=key)["UploadId"]
+        slots = threading.BoundedSemaphore(self.transfer.max_request_concurrency)
+        futures: list[Future[dict[str, Any]]] = []
+
+        def send(number: int, body: bytes) -> dict[str, Any]:
+            try:
+                etag = s3.upload_part(
+                    Bucket=BASE_BUCKET, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                )["ETag"]
+                return {"PartNumber": number, "ETag": etag}
+            finally:
+                slots.release()
+
+        reader = FillReader(self.payload.chunks())
+        try:
+            with ThreadPoolExecutor(self.transfer.max_request_concurrency) as pool:
+                number = 0
+                while body := reader.read(part_size):
+                    number += 1
+                    slots.acquire()
+                    futures.append(pool.submit(send, number, body))
+                parts = [f.result() for f in futures]
+            s3.complete_multipart_upload(
+                Bucket=BASE_BUCKET, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            s3.abort_multipart_upload(Bucket=BASE_BUCKET, Key=key, UploadId=upload_id)
+            raise
+        return key
+
     def rv_download(self, asset_id: str, verify: bool) -> int:
         sha = hashlib.sha256() if verify else None
         n = 0
@@ -487,11 +544,12 @@ class Bench:
             raise AssertionError("boto3 read back other bytes than were stored")
         return n
 
-    def cleanup(self, asset_id: str, key: str) -> None:
-        if asset_id:
-            self.client.delete(asset_id)
-        if key:
-            self.s3.delete_object(Bucket=BASE_BUCKET, Key=key)
+    def cleanup(self, ids: dict[str, str]) -> None:
+        for who, ref in ids.items():
+            if who == RV:
+                self.client.delete(ref)
+            else:
+                self.s3.delete_object(Bucket=BASE_BUCKET, Key=ref)
 
 
 def measure(bench: Bench, fn: Callable[[], object]) -> dict[str, float]:
@@ -521,58 +579,68 @@ def measure(bench: Bench, fn: Callable[[], object]) -> dict[str, float]:
 def bench_throughput(bench: Bench) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     args = bench.args
     size = bench.payload.size
+    uploads: dict[str, Callable[[str], str]] = {
+        RV: bench.rv_upload,
+        B3: bench.b3_upload,
+        B3P: bench.b3_upload_parts,
+    }
     results: dict[tuple[str, str], list[dict[str, float]]] = {
-        (op, who): [] for op in ("upload", "download") for who in (RV, B3)
+        ("upload", RV): [],
+        ("upload", B3): [],
+        ("upload", B3P): [],
+        ("download", RV): [],
+        ("download", B3): [],
     }
     windows: list[dict[str, Any]] = []
-    prev: tuple[str, str] = ("", "")
-    contenders = [RV, B3]
+    prev: dict[str, str] = {}
+
+    def show(tag: str, op: str, who: str, m: dict[str, float], note: str = "") -> None:
+        log(
+            f"  {tag:<8} {op:<8} {LABELS[who]:<31} {size / m['seconds'] / 1e6:7.1f} MB/s"
+            f"  cpu client {m['client_cpu']:4.1f}s server {m['server_cpu']:4.1f}s "
+            f"weed {m['weed_cpu']:4.1f}s  server RSS peak {m['rss_peak_mib']:5.0f} MiB{note}"
+        )
+
     for rnd in range(args.warmup + args.runs):
         warm = rnd < args.warmup
         tag = "warm-up" if warm else f"run {rnd - args.warmup + 1}/{args.runs}"
-        order = contenders if rnd % 2 == 0 else contenders[::-1]
         name = f"r{rnd}-{secrets.token_hex(4)}"
         ids: dict[str, str] = {}
-        for who in order:
-            fn = bench.rv_upload if who == RV else bench.b3_upload
+        up_order = [RV, B3, B3P]
+        k = rnd % len(up_order)
+        for who in up_order[k:] + up_order[:k]:
 
-            def up(fn: Callable[[str], str] = fn, who: str = who) -> None:
-                ids[who] = fn(name)
+            def up(who: str = who, ids: dict[str, str] = ids, name: str = name) -> None:
+                ids[who] = uploads[who](name)
 
             m = measure(bench, up)
-            log(
-                f"  {tag:<8} upload   {LABELS[who]:<24} {size / m['seconds'] / 1e6:8.1f} MB/s"
-                f"  cpu client {m['client_cpu']:5.1f}s server {m['server_cpu']:5.1f}s "
-                f"weed {m['weed_cpu']:5.1f}s  server RSS peak {m['rss_peak_mib']:6.1f} MiB"
-            )
+            show(tag, "upload", who, m)
             windows.append({"operation": "upload", "contender": who, "round": rnd, **m})
             if not warm:
                 results[("upload", who)].append(m)
         # the previous round's objects go once this round's exist (keeps disk use flat)
-        bench.cleanup(*prev)
-        prev = (ids[RV], ids[B3])
-        for who in order:
-            if who == RV:
-                fn2: Callable[[], object] = lambda: bench.rv_download(ids[RV], verify=warm)
-            else:
-                fn2 = lambda: bench.b3_download(ids[B3], verify=warm)  # noqa: E731
-            m = measure(bench, fn2)
-            log(
-                f"  {tag:<8} download {LABELS[who]:<24} {size / m['seconds'] / 1e6:8.1f} MB/s"
-                f"  cpu client {m['client_cpu']:5.1f}s server {m['server_cpu']:5.1f}s "
-                f"weed {m['weed_cpu']:5.1f}s  server RSS peak {m['rss_peak_mib']:6.1f} MiB"
-                + ("  (content verified)" if warm else "")
-            )
+        bench.cleanup(prev)
+        prev = ids
+        for who in [RV, B3] if rnd % 2 == 0 else [B3, RV]:
+
+            def down(who: str = who, ref: str = ids[who], warm: bool = warm) -> None:
+                if who == RV:
+                    bench.rv_download(ref, verify=warm)
+                else:
+                    bench.b3_download(ref, verify=warm)
+
+            m = measure(bench, down)
+            show(tag, "download", who, m, "  (content verified)" if warm else "")
             windows.append({"operation": "download", "contender": who, "round": rnd, **m})
             if not warm:
                 results[("download", who)].append(m)
     if args.warmup == 0:
         log("verifying content (untimed) ...")
-        bench.rv_download(prev[0], verify=True)
-        bench.b3_download(prev[1], verify=True)
-    bench.vault_asset, bench.base_key = prev
+        bench.rv_download(prev[RV], verify=True)
+        bench.b3_download(prev[B3], verify=True)
+    bench.vault_asset, bench.base_key = prev[RV], prev[B3]
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (op, who), runs in results.items():
         mbps = [size / r["seconds"] / 1e6 for r in runs]
         rows.append(
@@ -634,17 +702,15 @@ def bench_ranges(bench: Bench) -> dict[str, Any]:
         return n
 
     def b3_plain(start: int) -> int:
-        body = bench.s3.get_object(
-            Bucket=BASE_BUCKET, Key=bench.base_key, Range=f"bytes={start}-{start + RANGE_LENGTH - 1}"
-        )["Body"]
+        span = f"bytes={start}-{start + RANGE_LENGTH - 1}"
+        body = bench.s3.get_object(Bucket=BASE_BUCKET, Key=bench.base_key, Range=span)["Body"]
         with contextlib.closing(body):
             return len(body.read())
 
     def b3_span(start: int) -> int:
         plan = layout.plan(start, RANGE_LENGTH)
-        body = bench.s3.get_object(
-            Bucket=VAULT_BUCKET, Key=key, Range=f"bytes={plan.offset}-{plan.offset + plan.length - 1}"
-        )["Body"]
+        span = f"bytes={plan.offset}-{plan.offset + plan.length - 1}"
+        body = bench.s3.get_object(Bucket=VAULT_BUCKET, Key=key, Range=span)["Body"]
         with contextlib.closing(body):
             return len(body.read())
 
@@ -709,6 +775,7 @@ def bench_ranges(bench: Bench) -> dict[str, Any]:
         "expected_bytes_max": max(f["expected_bytes"] for f in fetched),
         "mismatched_ranges": sum(f["bytes"] != f["expected_bytes"] for f in fetched),
         "bound_bytes": bound,
+        "final_frame_bytes": final_frame,
         "amplification": statistics.median(fetched_bytes) / RANGE_LENGTH,
     }
 
@@ -753,6 +820,7 @@ def environment(stack: Stack) -> dict[str, Any]:
         "part_size": settings.s3_part_size,
         "max_in_flight": settings.s3_max_in_flight,
         "malloc_env": {k: os.environ.get(k) for k in SERVICE_MALLOC},
+        "server_extra_env": stack.extra_env,
         "git_commit": (git("rev-parse", "--short", "HEAD") or "unknown")
         + (" (src/reelvault modified)" if dirty else ""),
     }
@@ -763,17 +831,19 @@ def print_environment(env: dict[str, Any]) -> None:
     print(f"  python        {env['python']}  ({env['platform']})")
     print(f"  cpu           {env['cpu']}  x{env['cpu_count']}")
     print(f"  load average  {' '.join(f'{x:.2f}' for x in env['loadavg_start'])} (at start)")
-    print(
-        f"  grpcio {env['grpcio']}  boto3 {env['boto3']}  cryptography {env['cryptography']}"
-    )
+    print(f"  grpcio {env['grpcio']}  boto3 {env['boto3']}  cryptography {env['cryptography']}")
     print(f"  seaweedfs     {env['seaweedfs']}")
     print(
         f"  S3 transfers  part size {env['part_size'] // MIB} MiB, "
         f"{env['max_in_flight']} parts in flight (vault settings; boto3 TransferConfig alike)"
     )
-    print("  server        reelvault serve, started with " + " ".join(
-        f"{k}={v}" for k, v in SERVICE_MALLOC.items()
-    ))
+    print(
+        "  server        reelvault serve, started with "
+        + " ".join(f"{k}={v}" for k, v in SERVICE_MALLOC.items())
+    )
+    if env["server_extra_env"]:
+        extra = " ".join(f"{k}={v}" for k, v in env["server_extra_env"].items())
+        print(f"  EXPERIMENT    server also gets {extra}")
     for key, value in env["malloc_env"].items():
         print(f"  {key:<23} {value if value is not None else '(unset)'}  (this process)")
     print(f"  git           {env['git_commit']}")
@@ -812,7 +882,7 @@ def report(
         ("reelvault Client.download(offset,len)", ms["rv"], p90["rv"], rng["vs_b3_plain"]),
         ("boto3 ranged GET, 1 MiB plaintext", ms["b3_plain"], p90["b3_plain"], 1.0),
         (
-            f"boto3 ranged GET, ciphertext span",
+            "boto3 ranged GET, ciphertext span",
             ms["b3_span"],
             p90["b3_span"],
             rng["ms"]["b3_plain"] / rng["ms"]["b3_span"],
@@ -820,8 +890,7 @@ def report(
     ]
     for who, med, q90, ratio in range_rows:
         print(
-            f"{op:<20} {who:<34} {med:>10.2f} ms {'p90 ' + format(q90, '.2f'):>11} "
-            f"{ratio:>7.2f}x"
+            f"{op:<20} {who:<34} {med:>10.2f} ms {'p90 ' + format(q90, '.2f'):>11} {ratio:>7.2f}x"
         )
     print()
     print(
@@ -832,6 +901,13 @@ def report(
         f"{RSS_INTERVAL * 1e3:.0f} ms). Range rows: median and p90 over {rng['ranges']} "
         "random unaligned offsets, each served by all three in rotated order."
     )
+    by = {(r["operation"], r["contender"]): r for r in rows}
+    if ("upload", B3P) in by:
+        control = by[("upload", RV)]["mbps"] / by[("upload", B3P)]["mbps"]
+        print(
+            f"upload, reelvault vs the control ({LABELS[B3P]}, the request pattern of the "
+            f"vault's own S3 writer): {control:.2f}x"
+        )
     print(
         f"server RSS: {rss['baseline_mib']:.0f} MiB before the first transfer, peak "
         f"{rss['peak_vault_mib']:.0f} MiB during reelvault transfers "
@@ -841,7 +917,9 @@ def report(
     print(
         f"S3 bytes per vault range (SeaweedFS counters): median {rng['fetched_bytes_median']:.0f}, "
         f"max {rng['fetched_bytes_max']}; the layout predicts {rng['expected_bytes_max']} "
-        f"(17 frames of {rng['frame_length'] + FRAME_OVERHEAD} B + the {rng['frame_length'] + FINAL_FRAME_OVERHEAD} B final frame), "
+        f"({max(f['frames'] for f in rng['fetched'])} frames of "
+        f"{rng['frame_length'] + FRAME_OVERHEAD} B + the "
+        f"{rng['final_frame_bytes']} B final frame), "
         f"bound {rng['bound_bytes']}; {rng['mismatched_ranges']} of {rng['ranges']} ranges "
         f"differ from the prediction; GETs per range: max {rng['gets_per_range_max']}. "
         f"{rng['amplification']:.3f} S3 bytes per plaintext byte."
@@ -885,8 +963,11 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.service_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.service_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--size-mib", type=int, default=1024, help="bytes per transfer (MiB)")
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="discarded rounds first")
@@ -894,9 +975,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed for data and range offsets")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the server (experiments, e.g. MALLOC_ARENA_MAX=2)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.size_mib < 2 or args.ranges < 2 or args.warmup < 0:
         parser.error("runs >= 1, size >= 2 MiB, ranges >= 2, warmup >= 0")
+    if any("=" not in item for item in args.server_env):
+        parser.error("--server-env takes NAME=VALUE")
 
     # SIGTERM (and SIGHUP) unwind like Ctrl-C, so every process is stopped in order.
     def interrupt(signum: int, frame: object) -> None:
@@ -906,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, interrupt)
 
     root = Path(tempfile.mkdtemp(prefix="rv-service-bench-"))
-    stack = Stack(root)
+    stack = Stack(root, extra_env=dict(item.split("=", 1) for item in args.server_env))
     sampler: RssSampler | None = None
     client: Client | None = None
     try:
@@ -937,14 +1027,16 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, stack, payload, client, base.client, transfer, sampler)
         time.sleep(1.0)
         baseline = sampler.level(0, sampler.now())
-        log(f"server RSS before transfers: {baseline:.1f} MiB; {args.warmup} warm-up + "
-            f"{args.runs} rounds of {args.size_mib} MiB ...")
+        log(
+            f"server RSS before transfers: {baseline:.1f} MiB; {args.warmup} warm-up + "
+            f"{args.runs} rounds of {args.size_mib} MiB ..."
+        )
         rows, windows = bench_throughput(bench)
         rng = bench_ranges(bench)
         sampler.stop()
         hwm_kib = proc_status_kib(stack.server.pid, "VmHWM") or 0
         vault_w = [w for w in windows if w["contender"] == RV]
-        boto_w = [w for w in windows if w["contender"] == B3]
+        boto_w = [w for w in windows if w["contender"] != RV]
         rss = {
             "interval_s": RSS_INTERVAL,
             "baseline_mib": baseline,
@@ -953,8 +1045,10 @@ def main(argv: list[str] | None = None) -> int:
             "hwm_mib": hwm_kib / 1024,
             "series": [(round(t, 3), round(m, 2)) for t, m in sampler.samples],
             "windows": [
-                {k: w[k] for k in ("operation", "contender", "round", "t_start", "t_end",
-                                   "rss_peak_mib")}
+                {
+                    k: w[k]
+                    for k in ("operation", "contender", "round", "t_start", "t_end", "rss_peak_mib")
+                }
                 for w in windows
             ],
         }
@@ -971,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
                     "warmup": args.warmup,
                     "ranges": args.ranges,
                     "seed": args.seed,
+                    "server_env": args.server_env,
                     "chunk_bytes": MIB,
                     "distinct_buffers": DISTINCT_BUFFERS,
                     "targets": {"vs_boto3": TARGET_VS_BOTO3, "rss_mib": TARGET_RSS_MIB},
@@ -990,17 +1085,18 @@ def main(argv: list[str] | None = None) -> int:
             log("--- last lines of the server log ---\n" + tail)
         raise
     finally:
-        if sampler is not None:
-            sampler.stop()
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-        log("stopping the server and SeaweedFS ...")
-        stack.stop()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        # Each step runs whatever the others did: the processes must not outlive us.
+        with contextlib.ExitStack() as cleanup:
+            if args.keep:
+                cleanup.callback(log, f"kept {root}")
+            else:
+                cleanup.callback(shutil.rmtree, root, ignore_errors=True)
+            cleanup.callback(stack.stop)
+            cleanup.callback(log, "stopping the server and SeaweedFS ...")
+            if client is not None:
+                cleanup.callback(client.close)
+            if sampler is not None:
+                cleanup.callback(sampler.stop)
 
 
 if __name__ == "__main__":
