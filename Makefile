@@ -6,10 +6,6 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-# glibc's default mmap threshold makes every 1 MiB buffer a fresh mmap and its pages fault
-# on first touch: about 2x CPU at our chunk sizes. The service and benchmarks run with these.
-MALLOC_ENV := MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=67108864
-
 .PHONY: venv run test test-postgres lint format protos check-protos bench-crypto bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -21,7 +17,7 @@ venv: $(STAMP)
 
 ## make run: a local vault (SeaweedFS + the gRPC service on 127.0.0.1:7400) in .reelvault/
 run: $(STAMP)
-	$(MALLOC_ENV) $(VENV)/bin/reelvault dev
+	$(VENV)/bin/reelvault dev
 
 ## make test: the whole suite (SQLite for the catalog tests)
 test: $(STAMP)
@@ -59,11 +55,11 @@ check-protos: $(STAMP)
 
 ## make bench-crypto: format throughput vs raw AES-GCM and the official SDK
 bench-crypto: $(STAMP)
-	$(MALLOC_ENV) $(PY) -m bench.crypto_bench --json bench/results/crypto.json
+	$(PY) -m bench.crypto_bench --json bench/results/crypto.json
 
 ## make bench: the service end to end (1 GiB up/down, ranges, server RSS) vs boto3 on SeaweedFS
 bench: $(STAMP)
-	$(MALLOC_ENV) $(PY) -m bench.service_bench --json bench/results/service.json
+	$(PY) -m bench.service_bench --json bench/results/service.json
 
 ## make lock: re-resolve and pin every dependency (then review the diff)
 lock:

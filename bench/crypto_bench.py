@@ -1,11 +1,11 @@
 """Crypto throughput: raw AES-GCM vs reelvault vs the official AWS Encryption SDK.
 
-Run from the repository root with the glibc malloc settings the service uses (without them
-every 1 MiB allocation is a fresh mmap that page-faults, and throughput halves)::
+Run from the repository root (``make bench-crypto``)::
 
-    MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824 \\
-    MALLOC_TOP_PAD_=67108864 .venv/bin/python -m bench.crypto_bench \\
-        --json bench/results/crypto.json
+    .venv/bin/python -m bench.crypto_bench --json bench/results/crypto.json
+
+It applies the service's glibc malloc settings first (``reelvault.allocator``; without them
+every 1 MiB allocation is a fresh mmap that page-faults, and throughput halves).
 
 What is measured, in one process. Each round runs every contender once, in an order rotated
 from round to round, so that machine noise hits all of them alike; the table reports the
@@ -55,6 +55,7 @@ from typing import Any
 import cryptography
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from reelvault import allocator
 from reelvault.crypto.context import EncryptionContext
 from reelvault.crypto.format import FRAME_OVERHEAD, MessageLayout
 from reelvault.crypto.message import (
@@ -71,11 +72,6 @@ RANGE_LENGTH = MIB
 RANGE_FRAMES = RANGE_LENGTH // FRAME + 1  # an unaligned 1 MiB range touches 17 frames
 TARGET_VS_RAW = 0.85
 TARGET_VS_SDK = 5.0
-SERVICE_MALLOC = {
-    "MALLOC_MMAP_THRESHOLD_": "67108864",
-    "MALLOC_TRIM_THRESHOLD_": "1073741824",
-    "MALLOC_TOP_PAD_": "67108864",
-}
 RAW, RV, SDK = "raw", "reelvault", "sdk"
 LABELS = {RAW: "raw AES-GCM", RV: "reelvault", SDK: "aws-encryption-sdk"}
 
@@ -266,7 +262,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def environment() -> dict[str, Any]:
+def environment(malloc: dict[str, int]) -> dict[str, Any]:
     cpu = "unknown"
     flags: set[str] = set()
     try:
@@ -310,7 +306,7 @@ def environment() -> dict[str, Any]:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "cpu_flags": sorted(flags & {"aes", "pclmulqdq", "avx2", "avx512f", "vaes", "vpclmulqdq"}),
-        "malloc_env": {k: os.environ.get(k) for k in SERVICE_MALLOC},
+        "malloc": malloc,
         "git_commit": (git("rev-parse", "--short", "HEAD") or "unknown")
         + (" (src/reelvault/crypto modified)" if crypto_dirty else ""),
     }
@@ -322,15 +318,9 @@ def print_environment(env: dict[str, Any]) -> None:
     print(f"  cryptography  {env['cryptography']}  ({env['openssl']})")
     print(f"  aws-enc-sdk   {env['aws_encryption_sdk']}")
     print(f"  cpu           {env['cpu']}  x{env['cpu_count']}  [{' '.join(env['cpu_flags'])}]")
-    for key, value in env["malloc_env"].items():
-        print(f"  {key:<23} {value if value is not None else '(unset)'}")
+    tuned = " ".join(f"{k}={v}" for k, v in env["malloc"].items()) or "(not tuned)"
+    print(f"  malloc        {tuned}")
     print(f"  git           {env['git_commit']}")
-    if any(env["malloc_env"][k] != v for k, v in SERVICE_MALLOC.items()):
-        print(
-            "  WARNING: the glibc malloc settings differ from the service's; 1 MiB buffers "
-            "may page-fault and the numbers will be low. Export "
-            + " ".join(f"{k}={v}" for k, v in SERVICE_MALLOC.items())
-        )
     print()
 
 
@@ -652,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.range_object_mib < 8 or args.ranges < 1 or args.ctor_runs < 1:
         parser.error("the range object must be at least 8 MiB, with at least one range")
 
-    env = environment()
+    env = environment(allocator.tune())
     print_environment(env)
 
     kek = Kek(KEK_NAME, os.urandom(32))

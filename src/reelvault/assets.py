@@ -113,12 +113,21 @@ class UploadSpec:
 @dataclass(frozen=True, slots=True)
 class Download:
     """An asset opened for reading: the range is valid and the object authenticated so
-    far (header, final frame, hence its size); ``chunks`` fetches the rest lazily."""
+    far (header, final frame, hence its size); the rest is fetched lazily.
+
+    ``pieces`` yields the range's plaintext, one authenticated (and trimmed) frame at a
+    time; :attr:`chunks` joins the same pieces into chunks of :data:`MAX_CHUNK`. Either is
+    consumed once; closing ``pieces`` releases the object store's response body.
+    """
 
     asset: AssetInfo
     offset: int
     length: int
-    chunks: Iterator[bytes]
+    pieces: Iterator[bytes]
+
+    @property
+    def chunks(self) -> Iterator[bytes]:
+        return rechunk(self.pieces, MAX_CHUNK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +398,7 @@ class Assets:
             data_keys=slots,
         )
         frames = reader.stream_range(start, count, stream_at)
-        return Download(_info(row), start, count, rechunk(frames, MAX_CHUNK))
+        return Download(_info(row), start, count, frames)
 
     @staticmethod
     def _frame_length_of(row: AssetRow) -> int:

@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, TextIO, TypeAlias
 
-from reelvault import errors
+from reelvault import allocator, errors
 from reelvault.client import ADDR_ENV, ROLES, TOKEN_ENV, ApiKey, Asset, Client, Tenant
 from reelvault.config import CONFIG_FILE_ENV, Settings
 
@@ -218,6 +218,7 @@ def _settings_help() -> str:
 
 
 def _serve(args: argparse.Namespace) -> Output:
+    allocator.tune()  # before any thread starts
     from reelvault.rpc.server import serve  # noqa: PLC0415 - startup time
 
     settings = Settings.load(config_file=args.config)
@@ -226,6 +227,7 @@ def _serve(args: argparse.Namespace) -> Output:
 
 
 def _dev(args: argparse.Namespace) -> Output:
+    allocator.tune()  # before any thread starts
     from reelvault import dev  # noqa: PLC0415 - startup time
 
     settings = Settings.load(config_file=args.config)

@@ -21,7 +21,7 @@ def test_defaults():
     assert settings.resolved_keyring_path == Path(".reelvault/keyring.json")
     assert settings.root_key_provider == "local"
     assert settings.s3_bucket == "reelvault"
-    assert settings.s3_part_size == 16 * MiB
+    assert settings.s3_part_size == 8 * MiB
     assert settings.s3_max_in_flight == 4
     assert (settings.grpc_host, settings.grpc_port) == ("127.0.0.1", 7400)
     assert settings.key_cache_ttl == 60.0

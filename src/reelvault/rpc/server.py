@@ -36,6 +36,7 @@ from reelvault.app import Vault
 from reelvault.config import Settings
 from reelvault.errors import ConfigurationError
 from reelvault.logging import configure_logging
+from reelvault.rpc import convert
 from reelvault.rpc.interceptors import VaultInterceptor
 from reelvault.rpc.servicers import ApiKeyServicer, AssetServicer, TenantServicer
 from reelvault.v1 import (
@@ -109,7 +110,7 @@ async def create_server(
     registrations: tuple[tuple[Callable[[Any, Any], None], Any], ...] = (
         (tenant_pb2_grpc.add_TenantServiceServicer_to_server, TenantServicer(vault)),
         (apikey_pb2_grpc.add_ApiKeyServiceServicer_to_server, ApiKeyServicer(vault)),
-        (asset_pb2_grpc.add_AssetServiceServicer_to_server, AssetServicer(vault)),
+        (_add_asset_service, AssetServicer(vault)),
     )
     for register, servicer in registrations:
         register(servicer, server)
@@ -149,6 +150,38 @@ async def shutdown(server: Any, health_servicer: Any, grace: float | None) -> No
     others = asyncio.all_tasks() - {asyncio.current_task()}
     if others:
         await asyncio.wait(others, timeout=_CLEANUP_TIMEOUT)
+
+
+class _HandlerRecorder:
+    """Stands in for a server to catch the handlers a generated ``add_*_to_server`` makes."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers arrive through add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers[service] = dict(handlers)
+
+
+def _add_asset_service(servicer: AssetServicer, server: Any) -> None:
+    """Register AssetService as generated, except that Download's response serializer
+    lets bytes through: the servicer serializes chunk messages itself, off the event loop
+    (:func:`reelvault.rpc.convert.download_chunk_messages`)."""
+    recorder = _HandlerRecorder()
+    asset_pb2_grpc.add_AssetServiceServicer_to_server(servicer, recorder)  # type: ignore[no-untyped-call]
+    ((service, handlers),) = recorder.handlers.items()
+    download = handlers["Download"]
+    handlers["Download"] = grpc.unary_stream_rpc_method_handler(
+        download.unary_stream,
+        request_deserializer=download.request_deserializer,
+        response_serializer=convert.download_response_bytes,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 async def serve(settings: Settings) -> None:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from reelvault import auth
 from reelvault.app import Vault
-from reelvault.assets import AssetInfo, AssetUpload
+from reelvault.assets import MAX_CHUNK, AssetInfo, AssetUpload
 from reelvault.auth import Principal
 from reelvault.errors import InvalidArgument, NotFound, PermissionDenied
 from reelvault.rpc import convert
@@ -179,7 +179,7 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
 
     async def Download(  # noqa: N802 - gRPC method names
         self, request: asset_pb2.DownloadRequest, context: Any
-    ) -> AsyncIterator[asset_pb2.DownloadResponse]:
+    ) -> AsyncIterator[asset_pb2.DownloadResponse | bytes]:
         tenant_id = _caller_tenant()
         # Everything refusable (range, missing asset, key state, a tampered header or
         # final frame) is refused here, before the first message, as a plain status.
@@ -189,7 +189,8 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
             request.asset_id,
             **convert.download_range(request),
         )
-        chunks = download.chunks
+        # serialized here, in the worker thread, so the event loop only hands bytes to grpc
+        messages = convert.download_chunk_messages(download.pieces, MAX_CHUNK)
         lock = threading.Lock()
         try:
             yield asset_pb2.DownloadResponse(
@@ -201,13 +202,13 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
             )
             while True:
                 check_deadline(context)
-                chunk = await _run_locked(lock, next, chunks, None)
-                if chunk is None:
+                message = await _run_locked(lock, next, messages, None)
+                if message is None:
                     break
-                yield asset_pb2.DownloadResponse(chunk=chunk)
+                yield message  # see add_servicers: Download's serializer passes bytes on
         finally:
             # Releases the object store's response body; waits for a fetch in flight.
-            await asyncio.shield(_run_locked(lock, _close, chunks))
+            await asyncio.shield(_run_locked(lock, _close, download.pieces))
 
     async def StatAsset(  # noqa: N802 - gRPC method names
         self, request: asset_pb2.StatAssetRequest, context: Any

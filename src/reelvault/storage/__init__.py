@@ -17,6 +17,7 @@ from reelvault.storage.base import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_PART_SIZE,
     MIN_PART_SIZE,
+    PART_GROWTH_EVERY,
     STREAM_CHUNK_SIZE,
     BufferedUpload,
     BytesLike,
@@ -26,6 +27,8 @@ from reelvault.storage.base import (
     ObjectStore,
     PartSink,
     Upload,
+    max_object_size,
+    part_size_for,
     write_all,
 )
 from reelvault.storage.memory import MemoryObjectStore, MemoryStats, RangeRead
@@ -38,6 +41,7 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_PART_SIZE",
     "MIN_PART_SIZE",
+    "PART_GROWTH_EVERY",
     "MemoryObjectStore",
     "MemoryStats",
     "MultipartUploadInfo",
@@ -48,5 +52,7 @@ __all__ = [
     "S3ObjectStore",
     "STREAM_CHUNK_SIZE",
     "Upload",
+    "max_object_size",
+    "part_size_for",
     "write_all",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_PARTS",
     "MIN_PART_SIZE",
+    "PART_GROWTH_EVERY",
     "MultipartUploadInfo",
     "ObjectInfo",
     "ObjectStore",
@@ -53,14 +54,16 @@ __all__ = [
     "Upload",
     "check_key",
     "check_range",
+    "max_object_size",
+    "part_size_for",
     "write_all",
 ]
 
 MIB: Final = 1024 * 1024
 
-DEFAULT_PART_SIZE: Final = 16 * MIB
-"""16 MiB parts: few enough requests for multi-gigabyte masters (a 100 GiB file is 6,400
-parts, under S3's 10,000-part cap), small enough that 4 in flight cost 64 MiB."""
+DEFAULT_PART_SIZE: Final = 8 * MIB
+"""8 MiB parts: 4 in flight plus the one being filled cost 40 MiB per upload, and parts
+grow past the 1,000th (:func:`part_size_for`), so the largest object is 430 GiB."""
 
 DEFAULT_MAX_IN_FLIGHT: Final = 4
 
@@ -68,7 +71,31 @@ MIN_PART_SIZE: Final = 5 * MIB
 """S3's floor for every part but the last; S3-compatible stores inherit it."""
 
 MAX_PARTS: Final = 10_000
-"""S3's cap on parts per upload: an object can be at most ``MAX_PARTS * part_size``."""
+"""S3's cap on parts per upload."""
+
+PART_GROWTH_EVERY: Final = 1_000
+"""Parts per step of :func:`part_size_for`."""
+
+_SMALL_WRITE: Final = 16 * 1024
+
+
+def part_size_for(base: int, number: int) -> int:
+    """The size of part ``number`` (1-based) of an upload configured for ``base``-byte parts.
+
+    Parts 1 to 1,000 have the base size, 1,001 to 2,000 twice that, and so on up to ten
+    times for the last thousand. S3 allows parts of different sizes (all but the last at
+    least 5 MiB), and the size of an upload is unknown when it starts: this keeps memory
+    per upload at the base size for everything up to ``1000 * base`` bytes (8 GiB with the
+    default) while still reaching :func:`max_object_size`.
+    """
+    return base * (1 + (number - 1) // PART_GROWTH_EVERY)
+
+
+def max_object_size(base: int) -> int:
+    """The largest object an upload with ``base``-byte parts can write: 55,000 x base."""
+    steps = MAX_PARTS // PART_GROWTH_EVERY
+    return base * PART_GROWTH_EVERY * steps * (steps + 1) // 2
+
 
 STREAM_CHUNK_SIZE: Final = 1 * MIB
 """Size of the pieces :meth:`ObjectStore.open_stream` yields; matches the gRPC message size."""
@@ -327,7 +354,8 @@ class BufferedUpload:
         self._key = key
         self._part_size = part_size
         self._max_in_flight = max_in_flight
-        self._buffer = bytearray()
+        self._pieces: list[memoryview | bytearray] = []
+        self._held = 0
         self._size = 0
         self._upload_id: str | None = None
         self._next_part = 1
@@ -360,33 +388,49 @@ class BufferedUpload:
 
     def write(self, data: BytesLike) -> None:
         self._check_open()
-        view = memoryview(data).cast("B")
+        # bytes are immutable, so the buffer keeps a reference (the sealer's frames arrive
+        # as bytes); anything else may be reused by the caller and is copied now.
+        view = memoryview(data if isinstance(data, bytes) else bytes(data)).cast("B")
         self._size += len(view)
         try:
             # Flush only while more than a part is held, so the final part is never empty.
-            while len(self._buffer) + len(view) > self._part_size:
-                take = self._part_size - len(self._buffer)
-                if self._buffer:
-                    self._buffer += view[:take]
-                    part = bytes(self._buffer)
-                    self._buffer.clear()
-                else:
-                    part = view[:take].tobytes()
+            while self._held + len(view) > self._part_size_now():
+                take = self._part_size_now() - self._held
+                self._hold(view[:take])
+                part = b"".join(self._pieces)  # the one copy a part costs
+                self._pieces, self._held = [], 0
                 view = view[take:]
                 self._submit(part)
-            self._buffer += view
+            self._hold(view)
         except BaseException as exc:
             self._abort_after(exc)
             raise
+
+    def _hold(self, view: memoryview) -> None:
+        if not view:
+            return
+        pieces = self._pieces
+        if len(view) < _SMALL_WRITE:
+            # coalesce small writes: a list entry per byte would cost more than the data
+            if pieces and isinstance(pieces[-1], bytearray):
+                pieces[-1] += view
+            else:
+                pieces.append(bytearray(view))
+        else:
+            pieces.append(view)
+        self._held += len(view)
+
+    def _part_size_now(self) -> int:
+        return part_size_for(self._part_size, self._next_part)
 
     def complete(self) -> ObjectInfo:
         self._check_open()
         try:
             if self._upload_id is None:
-                info = self._sink.put_object(self._key, bytes(self._buffer))
+                info = self._sink.put_object(self._key, b"".join(self._pieces))
             else:
-                if self._buffer:
-                    self._submit(bytes(self._buffer))
+                if self._held:
+                    self._submit(b"".join(self._pieces))
                 parts = [future.result() for future in self._futures]
                 etag = self._sink.complete_multipart(self._key, self._upload_id, parts)
                 info = ObjectInfo(key=self._key, size=self._size, etag=etag)
@@ -419,7 +463,10 @@ class BufferedUpload:
             )
         assert self._pool is not None
         if self._next_part > MAX_PARTS:
-            raise InvalidArgument("object too large for the part size")
+            raise InvalidArgument(
+                f"object too large: at most {max_object_size(self._part_size)} bytes "
+                f"with {self._part_size}-byte parts"
+            )
         self._slots.acquire()
         if self._failure is not None:
             self._slots.release()
@@ -445,7 +492,7 @@ class BufferedUpload:
         return CompletedPart(number=number, etag=etag, size=len(data))
 
     def _release(self) -> None:
-        self._buffer = bytearray()
+        self._pieces, self._held = [], 0
         if self._pool is not None:
             # Waits for parts still being sent; none are queued (the semaphore saw to it).
             self._pool.shutdown(wait=True, cancel_futures=True)

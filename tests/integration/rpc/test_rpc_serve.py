@@ -20,6 +20,7 @@ import grpc
 import pytest
 from rpc_harness import CHANNEL_OPTIONS, Stubs, bearer
 
+from reelvault.allocator import SETTINGS
 from reelvault.app import Vault
 from reelvault.auth import ApiKeys, Role
 from reelvault.clock import SystemClock
@@ -204,11 +205,8 @@ class _PeakRss(threading.Thread):
 def test_a_1GiB_upload_and_download_keep_server_memory_flat(environment, database):
     """The server streams: a 1 GiB asset passes through bounded buffers (chunks, frames,
     parts in flight), so its resident memory must not grow with the asset."""
-    environment.update(
-        MALLOC_MMAP_THRESHOLD_="67108864",
-        MALLOC_TRIM_THRESHOLD_="1073741824",
-        MALLOC_TOP_PAD_="67108864",
-    )
+    for name in SETTINGS:  # the server tunes malloc itself (reelvault.allocator)
+        environment.pop(name, None)
     process = Process(environment)
     try:
         port = process.wait_for_event("listening")["port"]

@@ -9,7 +9,15 @@ from collections.abc import Sequence
 import pytest
 
 from reelvault.errors import FailedPrecondition, InvalidArgument, Unavailable
-from reelvault.storage import BufferedUpload, CompletedPart, ObjectInfo
+from reelvault.storage import (
+    BufferedUpload,
+    CompletedPart,
+    ObjectInfo,
+    max_object_size,
+    part_size_for,
+)
+
+MIB = 1024 * 1024
 
 
 class RecordingSink:
@@ -170,10 +178,44 @@ def test_bad_settings_and_keys_are_refused():
         BufferedUpload(RecordingSink(), "", part_size=1, max_in_flight=1)
 
 
-def test_more_parts_than_s3_allows_is_refused_and_aborted():
+def test_parts_grow_every_thousand_so_ten_thousand_parts_hold_55000_base_sizes():
+    assert [part_size_for(8, n) for n in (1, 1000, 1001, 2000, 2001, 10_000)] == [
+        8,
+        8,
+        16,
+        16,
+        24,
+        80,
+    ]
+    assert max_object_size(8 * MIB) == 55_000 * 8 * MIB  # 430 GiB with the default
+
     sink = RecordingSink()
     up = upload(sink, part_size=1, max_in_flight=4)
-    with pytest.raises(InvalidArgument):
-        up.write(b"x" * 10_002)
+    up.write(b"x" * 3001)
+    up.write(b"y" * 3000)
+    up.complete()
+    sizes = [len(sink.parts[n]) for n in sorted(sink.parts)]
+    assert sizes == [1] * 1000 + [2] * 1000 + [3] * 1000 + [1]
+    assert b"".join(sink.parts[n] for n in sorted(sink.parts)) == b"x" * 3001 + b"y" * 3000
+
+
+def test_an_object_larger_than_the_largest_allowed_is_refused_and_aborted():
+    sink = RecordingSink()
+    up = upload(sink, part_size=1, max_in_flight=4)
+    up.write(b"x" * max_object_size(1))  # exactly the limit fits
+    with pytest.raises(InvalidArgument, match="at most 55000 bytes"):
+        up.write(b"x" * 2)
+        up.complete()  # the 10,001st part is cut here at the latest
     assert max(sink.parts) <= 10_000
     assert sink.names()[-1] == "abort_multipart"
+
+
+def test_small_writes_are_coalesced_and_large_bytes_are_not_copied_before_the_part():
+    sink = RecordingSink()
+    up = upload(sink, part_size=64 * 1024)
+    for _ in range(100):
+        up.write(b"ab")  # 100 small writes ...
+    big = bytes(range(256)) * 512  # ... then 128 KiB at once
+    up.write(big)
+    up.complete()
+    assert b"".join(sink.parts[n] for n in sorted(sink.parts)) == b"ab" * 100 + big

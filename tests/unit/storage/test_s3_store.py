@@ -199,7 +199,7 @@ def test_client_settings_for_aws():
     store = S3ObjectStore(BUCKET, region="eu-west-1", access_key="a", secret_key="b")
     assert store.client.meta.region_name == "eu-west-1"
     assert not store.client.meta.config.s3
-    assert (store.part_size, store.max_in_flight) == (16 * MIB, 4)
+    assert (store.part_size, store.max_in_flight) == (8 * MIB, 4)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,36 @@
+"""The service tunes glibc malloc itself, and the environment overrides each setting."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from reelvault import allocator
+
+glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+
+
+@glibc
+def test_every_setting_is_applied_when_the_environment_is_silent(monkeypatch):
+    for name in allocator.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    applied = allocator.tune()
+    assert applied == {name: value for name, (_, value) in allocator.SETTINGS.items()}
+    assert applied["MALLOC_ARENA_MAX"] == 1
+    assert applied["MALLOC_MMAP_THRESHOLD_"] == 64 * 1024 * 1024
+
+
+@glibc
+def test_a_variable_in_the_environment_wins(monkeypatch):
+    for name in allocator.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    applied = allocator.tune()
+    assert "MALLOC_ARENA_MAX" not in applied
+    assert set(applied) == set(allocator.SETTINGS) - {"MALLOC_ARENA_MAX"}
+
+
+def test_other_c_libraries_are_left_alone(monkeypatch):
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert allocator.tune() == {}
