@@ -113,7 +113,8 @@ class UploadSpec:
 @dataclass(frozen=True, slots=True)
 class Download:
     """An asset opened for reading: the range is valid and the object authenticated so
-    far (header, final frame, hence its size); the rest is fetched lazily.
+    far (the header; the final frame too if the range reaches it); the rest is fetched
+    lazily. The size comes from the catalog, which recorded it at commit.
 
     ``pieces`` yields the range's plaintext, one authenticated (and trimmed) frame at a
     time; :attr:`chunks` joins the same pieces into chunks of :data:`MAX_CHUNK`. Either is
@@ -366,7 +367,8 @@ class Assets:
 
         Everything that can be refused is refused here, before the caller sends anything:
         a bad range, a missing asset, a KEK whose state forbids reading, and a stored object
-        whose header or final frame fails authentication (DATA_LOSS).
+        whose header fails authentication (DATA_LOSS), or whose final frame does when the
+        range reaches it (a range that ends earlier does not depend on it).
 
         Raises:
             InvalidArgument, OutOfRange, NotFound, KeyUnavailable, IntegrityError.
@@ -396,6 +398,7 @@ class Assets:
             _context(tenant_id, asset_id),
             header=row.header,
             data_keys=slots,
+            size_is_trusted=True,  # the catalog recorded the size when the upload committed
         )
         frames = reader.stream_range(start, count, stream_at)
         return Download(_info(row), start, count, frames)

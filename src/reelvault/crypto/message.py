@@ -650,6 +650,13 @@ class RandomAccessReader:
         resolver, expected_context: as for :func:`decrypt_stream`.
         header: the message header if the caller already holds it (the catalog keeps it),
             saving the first read; it is authenticated all the same.
+        size_is_trusted: ``ciphertext_size`` comes from a record the caller trusts (the
+            catalog wrote it when the upload committed), not from the store. The final
+            frame is then fetched and authenticated only when a range reaches it, still
+            before that range's iterator is returned, and a range that stops short of it
+            costs one read. Every frame a range touches is authenticated either way, at
+            the position the size implies, so a wrong size can make reads fail but never
+            return wrong bytes.
     """
 
     def __init__(
@@ -661,8 +668,10 @@ class RandomAccessReader:
         *,
         header: bytes | None = None,
         data_keys: Iterable[EncryptedDataKey] = (),
+        size_is_trusted: bool = False,
     ) -> None:
         self._read_at = read_at
+        self._ciphertext_size = ciphertext_size
         raw = header if header is not None else self._read_header(ciphertext_size)
         parsed = _parse_or_fail_complete(raw)
         self._opened = open_header(parsed, resolver, expected_context, data_keys=data_keys)
@@ -672,8 +681,15 @@ class RandomAccessReader:
             )
         except Malformed:
             raise DecryptionError("ciphertext size matches no layout") from None
-        final = self._fetch(self.layout.final_frame_offset, ciphertext_size)
-        self._final_plaintext = self._opened.open_final(self.layout.final_sequence, final)
+        self._final_plaintext: bytes | None = None
+        if not size_is_trusted:
+            self._final_plaintext = self._open_final_frame()
+
+    def _open_final_frame(self) -> bytes:
+        if self._final_plaintext is None:
+            final = self._fetch(self.layout.final_frame_offset, self._ciphertext_size)
+            self._final_plaintext = self._opened.open_final(self.layout.final_sequence, final)
+        return self._final_plaintext
 
     def _read_header(self, size: int) -> bytes:
         want = min(_FIRST_READ, size)
@@ -759,7 +775,7 @@ class RandomAccessReader:
         else:
             frames = iter(())
         if plan.offset + plan.length > self.layout.final_frame_offset:
-            frames = itertools.chain(frames, (self._final_plaintext,))
+            frames = itertools.chain(frames, (self._open_final_frame(),))
         return _trim(frames, plan.skip, plan.take)
 
     @property

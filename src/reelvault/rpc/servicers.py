@@ -181,8 +181,9 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
         self, request: asset_pb2.DownloadRequest, context: Any
     ) -> AsyncIterator[asset_pb2.DownloadResponse | bytes]:
         tenant_id = _caller_tenant()
-        # Everything refusable (range, missing asset, key state, a tampered header or
-        # final frame) is refused here, before the first message, as a plain status.
+        # Everything refusable (range, missing asset, key state, a tampered header, and a
+        # tampered final frame if the range reaches it) is refused here, before the first
+        # message, as a plain status.
         download = await asyncio.to_thread(
             self._assets.open_download,
             tenant_id,

@@ -36,7 +36,7 @@ from reelvault.crypto import (
 )
 from reelvault.crypto.format import Malformed, parse_header
 from reelvault.crypto.names import kek_key_name
-from reelvault.errors import OutOfRange
+from reelvault.errors import DecryptionError, OutOfRange
 
 from .conftest import TENANT_ID, DictResolver, Kek, join, make_sdk_provider, pattern
 
@@ -203,6 +203,64 @@ def test_construction_reads_header_and_final_frame_only() -> None:
     assert len(store.calls) == 2
     _, store = open_reader(message, with_header=True)
     assert store.calls == [(layout.final_frame_offset, FINAL_FRAME_OVERHEAD + 100)]
+
+
+@settings(RELAXED, max_examples=120)
+@given(data=st.data(), frame=st.sampled_from([1, 3, 64, 100]), frames=st.integers(0, 6))
+def test_with_a_trusted_size_a_range_reads_its_frames_and_the_final_one_only_if_reached(
+    data, frame: int, frames: int
+) -> None:
+    size = data.draw(st.integers(max(0, (frames - 1) * frame), frames * frame + frame - 1))
+    plaintext, message = sealed(frame, size)
+    store = CountingStore(message)
+    header = message[: parse_header(message).length]
+    reader = RandomAccessReader(
+        store.read_at, len(message), RESOLVER, CONTEXT, header=header, size_is_trusted=True
+    )
+    assert store.calls == []  # nothing fetched up front
+    start, length = data.draw(plaintext_ranges(size, frame))
+    assert reader.read(start, length) == plaintext[start : start + length]
+    layout = reader.layout
+    if length == 0:
+        assert store.calls == []
+        return
+    plan = layout.plan(start, length)
+    final = (layout.final_frame_offset, layout.ciphertext_size - layout.final_frame_offset)
+    if plan.offset + plan.length > layout.final_frame_offset:
+        assert store.calls[0] == final  # authenticated before the range's iterator exists
+        assert final not in store.calls[1:]
+    else:
+        assert final not in store.calls
+        assert sum(n for _, n in store.calls) == plan.length
+
+
+@pytest.mark.parametrize("frames_off", [-3, -1, 1, 2])
+def test_a_wrong_trusted_size_makes_reads_fail_never_return_wrong_bytes(frames_off: int) -> None:
+    """A catalog whose size was altered by whole frames still lines every frame up with a
+    valid layout: ranges must then be the true bytes or an error, nothing else."""
+    frame = 64
+    plaintext, message = sealed(frame, 10 * frame + 17)
+    header = message[: parse_header(message).length]
+    stored = CountingStore(message)
+    reader = RandomAccessReader(
+        stored.read_at,
+        len(message) + frames_off * (frame + FRAME_OVERHEAD),
+        RESOLVER,
+        CONTEXT,
+        header=header,
+        size_is_trusted=True,
+    )
+    size = reader.plaintext_size
+    failures = 0
+    for start in range(0, size, 7):
+        for length in {1, min(frame, size - start), size - start}:
+            try:
+                got = reader.read(start, length)
+            except DecryptionError:
+                failures += 1
+                continue
+            assert got == plaintext[start : start + length]
+    assert failures > 0  # every range that reaches the claimed end fails
 
 
 @pytest.mark.parametrize(("frame", "size"), [(64, 0), (64, 1), (64, 64), (64, 200), (F, F + 1)])
