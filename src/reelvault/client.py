@@ -229,6 +229,12 @@ class Client:
         self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._api_keys = apikey_pb2_grpc.ApiKeyServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._assets = asset_pb2_grpc.AssetServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        # Download again, with a response decoder that copies a chunk once (see below)
+        self._download = self._channel.unary_stream(
+            "/reelvault.v1.AssetService/Download",
+            request_serializer=asset_pb2.DownloadRequest.SerializeToString,
+            response_deserializer=decode_download_response,
+        )
 
     def __repr__(self) -> str:  # never shows the token
         return f"Client(addr={self.addr!r})"
@@ -389,7 +395,7 @@ class Client:
                 length = size - offset
             request.byte_range.offset = offset
             request.byte_range.length = length
-        stream = DownloadStream(self._assets.Download(request, metadata=self._metadata), self)
+        stream = DownloadStream(self._download(request, metadata=self._metadata), self)
         if dest is not None:
             with stream:
                 stream.save(dest, progress=progress)
@@ -434,6 +440,30 @@ class Client:
         return error_from_rpc(exc, sent_token=bool(self._metadata))
 
 
+_CHUNK_KEY: Final = 0x12  # DownloadResponse.chunk: field 2, length-delimited
+
+
+def decode_download_response(data: bytes) -> asset_pb2.DownloadResponse | bytes:
+    """Decode a ``DownloadResponse``; a message holding only a chunk becomes the chunk.
+
+    Equivalent to ``DownloadResponse.FromString`` followed by reading ``.chunk``, with one
+    copy of the chunk instead of two (parsing, then every read of the field). Anything
+    but the plain chunk form (the header, unknown fields) goes through protobuf.
+    """
+    if len(data) > 1 and data[0] == _CHUNK_KEY:
+        length, shift, pos = 0, 0, 1
+        while pos < len(data) and pos <= 10:
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                if pos + length == len(data):
+                    return data[pos:]
+                break
+    return asset_pb2.DownloadResponse.FromString(data)
+
+
 class DownloadStream:
     """The plaintext chunks of a download, in order; every one has been authenticated.
 
@@ -453,7 +483,7 @@ class DownloadStream:
         self._received = 0
         self._done = False
         first = self._next_message()
-        if first is None or first.WhichOneof("payload") != "header":
+        if first is None or isinstance(first, bytes) or first.WhichOneof("payload") != "header":
             self.close()
             raise errors.ReelvaultError("server sent no download header")
         self.asset = _asset(first.header.asset)
@@ -473,15 +503,18 @@ class DownloadStream:
                         f"download ended after {self._received} of {self.length} bytes"
                     )
                 break
-            if message.WhichOneof("payload") != "chunk":
+            if isinstance(message, bytes):
+                chunk = message
+            elif message.WhichOneof("payload") == "chunk":
+                chunk = message.chunk  # each read of a bytes field copies: read it once
+            else:
                 self.close()
                 raise errors.ReelvaultError("server sent a second download header")
-            self._received += len(message.chunk)
+            self._received += len(chunk)
             if self._received > self.length:
                 self.close()
                 raise errors.IntegrityError("download carried more bytes than announced")
-            if message.chunk:
-                chunk: bytes = message.chunk
+            if chunk:
                 return chunk
         raise StopIteration
 

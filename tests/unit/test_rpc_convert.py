@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reelvault.client import decode_download_response
 from reelvault.rpc.convert import download_chunk_messages, download_response_bytes
 from reelvault.v1 import asset_pb2
 
@@ -42,3 +44,31 @@ def test_the_serializer_passes_bytes_and_serializes_messages():
     header = asset_pb2.DownloadResponse(header=asset_pb2.DownloadHeader(offset=5, length=9))
     assert download_response_bytes(header) == header.SerializeToString()
     assert download_response_bytes(b"\x12\x01x") == b"\x12\x01x"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=2000), size=st.sampled_from([1, 127, 128, 300, 16_384]))
+def test_the_client_decodes_chunk_messages_to_the_chunk(data, size):
+    for message in download_chunk_messages([data], size):
+        assert (
+            decode_download_response(message)
+            == asset_pb2.DownloadResponse.FromString(message).chunk
+        )
+
+
+@given(junk=st.binary(max_size=40))
+def test_the_client_decodes_anything_else_through_protobuf(junk):
+    header = asset_pb2.DownloadResponse(
+        header=asset_pb2.DownloadHeader(offset=1, length=2)
+    ).SerializeToString()
+    assert decode_download_response(header).header.length == 2
+    # a chunk followed by another field, or a length that does not match, is not the fast path
+    chunk = asset_pb2.DownloadResponse(chunk=b"abc").SerializeToString()
+    for data in (chunk + header, chunk[:-1], b"\x12\x05ab", junk):
+        try:
+            expected = asset_pb2.DownloadResponse.FromString(data)
+        except Exception:
+            with pytest.raises(Exception):  # noqa: B017 - the same refusal
+                decode_download_response(data)
+            continue
+        assert decode_download_response(data) == expected
