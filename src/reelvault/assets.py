@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Final
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from reelvault.catalog import Database
@@ -170,8 +170,10 @@ def _check_spec(spec: UploadSpec) -> UploadSpec:
     path = spec.path
     if not path or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise InvalidArgument("path must be 1 to 1024 bytes of UTF-8")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in path):
-        raise InvalidArgument("path must not contain control characters")
+    if not path.isprintable():
+        # C0/C1 controls, bidi overrides, zero-width and line separators: a path is shown
+        # in terminals and UIs, where these would hide or disguise what it says
+        raise InvalidArgument("path must not contain control or invisible characters")
     if any(segment in ("", ".", "..") for segment in path.split("/")):
         raise InvalidArgument("path segments must not be empty, '.' or '..'")
     content_type = spec.content_type or DEFAULT_CONTENT_TYPE
@@ -341,10 +343,17 @@ class Assets:
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page size must be 0 to {MAX_PAGE_SIZE}")
         size = page_size or DEFAULT_PAGE_SIZE
+        if not _plausible_path(prefix):
+            raise InvalidArgument("prefix must be at most 1024 bytes of printable UTF-8")
         after = _decode_token(page_token, prefix) if page_token else None
         query = select(AssetRow).where(AssetRow.tenant_id == tenant_id)
         if prefix:
-            query = query.where(AssetRow.path.startswith(prefix, autoescape=True))
+            # LIKE narrows the scan (index-friendly); SQLite's LIKE ignores ASCII case, so
+            # the exact comparison of the leading characters decides
+            query = query.where(
+                AssetRow.path.startswith(prefix, autoescape=True),
+                func.substr(AssetRow.path, 1, len(prefix)) == prefix,
+            )
         if after is not None:
             query = query.where(AssetRow.path > after)
         query = query.order_by(AssetRow.path).limit(size + 1)
@@ -654,13 +663,24 @@ def _encode_token(after: str, prefix: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _plausible_path(text: str) -> bool:
+    """What a prefix or a page position may be: no longer than a path, and printable."""
+    return len(text.encode("utf-8", "surrogatepass")) <= MAX_PATH_BYTES and text.isprintable()
+
+
+# two paths, JSON-escaped (at most 3 characters per byte, as \u escapes), in base64: < 8.3 K
+_MAX_TOKEN_CHARS: Final = 16 * 1024
+
+
 def _decode_token(token: str, prefix: str) -> str:
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise InvalidArgument("malformed page token")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
         after, bound = data["a"], data["p"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError):
         raise InvalidArgument("malformed page token") from None
-    if not isinstance(after, str) or bound != prefix:
+    if not isinstance(after, str) or not _plausible_path(after) or bound != prefix:
         raise InvalidArgument("page token does not belong to this listing")
     return after

@@ -68,6 +68,7 @@ __all__ = [
     "authorize",
     "require_can_create_key",
     "require_tenant_access",
+    "valid_key_id",
 ]
 
 TOKEN_PREFIX: Final = "rvk_"  # noqa: S105 (a public marker, not a secret)
@@ -333,6 +334,11 @@ def _encode_secret(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+def valid_key_id(key_id: object) -> bool:
+    """Whether ``key_id`` has the form of an API key id (16 lowercase hex digits)."""
+    return isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) is not None
+
+
 def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("ascii")).digest()
 
@@ -340,12 +346,12 @@ def _hash(secret: str) -> bytes:
 def _check_tenant_id(tenant_id: str) -> None:
     # Ids are ours (32 hex digits); anything else cannot exist, so it need not reach SQL.
     if not (isinstance(tenant_id, str) and valid_tenant_id(tenant_id)):
-        raise NotFound("tenant not found")
+        raise InvalidArgument("tenant id must be 32 lowercase hex digits")
 
 
 def _key_row(session: Session, key_id: str, *, lock: bool = False) -> ApiKeyRow:
-    if not (isinstance(key_id, str) and _KEY_ID.fullmatch(key_id)):
-        raise NotFound("API key not found")
+    if not valid_key_id(key_id):
+        raise InvalidArgument("API key id must be 16 lowercase hex digits")
     query = select(ApiKeyRow).where(ApiKeyRow.id == key_id)
     if lock:
         query = query.with_for_update()

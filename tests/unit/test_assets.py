@@ -104,9 +104,7 @@ def test_a_range_read_fetches_only_the_frames_it_touches(assets, tenant, store):
     assert stats.bytes_read == 17 * (F + FRAME_OVERHEAD)  # an unaligned 1 MiB touches 17
 
 
-def test_a_range_that_reaches_the_end_authenticates_the_final_frame_first(
-    assets, tenant, store
-):
+def test_a_range_that_reaches_the_end_authenticates_the_final_frame_first(assets, tenant, store):
     data = os.urandom(2 * MiB + 100)
     info = put(assets, tenant, data)
     store.reset_stats()

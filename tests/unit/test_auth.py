@@ -158,10 +158,20 @@ def test_platform_admin_keys_have_no_tenant_and_other_keys_need_one(
 
 
 @pytest.mark.db
-@pytest.mark.parametrize("missing", [UNKNOWN_TENANT, "A" * 32, "not a tenant id", ""])
-def test_keys_for_a_missing_tenant_are_not_found(api_keys: ApiKeys, missing: str) -> None:
-    with pytest.raises(errors.NotFound):
-        api_keys.create(tenant_id=missing, role=Role.ADMIN)
+@pytest.mark.parametrize(
+    ("tenant", "error"),
+    [
+        (UNKNOWN_TENANT, errors.NotFound),
+        ("A" * 32, errors.InvalidArgument),
+        ("not a tenant id", errors.InvalidArgument),
+        ("", errors.InvalidArgument),
+    ],
+)
+def test_keys_for_a_missing_tenant_are_not_found_and_malformed_ids_invalid(
+    api_keys: ApiKeys, tenant: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        api_keys.create(tenant_id=tenant, role=Role.ADMIN)
 
 
 @pytest.mark.db
@@ -229,11 +239,17 @@ def test_revoking_one_key_leaves_the_others(api_keys: ApiKeys, tenant_id: str) -
 
 
 @pytest.mark.db
-@pytest.mark.parametrize("key_id", ["0" * 16, "A" * 16, "x", "", "0" * 17, "0" * 32])
-def test_unknown_keys_are_not_found(api_keys: ApiKeys, key_id: str) -> None:
-    with pytest.raises(errors.NotFound):
+@pytest.mark.parametrize(
+    ("key_id", "error"),
+    [("0" * 16, errors.NotFound)]
+    + [(bad, errors.InvalidArgument) for bad in ["A" * 16, "x", "", "0" * 17, "0" * 32]],
+)
+def test_unknown_keys_are_not_found_and_malformed_ids_invalid(
+    api_keys: ApiKeys, key_id: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
         api_keys.get(key_id)
-    with pytest.raises(errors.NotFound):
+    with pytest.raises(error):
         api_keys.revoke(key_id)
 
 
@@ -255,9 +271,13 @@ def test_listing_is_per_tenant_oldest_first_and_includes_revoked_keys(
 
 
 @pytest.mark.db
-@pytest.mark.parametrize("missing", [UNKNOWN_TENANT, "nope"])
-def test_listing_a_missing_tenant_is_not_found(api_keys: ApiKeys, missing: str) -> None:
-    with pytest.raises(errors.NotFound):
+@pytest.mark.parametrize(
+    ("missing", "error"), [(UNKNOWN_TENANT, errors.NotFound), ("nope", errors.InvalidArgument)]
+)
+def test_listing_a_missing_tenant_is_not_found(
+    api_keys: ApiKeys, missing: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
         api_keys.list(missing)
 
 

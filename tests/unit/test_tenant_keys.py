@@ -131,8 +131,14 @@ def test_tenant_is_not_created_when_the_root_provider_fails(
     assert tenant_keys.list_tenants() == []
 
 
-@pytest.mark.parametrize("tenant_id", [UNKNOWN_TENANT, "not-an-id", "A" * 32, ""])
-def test_unknown_tenants_are_not_found(tenant_keys: TenantKeys, tenant_id: str) -> None:
+@pytest.mark.parametrize(
+    ("tenant_id", "error"),
+    [(UNKNOWN_TENANT, errors.NotFound)]
+    + [(bad, errors.InvalidArgument) for bad in ["not-an-id", "A" * 32, ""]],
+)
+def test_unknown_tenants_are_not_found_and_malformed_ids_invalid(
+    tenant_keys: TenantKeys, tenant_id: str, error: type[Exception]
+) -> None:
     for call in (
         tenant_keys.get_tenant,
         tenant_keys.list_versions,
@@ -141,7 +147,7 @@ def test_unknown_tenants_are_not_found(tenant_keys: TenantKeys, tenant_id: str) 
         lambda t: tenant_keys.decryption_kek(t, 1),
         lambda t: tenant_keys.set_min_decryption_version(t, 1),
     ):
-        with pytest.raises(errors.NotFound):
+        with pytest.raises(error):
             call(tenant_id)
 
 

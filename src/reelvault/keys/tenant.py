@@ -724,7 +724,7 @@ def _wrapping_context(tenant_id: str, version: int) -> dict[str, str]:
 def _check_tenant_id(tenant_id: str) -> None:
     # Ids are ours (32 hex digits); anything else cannot exist, so it need not reach SQL.
     if not (isinstance(tenant_id, str) and valid_tenant_id(tenant_id)):
-        raise NotFound("tenant not found")
+        raise InvalidArgument("tenant id must be 32 lowercase hex digits")
 
 
 def _rfc3339(moment: datetime, *, ceil: bool = False) -> str:

@@ -45,6 +45,7 @@ import structlog
 from reelvault.auth import ApiKeys, Principal, authorize
 from reelvault.errors import (
     IntegrityError,
+    InvalidArgument,
     PermissionDenied,
     ReelvaultError,
     Unauthenticated,
@@ -150,14 +151,19 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
         if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
             return None
         method: str = handler_call_details.method
-        return _rewrap(handler, lambda behaviour: self._wrap(method, behaviour))
+        decode = _decoder(handler.request_deserializer, handler.request_streaming)
+        return _rewrap(handler, lambda behaviour: self._wrap(method, behaviour, decode))
 
-    def _wrap(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap(
+        self, method: str, behaviour: Callable[..., Any], decode: Callable[[Any], Any]
+    ) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behaviour):
-            return self._wrap_stream(method, behaviour)
-        return self._wrap_call(method, behaviour)
+            return self._wrap_stream(method, behaviour, decode)
+        return self._wrap_call(method, behaviour, decode)
 
-    def _wrap_call(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_call(
+        self, method: str, behaviour: Callable[..., Any], decode: Callable[[Any], Any]
+    ) -> Callable[..., Any]:
         """Handlers that are coroutines: unary responses, and streams written with
         ``context.write`` (the health service's Watch)."""
 
@@ -166,6 +172,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
             try:
                 with call.scope():
                     await self._admit(call, context)
+                    request = decode(request)
                 with call.scope():
                     result = await behaviour(request, context)
                 call.status = grpc.StatusCode.OK
@@ -178,7 +185,9 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
 
         return handle
 
-    def _wrap_stream(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_stream(
+        self, method: str, behaviour: Callable[..., Any], decode: Callable[[Any], Any]
+    ) -> Callable[..., Any]:
         """Handlers that are async generators (server streaming). Each step of the inner
         generator runs inside the call's scope, whichever task drives it."""
 
@@ -188,6 +197,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
             try:
                 with call.scope():
                     await self._admit(call, context)
+                    request = decode(request)
                 stream = behaviour(request, context)
                 while True:
                     with call.scope():
@@ -230,9 +240,36 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
         authorize(call.principal, call.method)
 
 
+def _decoder(deserialize: Callable[[bytes], Any] | None, streaming: bool) -> Callable[[Any], Any]:
+    """The request parser the wrapped handler applies itself, after admission.
+
+    gRPC would parse a request before any interceptor code runs, so a malformed body
+    (bad UTF-8 in a string, a truncated field) would end the call as UNKNOWN and be parsed
+    for callers that never authenticated. Registered without a deserializer, the handler
+    gets raw bytes and parses them here, refusing garbage as INVALID_ARGUMENT.
+    """
+    if deserialize is None:
+        return lambda request: request
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception:  # protobuf's DecodeError, or any parser failure
+            raise InvalidArgument("malformed request message") from None
+
+    if not streaming:
+        return parse
+
+    async def parse_stream(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+        async for raw in requests:
+            yield parse(raw)
+
+    return parse_stream
+
+
 def _rewrap(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
     serializers = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": None,  # parsed by the wrapper, after admission (_decoder)
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:

@@ -22,6 +22,7 @@ from reelvault import auth
 from reelvault.app import Vault
 from reelvault.assets import MAX_CHUNK, AssetInfo, AssetUpload
 from reelvault.auth import Principal
+from reelvault.crypto.names import valid_tenant_id
 from reelvault.errors import InvalidArgument, NotFound, PermissionDenied
 from reelvault.rpc import convert
 from reelvault.rpc.interceptors import check_deadline, current_principal
@@ -61,6 +62,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):  # type: ignore[mis
     async def GetTenant(  # noqa: N802 - gRPC method names
         self, request: tenant_pb2.GetTenantRequest, context: Any
     ) -> tenant_pb2.Tenant:
+        _check_tenant_id(request.tenant_id)
         _require_access(current_principal(), request.tenant_id, NotFound("tenant not found"))
         tenant = await asyncio.to_thread(self._keys.get_tenant, request.tenant_id)
         return convert.tenant_to_proto(tenant)
@@ -84,6 +86,7 @@ class ApiKeyServicer(apikey_pb2_grpc.ApiKeyServiceServicer):  # type: ignore[mis
     ) -> apikey_pb2.CreateApiKeyResponse:
         principal = current_principal()
         role = convert.role_from_proto(request.role)
+        _check_tenant_id(request.tenant_id)
         tenant_id = _tenant_scope(principal, request.tenant_id)
         try:
             auth.require_can_create_key(principal, tenant_id=tenant_id, role=role)
@@ -101,6 +104,7 @@ class ApiKeyServicer(apikey_pb2_grpc.ApiKeyServiceServicer):  # type: ignore[mis
         self, request: apikey_pb2.ListApiKeysRequest, context: Any
     ) -> apikey_pb2.ListApiKeysResponse:
         principal = current_principal()
+        _check_tenant_id(request.tenant_id)
         tenant_id = _tenant_scope(principal, request.tenant_id)
         _require_access(principal, tenant_id, NotFound("tenant not found"))
         keys = await asyncio.to_thread(self._api_keys.list, tenant_id)
@@ -110,11 +114,20 @@ class ApiKeyServicer(apikey_pb2_grpc.ApiKeyServiceServicer):  # type: ignore[mis
         self, request: apikey_pb2.RevokeApiKeyRequest, context: Any
     ) -> apikey_pb2.ApiKey:
         principal = current_principal()
+        if not auth.valid_key_id(request.api_key_id):
+            raise InvalidArgument("API key id must be 16 lowercase hex digits")
         info = await asyncio.to_thread(self._api_keys.get, request.api_key_id)
         # A key's tenant never changes, so checking before revoking is race-free.
         _require_access(principal, info.tenant_id, NotFound("API key not found"))
         revoked = await asyncio.to_thread(self._api_keys.revoke, info.id)
         return convert.api_key_to_proto(revoked)
+
+
+def _check_tenant_id(tenant_id: str) -> None:
+    """A malformed id is refused as such, before any access check: ids are public in
+    form, so saying so tells the caller nothing about other tenants."""
+    if tenant_id and not valid_tenant_id(tenant_id):
+        raise InvalidArgument("tenant id must be 32 lowercase hex digits")
 
 
 def _tenant_scope(principal: Principal, requested: str) -> str | None:
