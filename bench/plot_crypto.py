@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from bench._plot import load_pyplot
+
 CONTENDERS = ("raw", "reelvault", "sdk")
 COLORS = {"raw": "#8c8c8c", "reelvault": "#2b6cb0", "sdk": "#dd6b20"}
 OPERATIONS = ("encrypt", "decrypt")
@@ -24,17 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/img/bench-crypto.png"))
     args = parser.parse_args(argv)
 
-    try:
-        import matplotlib  # noqa: PLC0415 - optional, not a project dependency
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        print(
-            "matplotlib is not installed (it is not a project dependency); install it with\n"
-            "  .venv/bin/pip install matplotlib",
-            file=sys.stderr,
-        )
+    plt = load_pyplot()
+    if plt is None:
         return 2
 
     data = json.loads(args.json.read_text(encoding="utf-8"))

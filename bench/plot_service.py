@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from bench._plot import load_pyplot
+
 CONTENDERS = ("reelvault", "boto3", "boto3-parts")
 COLORS = {"reelvault": "#2b6cb0", "boto3": "#8c8c8c", "boto3-parts": "#c0c0c0"}
 OPERATIONS = ("upload", "download")
@@ -33,20 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/img/bench-service.png"))
     args = parser.parse_args(argv)
 
-    try:
-        import matplotlib  # noqa: PLC0415 - optional, not a project dependency
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-        from matplotlib.lines import Line2D  # noqa: PLC0415
-        from matplotlib.patches import Patch  # noqa: PLC0415
-    except ImportError:
-        print(
-            "matplotlib is not installed (it is not a project dependency); install it with\n"
-            "  .venv/bin/pip install matplotlib",
-            file=sys.stderr,
-        )
+    plt = load_pyplot()
+    if plt is None:
         return 2
+    from matplotlib.lines import Line2D  # noqa: PLC0415
+    from matplotlib.patches import Patch  # noqa: PLC0415
 
     data = json.loads(args.json.read_text(encoding="utf-8"))
     rows = {(r["operation"], r["contender"]): r for r in data["throughput"]}

@@ -9,6 +9,7 @@ import hashlib
 import os
 
 import pytest
+from asset_helpers import get, put
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -23,32 +24,6 @@ pytestmark = pytest.mark.db
 
 MiB = 1024 * 1024
 F = 64 * 1024
-
-
-@pytest.fixture
-def store() -> MemoryObjectStore:
-    return MemoryObjectStore(part_size=5 * MiB, max_in_flight=2)
-
-
-@pytest.fixture
-def assets(database, tenant_keys, store, clock) -> Assets:
-    return Assets(database, tenant_keys, store, clock)
-
-
-@pytest.fixture
-def tenant(tenant_keys) -> str:
-    return tenant_keys.create_tenant("acme").id
-
-
-def put(assets: Assets, tenant: str, data: bytes, path: str = "a/b.ts", **spec) -> object:
-    upload = assets.begin_upload(tenant, UploadSpec(path=path, **spec))
-    for i in range(0, len(data), MAX_CHUNK):
-        upload.write(data[i : i + MAX_CHUNK])
-    return upload.complete()
-
-
-def get(assets: Assets, tenant: str, asset_id: str, **rng) -> bytes:
-    return b"".join(assets.open_download(tenant, asset_id, **rng).chunks)
 
 
 def leftovers(database, store: MemoryObjectStore) -> tuple[int, int, int]:

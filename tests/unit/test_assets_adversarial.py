@@ -14,44 +14,18 @@ import json
 import os
 
 import pytest
+from asset_helpers import get, put
 from sqlalchemy import select
 
 from reelvault import errors
-from reelvault.assets import MAX_CHUNK, MAX_LABELS, AssetInfo, Assets, UploadSpec
+from reelvault.assets import MAX_CHUNK, MAX_LABELS, Assets, UploadSpec
 from reelvault.catalog.tables import AssetRow
-from reelvault.storage import MemoryObjectStore
 
 pytestmark = pytest.mark.db
 
 ON_POSTGRES = bool(os.environ.get("REELVAULT_TEST_DATABASE_URL"))
 ON_SQLITE = not ON_POSTGRES
 F = 64 * 1024
-
-
-@pytest.fixture
-def store() -> MemoryObjectStore:
-    return MemoryObjectStore(part_size=5 * 1024 * 1024, max_in_flight=2)
-
-
-@pytest.fixture
-def assets(database, tenant_keys, store, clock) -> Assets:
-    return Assets(database, tenant_keys, store, clock)
-
-
-@pytest.fixture
-def tenant(tenant_keys) -> str:
-    return tenant_keys.create_tenant("acme").id
-
-
-def put(assets: Assets, tenant: str, data: bytes, path: str, **spec) -> AssetInfo:
-    upload = assets.begin_upload(tenant, UploadSpec(path=path, **spec))
-    for i in range(0, len(data), MAX_CHUNK):
-        upload.write(data[i : i + MAX_CHUNK])
-    return upload.complete()
-
-
-def get(assets: Assets, tenant: str, asset_id: str, **rng) -> bytes:
-    return b"".join(assets.open_download(tenant, asset_id, **rng).chunks)
 
 
 def listed(assets: Assets, tenant: str, prefix: str) -> list[str]:

@@ -18,9 +18,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
+from sqlalchemy import func, select
 
 from reelvault.app import Vault
 from reelvault.auth import Role
+from reelvault.catalog.tables import UploadRow
 from reelvault.config import Settings
 from reelvault.rpc.server import MAX_MESSAGE_BYTES, HealthServicer, create_server, shutdown
 from reelvault.v1 import apikey_pb2_grpc, asset_pb2_grpc, tenant_pb2_grpc
@@ -133,3 +135,15 @@ def wait_for(collect: Callable[[], list[Any]], *, count: int, timeout: float = 1
         if len(items) >= count or time.monotonic() > deadline:
             return items
         time.sleep(0.01)
+
+
+def leftovers(vault: Vault, tenant: Tenancy) -> tuple[int, int, int]:
+    """Objects, unfinished multipart uploads and upload rows of the tenant."""
+    prefix = f"t/{tenant.id}/"
+    objects = len(list(vault.store.list_keys(prefix)))
+    multipart = sum(1 for u in vault.store.list_multipart_uploads() if u.key.startswith(prefix))
+    with vault.database.transaction(readonly=True) as session:
+        rows = session.scalar(
+            select(func.count()).select_from(UploadRow).where(UploadRow.tenant_id == tenant.id)
+        )
+    return objects, multipart, rows or 0

@@ -18,12 +18,12 @@ from typing import Any
 
 import grpc
 import pytest
-from rpc_harness import MiB, Stubs, Tenancy, bearer, wait_for
-from sqlalchemy import func, select
+from rpc_harness import MiB, Stubs, Tenancy, bearer, leftovers, wait_for
+from sqlalchemy import select
 
 from reelvault.app import Vault
 from reelvault.auth import PERMISSIONS, Role
-from reelvault.catalog.tables import AssetRow, UploadRow
+from reelvault.catalog.tables import AssetRow
 from reelvault.rpc.convert import ROLE_TO_PROTO
 from reelvault.v1 import apikey_pb2, asset_pb2, tenant_pb2
 
@@ -113,17 +113,6 @@ def download(
 
 def body(received: list[asset_pb2.DownloadResponse]) -> bytes:
     return b"".join(r.chunk for r in received[1:])
-
-
-def leftovers(vault: Vault, tenant: Tenancy) -> tuple[int, int, int]:
-    prefix = f"t/{tenant.id}/"
-    objects = len(list(vault.store.list_keys(prefix)))
-    multipart = sum(1 for u in vault.store.list_multipart_uploads() if u.key.startswith(prefix))
-    with vault.database.transaction(readonly=True) as session:
-        rows = session.scalar(
-            select(func.count()).select_from(UploadRow).where(UploadRow.tenant_id == tenant.id)
-        )
-    return objects, multipart, rows
 
 
 def settled(vault: Vault, tenant: Tenancy, expected: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -11,13 +11,11 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from rpc_harness import MiB, Stubs, Tenancy, wait_for
-from sqlalchemy import func, select
+from rpc_harness import MiB, Stubs, Tenancy, leftovers, wait_for
 
 from reelvault.app import Vault
 from reelvault.assets import AssetUpload
 from reelvault.auth import Role
-from reelvault.catalog.tables import UploadRow
 from reelvault.v1 import asset_pb2
 
 pytestmark = pytest.mark.db
@@ -53,18 +51,6 @@ def download(
     assert all(r.WhichOneof("payload") == "chunk" for r in responses[1:])
     chunks = [r.chunk for r in responses[1:]]
     return responses[0].header, b"".join(chunks), [len(c) for c in chunks]
-
-
-def leftovers(vault: Vault, tenant: Tenancy) -> tuple[int, int, int]:
-    """Objects, unfinished multipart uploads and upload rows of the tenant."""
-    prefix = f"t/{tenant.id}/"
-    objects = len(list(vault.store.list_keys(prefix)))
-    multipart = sum(1 for u in vault.store.list_multipart_uploads() if u.key.startswith(prefix))
-    with vault.database.transaction(readonly=True) as session:
-        rows = session.scalar(
-            select(func.count()).select_from(UploadRow).where(UploadRow.tenant_id == tenant.id)
-        )
-    return objects, multipart, rows
 
 
 def settle_leftovers(vault: Vault, tenant: Tenancy) -> tuple[int, int, int]:
