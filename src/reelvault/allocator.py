@@ -9,53 +9,67 @@ resident memory climb from one transfer to the next.
 
 :func:`tune` sets, through ``mallopt(3)``, the values below, which keep large buffers on
 one heap that is reused rather than returned. It must run before the process starts
-threads (the ``serve`` and ``dev`` commands call it first). A setting whose ``MALLOC_*``
-environment variable is set is left alone, so an operator can override any of them the
-usual glibc way. On a C library other than glibc (musl, macOS) it does nothing.
+threads (the ``serve`` and ``dev`` commands call it first). A setting the operator chose
+is left alone: its ``MALLOC_*`` environment variable is set, or ``GLIBC_TUNABLES`` names
+its ``glibc.malloc.*`` tunable. On a C library other than glibc (musl, macOS) it does
+nothing. :func:`applied` tells what the last call set, for the service's start-up log.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
-from typing import Final
+from typing import Final, NamedTuple
 
-__all__ = ["SETTINGS", "tune"]
+__all__ = ["SETTINGS", "Setting", "applied", "tune"]
 
 _MIB: Final = 1024 * 1024
 
-# name of the environment variable -> (mallopt parameter number from malloc.h, value)
-SETTINGS: Final[dict[str, tuple[int, int]]] = {
+
+class Setting(NamedTuple):
+    parameter: int  # the M_* constant of malloc.h
+    value: int
+    tunable: str  # its name in GLIBC_TUNABLES
+
+
+# name of the environment variable -> what mallopt is asked
+SETTINGS: Final[dict[str, Setting]] = {
     # give freed memory back only when more than 1 GiB of the heap's top is free
-    "MALLOC_TRIM_THRESHOLD_": (-1, 1024 * _MIB),
+    "MALLOC_TRIM_THRESHOLD_": Setting(-1, 1024 * _MIB, "glibc.malloc.trim_threshold"),
     # grow the heap in 64 MiB steps
-    "MALLOC_TOP_PAD_": (-2, 64 * _MIB),
-    # serve blocks below 64 MiB from the heap instead of fresh mmaps
-    "MALLOC_MMAP_THRESHOLD_": (-3, 64 * _MIB),
+    "MALLOC_TOP_PAD_": Setting(-2, 64 * _MIB, "glibc.malloc.top_pad"),
+    # serve blocks below 32 MiB (every chunk, frame and default-size part) from the heap;
+    # 32 MiB is the most any 64-bit glibc accepts (larger values fail on older ones)
+    "MALLOC_MMAP_THRESHOLD_": Setting(-3, 32 * _MIB, "glibc.malloc.mmap_threshold"),
     # one arena for every thread: a single high-water mark instead of one per thread
-    "MALLOC_ARENA_MAX": (-8, 1),
+    "MALLOC_ARENA_MAX": Setting(-8, 1, "glibc.malloc.arena_max"),
 }
+
+_applied: dict[str, int] = {}
 
 
 def tune() -> dict[str, int]:
-    """Apply :data:`SETTINGS` not overridden by the environment; return what was applied."""
+    """Apply :data:`SETTINGS` the operator did not set; return what was applied."""
+    _applied.clear()
     if platform.libc_ver()[0] != "glibc":
         return {}
-    path = ctypes.util.find_library("c")
-    if path is None:
-        return {}
     try:
-        mallopt = ctypes.CDLL(path).mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process already uses
     except (OSError, AttributeError):
         return {}
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    applied: dict[str, int] = {}
-    for name, (parameter, value) in SETTINGS.items():
-        if name in os.environ:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    chosen = {part.split("=", 1)[0] for part in tunables.split(":") if part}
+    for name, setting in SETTINGS.items():
+        if name in os.environ or setting.tunable in chosen:
             continue
-        if mallopt(parameter, value) == 1:  # mallopt returns 1 on success
-            applied[name] = value
-    return applied
+        if mallopt(setting.parameter, setting.value) == 1:  # mallopt returns 1 on success
+            _applied[name] = setting.value
+    return dict(_applied)
+
+
+def applied() -> dict[str, int]:
+    """What the last :func:`tune` set (empty if it was not called, or set nothing)."""
+    return dict(_applied)

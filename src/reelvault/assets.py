@@ -29,6 +29,7 @@ import hashlib
 import json
 import re
 import secrets
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -170,7 +171,7 @@ def _check_spec(spec: UploadSpec) -> UploadSpec:
     path = spec.path
     if not path or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise InvalidArgument("path must be 1 to 1024 bytes of UTF-8")
-    if not path.isprintable():
+    if not all(_visible(c) for c in path):
         # C0/C1 controls, bidi overrides, zero-width and line separators: a path is shown
         # in terminals and UIs, where these would hide or disguise what it says
         raise InvalidArgument("path must not contain control or invisible characters")
@@ -344,7 +345,7 @@ class Assets:
             raise InvalidArgument(f"page size must be 0 to {MAX_PAGE_SIZE}")
         size = page_size or DEFAULT_PAGE_SIZE
         if not _plausible_path(prefix):
-            raise InvalidArgument("prefix must be at most 1024 bytes of printable UTF-8")
+            raise InvalidArgument("prefix must be at most 1024 bytes of UTF-8 without controls")
         after = _decode_token(page_token, prefix) if page_token else None
         query = select(AssetRow).where(AssetRow.tenant_id == tenant_id)
         if prefix:
@@ -663,9 +664,26 @@ def _encode_token(after: str, prefix: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _visible(char: str) -> bool:
+    """Whether a path may hold ``char``: not a control (Cc), format (Cf: bidi overrides,
+    zero-width characters) or surrogate (Cs) character, nor a line or paragraph separator.
+    Spaces of every script (U+00A0, U+3000) are allowed."""
+    return unicodedata.category(char) not in _INVISIBLE
+
+
+_INVISIBLE: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
 def _plausible_path(text: str) -> bool:
-    """What a prefix or a page position may be: no longer than a path, and printable."""
-    return len(text.encode("utf-8", "surrogatepass")) <= MAX_PATH_BYTES and text.isprintable()
+    """What a prefix or a page position may be: no longer than a path, valid UTF-8, and
+    free of C0 controls (a NUL is not even storable in PostgreSQL text). Deliberately
+    looser than :func:`_check_spec`: paths stored before it was tightened must still be
+    listable and pageable."""
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return len(encoded) <= MAX_PATH_BYTES and not any(b < 0x20 or b == 0x7F for b in encoded)
 
 
 # two paths, JSON-escaped (at most 3 characters per byte, as \u escapes), in base64: < 8.3 K

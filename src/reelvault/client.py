@@ -452,7 +452,7 @@ def decode_download_response(data: bytes) -> asset_pb2.DownloadResponse | bytes:
     """
     if len(data) > 1 and data[0] == _CHUNK_KEY:
         length, shift, pos = 0, 0, 1
-        while pos < len(data) and pos <= 10:
+        while pos < len(data) and pos <= 5:  # protobuf allows 5 bytes for a length
             byte = data[pos]
             pos += 1
             length |= (byte & 0x7F) << shift

@@ -50,6 +50,7 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 _MIB: Final = 1024 * 1024
 _MIN_PART_SIZE: Final = 5 * _MIB  # S3's floor for every part but the last
+_MAX_PART_SIZE: Final = 512 * _MIB  # x10 growth stays within S3's 5 GiB per part
 _SIZE_SUFFIXES: Final = {"kib": 1024, "mib": _MIB, "gib": 1024 * _MIB}
 _MASK: Final = "********"
 
@@ -379,7 +380,9 @@ class Settings:
         self._check(self.grpc_host.strip() != "", "grpc_host", "must not be empty")
         self._check(self.s3_bucket.strip() != "", "s3_bucket", "must not be empty")
         self._check(
-            self.s3_part_size >= _MIN_PART_SIZE, "s3_part_size", "must be at least 5 MiB (S3)"
+            _MIN_PART_SIZE <= self.s3_part_size <= _MAX_PART_SIZE,
+            "s3_part_size",
+            "must be 5 MiB to 512 MiB (S3 allows 5 GiB parts; ours grow up to 10x)",
         )
         self._check(self.s3_max_in_flight >= 1, "s3_max_in_flight", "must be at least 1")
         self._check(

@@ -16,9 +16,10 @@ def test_every_setting_is_applied_when_the_environment_is_silent(monkeypatch):
     for name in allocator.SETTINGS:
         monkeypatch.delenv(name, raising=False)
     applied = allocator.tune()
-    assert applied == {name: value for name, (_, value) in allocator.SETTINGS.items()}
+    assert applied == {name: s.value for name, s in allocator.SETTINGS.items()}
+    assert applied == allocator.applied()
     assert applied["MALLOC_ARENA_MAX"] == 1
-    assert applied["MALLOC_MMAP_THRESHOLD_"] == 64 * 1024 * 1024
+    assert applied["MALLOC_MMAP_THRESHOLD_"] == 32 * 1024 * 1024
 
 
 @glibc
@@ -29,6 +30,15 @@ def test_a_variable_in_the_environment_wins(monkeypatch):
     applied = allocator.tune()
     assert "MALLOC_ARENA_MAX" not in applied
     assert set(applied) == set(allocator.SETTINGS) - {"MALLOC_ARENA_MAX"}
+
+
+@glibc
+def test_a_glibc_tunable_in_the_environment_wins(monkeypatch):
+    for name in allocator.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.top_pad=0")
+    applied = allocator.tune()
+    assert set(applied) == {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"}
 
 
 def test_other_c_libraries_are_left_alone(monkeypatch):

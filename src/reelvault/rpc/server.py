@@ -32,6 +32,7 @@ from grpc_health.v1 import (  # type: ignore[import-untyped, unused-ignore]
 )
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped, unused-ignore]
 
+from reelvault import allocator
 from reelvault.app import Vault
 from reelvault.config import Settings
 from reelvault.errors import ConfigurationError
@@ -206,6 +207,7 @@ async def serve(settings: Settings) -> None:
             port=port,
             tls=settings.tls_enabled,
             mutual_tls=settings.tls_client_ca_file is not None,
+            malloc=allocator.applied() or None,
         )
         signalled = asyncio.Event()
         signals = (signal.SIGTERM, signal.SIGINT)

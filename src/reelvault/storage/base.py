@@ -79,6 +79,13 @@ PART_GROWTH_EVERY: Final = 1_000
 _SMALL_WRITE: Final = 16 * 1024
 
 
+MAX_PART_SIZE: Final = 5 * 1024 * MIB
+"""S3's cap on one part."""
+
+MAX_OBJECT_SIZE: Final = 5 * 1024 * 1024 * MIB
+"""S3's cap on one object (5 TiB)."""
+
+
 def part_size_for(base: int, number: int) -> int:
     """The size of part ``number`` (1-based) of an upload configured for ``base``-byte parts.
 
@@ -88,13 +95,15 @@ def part_size_for(base: int, number: int) -> int:
     per upload at the base size for everything up to ``1000 * base`` bytes (8 GiB with the
     default) while still reaching :func:`max_object_size`.
     """
-    return base * (1 + (number - 1) // PART_GROWTH_EVERY)
+    return min(base * (1 + (number - 1) // PART_GROWTH_EVERY), MAX_PART_SIZE)
 
 
 def max_object_size(base: int) -> int:
-    """The largest object an upload with ``base``-byte parts can write: 55,000 x base."""
+    """The largest object an upload with ``base``-byte parts can write: 55,000 x base,
+    within S3's limits on parts and objects."""
     steps = MAX_PARTS // PART_GROWTH_EVERY
-    return base * PART_GROWTH_EVERY * steps * (steps + 1) // 2
+    parts = sum(part_size_for(base, 1 + step * PART_GROWTH_EVERY) for step in range(steps))
+    return min(parts * PART_GROWTH_EVERY, MAX_OBJECT_SIZE)
 
 
 STREAM_CHUNK_SIZE: Final = 1 * MIB
@@ -390,8 +399,14 @@ class BufferedUpload:
         self._check_open()
         # bytes are immutable, so the buffer keeps a reference (the sealer's frames arrive
         # as bytes); anything else may be reused by the caller and is copied now.
-        view = memoryview(data if isinstance(data, bytes) else bytes(data)).cast("B")
+        view = memoryview(data)  # refuses what is not a buffer (an int, a list)
+        if not isinstance(data, bytes):
+            view = memoryview(view.tobytes())
+        view = view.cast("B")
         self._size += len(view)
+        if self._size > MAX_OBJECT_SIZE:
+            self._abort_after(None)
+            raise InvalidArgument(f"object too large: at most {MAX_OBJECT_SIZE} bytes (S3)")
         try:
             # Flush only while more than a part is held, so the final part is never empty.
             while self._held + len(view) > self._part_size_now():
