@@ -233,7 +233,7 @@ class Settings:
     s3_part_size: int = field(
         default=8 * _MIB,
         metadata=_meta(
-            "multipart part size in bytes (>= 5 MiB; 8MiB form accepted); grows x2..x10 "
+            "multipart part size in bytes (5 MiB..512 MiB; 8MiB form accepted); grows x2..x10 "
             "after every 1000 parts",
             _size,
         ),
