@@ -43,7 +43,9 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_PART_SIZE",
     "MAX_KEY_BYTES",
+    "MAX_OBJECT_SIZE",
     "MAX_PARTS",
+    "MAX_PART_SIZE",
     "MIN_PART_SIZE",
     "PART_GROWTH_EVERY",
     "MultipartUploadInfo",
@@ -76,14 +78,14 @@ MAX_PARTS: Final = 10_000
 PART_GROWTH_EVERY: Final = 1_000
 """Parts per step of :func:`part_size_for`."""
 
-_SMALL_WRITE: Final = 16 * 1024
-
-
 MAX_PART_SIZE: Final = 5 * 1024 * MIB
 """S3's cap on one part."""
 
 MAX_OBJECT_SIZE: Final = 5 * 1024 * 1024 * MIB
 """S3's cap on one object (5 TiB)."""
+
+_SMALL_WRITE: Final = 16 * 1024
+"""Writes shorter than this are copied into a shared tail instead of kept as references."""
 
 
 def part_size_for(base: int, number: int) -> int:
