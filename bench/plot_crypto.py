@@ -8,12 +8,9 @@ Needs matplotlib, which is not a project dependency: ``.venv/bin/pip install mat
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from bench._plot import load_pyplot
+from bench._plot import finish, label_bar, start
 
 CONTENDERS = ("raw", "reelvault", "sdk")
 COLORS = {"raw": "#8c8c8c", "reelvault": "#2b6cb0", "sdk": "#dd6b20"}
@@ -21,16 +18,11 @@ OPERATIONS = ("encrypt", "decrypt")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.plot_crypto", description=__doc__)
-    parser.add_argument("--json", type=Path, default=Path("bench/results/crypto.json"))
-    parser.add_argument("--out", type=Path, default=Path("docs/img/bench-crypto.png"))
-    args = parser.parse_args(argv)
-
-    plt = load_pyplot()
-    if plt is None:
+    started = start(argv, prog="python -m bench.plot_crypto", description=__doc__, name="crypto")
+    if started is None:
         return 2
+    plt, data, out = started
 
-    data = json.loads(args.json.read_text(encoding="utf-8"))
     rows = {(r["operation"], r["contender"]): r for r in data["throughput"]}
     env = data["environment"]
     cfg = data["config"]
@@ -51,15 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             text = f"{row['mbps']:.0f}"
             if who != "raw":
                 text += f"\n{row['vs_raw']:.2f}x raw"
-            ax.annotate(
-                text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                xytext=(0, 3),
-                textcoords="offset points",
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
+            label_bar(ax, bar, text)
 
     ax.set_xticks(range(len(OPERATIONS)), [f"{op} (1 MiB chunks)" for op in OPERATIONS])
     ax.set_ylabel("MB/s (10^6 plaintext bytes/s, median)")
@@ -71,20 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.text(
-        0.01,
-        0.01,
+    return finish(
+        fig,
+        out,
         f"{env['cpu']} x{env['cpu_count']}, {env['python']}, cryptography "
         f"{env['cryptography']}, aws-encryption-sdk {env['aws_encryption_sdk']}, "
         f"median of {cfg['runs']} runs",
-        fontsize=7,
-        color="#555555",
     )
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out)
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

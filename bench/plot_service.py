@@ -13,12 +13,9 @@ Needs matplotlib, which is not a project dependency: ``.venv/bin/pip install mat
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from bench._plot import load_pyplot
+from bench._plot import finish, label_bar, start
 
 CONTENDERS = ("reelvault", "boto3", "boto3-parts")
 COLORS = {"reelvault": "#2b6cb0", "boto3": "#8c8c8c", "boto3-parts": "#c0c0c0"}
@@ -30,18 +27,13 @@ WINDOW_COLORS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.plot_service", description=__doc__)
-    parser.add_argument("--json", type=Path, default=Path("bench/results/service.json"))
-    parser.add_argument("--out", type=Path, default=Path("docs/img/bench-service.png"))
-    args = parser.parse_args(argv)
-
-    plt = load_pyplot()
-    if plt is None:
+    started = start(argv, prog="python -m bench.plot_service", description=__doc__, name="service")
+    if started is None:
         return 2
+    plt, data, out = started
     from matplotlib.lines import Line2D  # noqa: PLC0415
     from matplotlib.patches import Patch  # noqa: PLC0415
 
-    data = json.loads(args.json.read_text(encoding="utf-8"))
     rows = {(r["operation"], r["contender"]): r for r in data["throughput"]}
     env = data["environment"]
     cfg = data["config"]
@@ -84,15 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             text = f"{row['mbps']:.0f}"
             if who != "boto3":
                 text += f"\n{row['vs_boto3']:.2f}x"
-            ax.annotate(
-                text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                xytext=(0, 3),
-                textcoords="offset points",
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
+            label_bar(ax, bar, text)
     for j, op in enumerate(OPERATIONS):
         base = rows.get((op, "boto3"))
         if base is not None:
@@ -160,20 +144,13 @@ def main(argv: list[str] | None = None) -> int:
 
     extra = env.get("server_extra_env") or {}
     note = " EXPERIMENT: " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else ""
-    fig.text(
-        0.01,
-        0.01,
+    return finish(
+        fig,
+        out,
         f"{env['cpu']} x{env['cpu_count']}, {env['python']}, grpcio {env['grpcio']}, boto3 "
         f"{env['boto3']}, {env['seaweedfs']}; part size {env['part_size'] // (1 << 20)} MiB, "
         f"{env['max_in_flight']} in flight; median of {cfg['runs']} interleaved runs.{note}",
-        fontsize=7,
-        color="#555555",
     )
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out)
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

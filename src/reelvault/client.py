@@ -440,7 +440,8 @@ class Client:
         return error_from_rpc(exc, sent_token=bool(self._metadata))
 
 
-_CHUNK_KEY: Final = 0x12  # DownloadResponse.chunk: field 2, length-delimited
+# the key of DownloadResponse.chunk: its field number, wire type 2 (length-delimited)
+_CHUNK_KEY: Final = asset_pb2.DownloadResponse.CHUNK_FIELD_NUMBER << 3 | 2
 
 
 def decode_download_response(data: bytes) -> asset_pb2.DownloadResponse | bytes:

@@ -14,7 +14,7 @@ import json
 import os
 
 import pytest
-from asset_helpers import get, put
+from asset_helpers import get, listed, put
 from sqlalchemy import select
 
 from reelvault import errors
@@ -26,16 +26,6 @@ pytestmark = pytest.mark.db
 ON_POSTGRES = bool(os.environ.get("REELVAULT_TEST_DATABASE_URL"))
 ON_SQLITE = not ON_POSTGRES
 F = 64 * 1024
-
-
-def listed(assets: Assets, tenant: str, prefix: str) -> list[str]:
-    """Every path under ``prefix``, following page tokens with tiny pages."""
-    paths, token = [], ""
-    while True:
-        page, token = assets.list(tenant, prefix=prefix, page_size=2, page_token=token)
-        paths += [a.path for a in page]
-        if not token:
-            return paths
 
 
 def token(obj: object) -> str:

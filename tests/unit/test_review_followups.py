@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 
 import pytest
-from asset_helpers import get, put
+from asset_helpers import get, listed, put
 from google.protobuf.internal.encoder import _VarintBytes
 from sqlalchemy import select, update
 
@@ -287,15 +287,6 @@ UNICODE_PATHS = [
 ]
 
 
-def _listed(assets, tenant, prefix: str) -> list[str]:
-    paths, token = [], ""
-    while True:
-        page, token = assets.list(tenant, prefix=prefix, page_size=1, page_token=token)
-        paths += [a.path for a in page]
-        if not token:
-            return paths
-
-
 @pytest.mark.db
 def test_prefixes_with_non_ascii_and_astral_characters_match_exactly(assets, tenant):
     for path in UNICODE_PATHS:
@@ -304,7 +295,7 @@ def test_prefixes_with_non_ascii_and_astral_characters_match_exactly(assets, ten
     prefixes |= {"\U0001f3ac\U0001f3ac", "E", "s", "SS", "ss", "Dž", "日", "e\u0301"}
     for prefix in sorted(prefixes):
         expected = sorted(p for p in UNICODE_PATHS if p.startswith(prefix))
-        assert sorted(_listed(assets, tenant, prefix)) == expected, prefix
+        assert sorted(listed(assets, tenant, prefix, page_size=1)) == expected, prefix
 
 
 @pytest.mark.db
@@ -315,7 +306,7 @@ def test_a_listing_pages_past_a_path_stored_before_paths_had_to_be_printable(
         put(assets, tenant, b"x", path)
     with database.transaction() as session:  # as an older version accepted it
         session.execute(update(AssetRow).where(AssetRow.path == "a/2").values(path="a/2\u00a0"))
-    assert _listed(assets, tenant, "a/") == ["a/1", "a/2\u00a0", "a/3"]
+    assert listed(assets, tenant, "a/", page_size=1) == ["a/1", "a/2\u00a0", "a/3"]
 
 
 # -- limits that S3 sets -----------------------------------------------------------------
@@ -371,8 +362,3 @@ def test_a_setting_glibc_refuses_is_not_reported_as_applied(monkeypatch, fake_li
     monkeypatch.setattr(type(fake_libc.mallopt), "__call__", lambda self, p, v: 0)
     assert allocator.tune() == {}
     assert allocator.applied() == {}
-
-
-def test_glibc_tunables_in_the_environment_win_too(monkeypatch, fake_libc):
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
-    assert "MALLOC_ARENA_MAX" not in allocator.tune()

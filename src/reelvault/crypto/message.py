@@ -807,19 +807,29 @@ def _parse_or_fail_complete(raw: bytes) -> Header:
     return header
 
 
-def rechunk(pieces: Iterable[Buffer], size: int) -> Iterator[bytes]:
-    """Join a stream of pieces into ``size``-byte chunks (the last may be shorter)."""
-    pending: list[Buffer] = []
+def rechunk(
+    pieces: Iterable[Buffer], size: int, *, prefix: Callable[[int], bytes] | None = None
+) -> Iterator[bytes]:
+    """Join a stream of pieces into ``size``-byte chunks (the last may be shorter; none if
+    the pieces hold no bytes). Each chunk costs one copy: a join of views of the pieces.
+
+    ``prefix(n)``, if given, is put in front of each chunk of ``n`` bytes by the same join,
+    so a caller can frame chunks (a protobuf field key and length) without a second copy.
+    """
+    pending: list[Buffer] = [b""]  # slot 0: the prefix, filled in when a chunk is cut
     have = 0
     for piece in pieces:
-        pending.append(piece)
-        have += len(piece)
-        if have >= size:
-            joined = b"".join(pending)
-            for i in range(0, len(joined) - size + 1, size):
-                yield joined[i : i + size]
-            rest = len(joined) % size
-            pending = [joined[len(joined) - rest :]] if rest else []
-            have = rest
+        view = memoryview(piece).cast("B")
+        while have + len(view) >= size:
+            take = size - have
+            pending.append(view[:take])
+            pending[0] = prefix(size) if prefix else b""
+            yield b"".join(pending)
+            pending, have = [b""], 0
+            view = view[take:]
+        if view:
+            pending.append(view)
+            have += len(view)
     if have:
+        pending[0] = prefix(have) if prefix else b""
         yield b"".join(pending)

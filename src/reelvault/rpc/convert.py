@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from reelvault.assets import AssetInfo, UploadSpec
 from reelvault.auth import ApiKeyInfo, Role
+from reelvault.crypto import rechunk
 from reelvault.errors import InvalidArgument
 from reelvault.keys.tenant import Tenant
 from reelvault.v1 import apikey_pb2, asset_pb2, tenant_pb2
@@ -146,21 +147,7 @@ def download_chunk_messages(pieces: Iterable[bytes], size: int) -> Iterator[byte
     three (join into a chunk, copy into the message, serialize). The download is CPU
     bound on the event loop's thread, where the message would otherwise be built.
     """
-    pending: list[bytes | memoryview] = []
-    have = 0
-    for piece in pieces:
-        view = memoryview(piece)
-        while have + len(view) >= size:
-            take = size - have
-            pending.append(view[:take])
-            yield b"".join([DOWNLOAD_CHUNK_TAG, _varint(size), *pending])
-            pending, have = [], 0
-            view = view[take:]
-        if view:
-            pending.append(view)
-            have += len(view)
-    if have:
-        yield b"".join([DOWNLOAD_CHUNK_TAG, _varint(have), *pending])
+    return rechunk(pieces, size, prefix=lambda n: DOWNLOAD_CHUNK_TAG + _varint(n))
 
 
 def download_response_bytes(message: asset_pb2.DownloadResponse | bytes) -> bytes:
