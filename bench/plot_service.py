@@ -17,8 +17,13 @@ import sys
 
 from bench._plot import finish, label_bar, start
 
-CONTENDERS = ("reelvault", "boto3", "boto3-parts")
-COLORS = {"reelvault": "#2b6cb0", "boto3": "#8c8c8c", "boto3-parts": "#c0c0c0"}
+CONTENDERS = ("reelvault", "boto3", "boto3-parts", "relay")
+COLORS = {
+    "reelvault": "#2b6cb0",
+    "boto3": "#8c8c8c",
+    "boto3-parts": "#c0c0c0",
+    "relay": "#d69e2e",
+}
 OPERATIONS = ("upload", "download")
 WINDOW_COLORS = {
     ("upload", "reelvault"): "#2b6cb0",
@@ -46,15 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # -- throughput bars -------------------------------------------------------------------
-    width = 0.26
+    width = 0.2
     present = [c for c in CONTENDERS if any((op, c) in rows for op in OPERATIONS)]
-    for i, who in enumerate(present):
+    for who in present:
         xs, heights, lo, hi, ops = [], [], [], [], []
         for j, op in enumerate(OPERATIONS):
             row = rows.get((op, who))
             if row is None:
                 continue
-            xs.append(j + (i - (len(present) - 1) / 2) * width)
+            here = [c for c in present if (op, c) in rows]  # centre each group on its tick
+            xs.append(j + (here.index(who) - (len(here) - 1) / 2) * width)
             heights.append(row["mbps"])
             lo.append(row["mbps"] - min(row["mbps_runs"]))
             hi.append(max(row["mbps_runs"]) - row["mbps"])
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 alpha=0.3,
                 label="reelvault download",
             ),
-            Patch(color="#dddddd", alpha=0.6, label="boto3 transfers (control)"),
+            Patch(color="#dddddd", alpha=0.6, label="boto3 and relay transfers (control)"),
             Line2D([], [], color="#c53030", linestyle="dashed", label=f"target {target_rss} MiB"),
             Line2D([], [], color="#718096", linestyle="dotted", label="before transfers"),
         ],

@@ -87,6 +87,7 @@ import cryptography
 import grpc  # type: ignore[import-untyped, unused-ignore]
 from boto3.s3.transfer import TransferConfig
 
+from bench import relay
 from reelvault import allocator
 from reelvault.auth import ApiKeys, Role
 from reelvault.catalog import Database
@@ -100,6 +101,7 @@ from reelvault.crypto.format import (
     parse_header,
 )
 from reelvault.keys.local import init_keyring
+from reelvault.rpc.server import MAX_MESSAGE_BYTES
 from reelvault.storage.seaweed import SeaweedServer, find_weed
 
 MIB = 1 << 20
@@ -110,11 +112,12 @@ TARGET_RSS_MIB = 256
 RSS_INTERVAL = 0.05
 VAULT_BUCKET = "reelvault-bench"
 BASE_BUCKET = "boto3-bench"
-RV, B3, B3P = "reelvault", "boto3", "boto3-parts"
+RV, B3, B3P, RLY = "reelvault", "boto3", "boto3-parts", "relay"
 LABELS = {
     RV: "reelvault (gRPC client)",
     B3: "boto3 direct to S3",
     B3P: "boto3 upload_part, bytes bodies",
+    RLY: "raw gRPC relay of S3 (no crypto)",
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -317,6 +320,9 @@ class Stack:
     metrics: Metrics | None = None
     server: subprocess.Popen[bytes] | None = None
     server_log: Path | None = None
+    relay: subprocess.Popen[bytes] | None = None
+    relay_log: Path | None = None
+    relay_addr: str = ""
     addr: str = ""
     settings: Settings | None = None
     admin_token: str = ""
@@ -326,6 +332,7 @@ class Stack:
     weed_version: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
     _log_fh: Any = field(default=None, repr=False)
+    _relay_fh: Any = field(default=None, repr=False)
 
     # -- start --------------------------------------------------------------------------
 
@@ -398,8 +405,9 @@ class Stack:
             start_new_session=True,  # Ctrl-C reaches it through stop(), in order
             preexec_fn=_parent_death_signal,  # noqa: PLW1509 - no threads yet
         )
-        port = self._wait_listening(timeout=60)
+        port = _wait_listening(self.server, self.server_log, timeout=60)
         self.addr = f"127.0.0.1:{port}"
+        self._start_relay(env)
         with Client(self.addr, self.admin_token, timeout=30) as admin:
             tenant = admin.create_tenant("service-bench")
             _, self.token = admin.create_api_key(
@@ -407,36 +415,53 @@ class Stack:
             )
         self.tenant_id = tenant.id
 
-    def _wait_listening(self, timeout: float) -> int:
-        assert self.server is not None and self.server_log is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.server_log.read_text(errors="replace").splitlines():
-                with contextlib.suppress(ValueError):
-                    record = json.loads(line)
-                    if isinstance(record, dict) and record.get("event") == "listening":
-                        return int(record["port"])
-            if self.server.poll() is not None:
-                raise RuntimeError(f"reelvault serve exited ({self.server.returncode})")
-            time.sleep(0.1)
-        raise RuntimeError("reelvault serve did not report a listening port")
+    def _start_relay(self, env: dict[str, str]) -> None:
+        """The raw gRPC relay (bench/relay.py) in front of the baseline bucket."""
+        assert self.seaweed is not None
+        relay_env = {
+            **{k: v for k, v in env.items() if not k.startswith("REELVAULT_")},
+            "RELAY_S3_ENDPOINT_URL": self.seaweed.endpoint_url,
+            "RELAY_S3_BUCKET": BASE_BUCKET,
+            "RELAY_S3_REGION": self.seaweed.region,
+            "RELAY_S3_ACCESS_KEY_ID": self.seaweed.access_key,
+            "RELAY_S3_SECRET_ACCESS_KEY": self.seaweed.secret_key,
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        }
+        self.relay_log = self.root / "relay.log"
+        self._relay_fh = self.relay_log.open("wb")
+        log("starting the raw gRPC relay ...")
+        self.relay = subprocess.Popen(
+            [sys.executable, "-m", "bench.relay"],
+            env=relay_env,
+            cwd=self.root,
+            stdin=subprocess.DEVNULL,
+            stdout=self._relay_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_parent_death_signal,  # noqa: PLW1509 - no threads yet
+        )
+        port = _wait_listening(self.relay, self.relay_log, timeout=60)
+        self.relay_addr = f"127.0.0.1:{port}"
 
     # -- stop ---------------------------------------------------------------------------
 
     def stop(self) -> None:
         server, self.server = self.server, None
+        relay_process, self.relay = self.relay, None
         try:
-            if server is not None and server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(15)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+            for process in (relay_process, server):
+                if process is not None and process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+                    try:
+                        process.wait(15)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
         finally:
-            if self._log_fh is not None:
-                self._log_fh.close()
-                self._log_fh = None
+            for fh in (self._log_fh, self._relay_fh):
+                if fh is not None:
+                    fh.close()
+            self._log_fh = self._relay_fh = None
             seaweed, self.seaweed = self.seaweed, None
             if seaweed is not None:
                 seaweed.stop()
@@ -445,6 +470,21 @@ class Stack:
         if self.server_log is None or not self.server_log.exists():
             return ""
         return "\n".join(self.server_log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait_listening(process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> int:
+    """The port from the ``listening`` JSON line a server writes to its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") == "listening":
+                    return int(record["port"])
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited ({process.returncode})")
+        time.sleep(0.1)
+    raise RuntimeError(f"{process.args!r} did not report a listening port")
 
 
 # --- the contenders --------------------------------------------------------------------
@@ -459,6 +499,7 @@ class Bench:
     s3: Any  # boto3 S3 client, configured as the vault's own
     transfer: TransferConfig
     sampler: RssSampler
+    relay_channel: Any = None
     vault_asset: str = ""
     base_key: str = ""
 
@@ -536,6 +577,18 @@ class Bench:
             raise AssertionError("boto3 read back other bytes than were stored")
         return n
 
+    def relay_download(self, key: str, verify: bool) -> int:
+        """The same object as ``b3_download``, through the raw gRPC relay."""
+        sha = hashlib.sha256() if verify else None
+        n = 0
+        for chunk in relay.stub(self.relay_channel)(key.encode(), timeout=600):
+            n += len(chunk)
+            if sha is not None:
+                sha.update(chunk)
+        if n != self.payload.size or (sha is not None and sha.digest() != self.payload.sha256):
+            raise AssertionError("the relay returned other bytes than were stored")
+        return n
+
     def cleanup(self, ids: dict[str, str]) -> None:
         for who, ref in ids.items():
             if who == RV:
@@ -544,19 +597,25 @@ class Bench:
                 self.s3.delete_object(Bucket=BASE_BUCKET, Key=ref)
 
 
-def measure(bench: Bench, fn: Callable[[], object]) -> dict[str, float]:
-    """Time one transfer; CPU of client (this process), server and SeaweedFS; RSS peak."""
-    server_pid = bench.stack.server.pid if bench.stack.server else None
+def measure(
+    bench: Bench, fn: Callable[[], object], server: subprocess.Popen[bytes] | None
+) -> dict[str, float]:
+    """Time one transfer; CPU of client (this process), ``server`` (the vault or the
+    relay; none for boto3) and SeaweedFS; the vault server's RSS peak."""
+
+    def server_cpu() -> float:
+        return cpu_seconds(server.pid) if server is not None else 0.0
+
     weed_pid = bench.stack.seaweed.pid if bench.stack.seaweed else None
     gc.collect()
-    c0, s0, w0 = cpu_seconds(None), cpu_seconds(server_pid), cpu_seconds(weed_pid)
+    c0, s0, w0 = cpu_seconds(None), server_cpu(), cpu_seconds(weed_pid)
     t_start = bench.sampler.now()
     t0 = time.perf_counter()
     fn()
     seconds = time.perf_counter() - t0
     t_end = bench.sampler.now()
     time.sleep(RSS_INTERVAL * 2)  # let the sampler catch the end of the window
-    c1, s1, w1 = cpu_seconds(None), cpu_seconds(server_pid), cpu_seconds(weed_pid)
+    c1, s1, w1 = cpu_seconds(None), server_cpu(), cpu_seconds(weed_pid)
     return {
         "seconds": seconds,
         "client_cpu": c1 - c0,
@@ -582,6 +641,7 @@ def bench_throughput(bench: Bench) -> tuple[list[dict[str, Any]], list[dict[str,
         ("upload", B3P): [],
         ("download", RV): [],
         ("download", B3): [],
+        ("download", RLY): [],
     }
     windows: list[dict[str, Any]] = []
     prev: dict[str, str] = {}
@@ -605,7 +665,7 @@ def bench_throughput(bench: Bench) -> tuple[list[dict[str, Any]], list[dict[str,
             def up(who: str = who, ids: dict[str, str] = ids, name: str = name) -> None:
                 ids[who] = uploads[who](name)
 
-            m = measure(bench, up)
+            m = measure(bench, up, bench.stack.server if who == RV else None)
             show(tag, "upload", who, m)
             windows.append({"operation": "upload", "contender": who, "round": rnd, **m})
             if not warm:
@@ -613,15 +673,20 @@ def bench_throughput(bench: Bench) -> tuple[list[dict[str, Any]], list[dict[str,
         # the previous round's objects go once this round's exist (keeps disk use flat)
         bench.cleanup(prev)
         prev = ids
-        for who in [RV, B3] if rnd % 2 == 0 else [B3, RV]:
+        down_order = [RV, B3, RLY]
+        k = rnd % len(down_order)
+        for who in down_order[k:] + down_order[:k]:
 
-            def down(who: str = who, ref: str = ids[who], warm: bool = warm) -> None:
+            def down(who: str = who, ids: dict[str, str] = ids, warm: bool = warm) -> None:
                 if who == RV:
-                    bench.rv_download(ref, verify=warm)
-                else:
-                    bench.b3_download(ref, verify=warm)
+                    bench.rv_download(ids[RV], verify=warm)
+                elif who == B3:
+                    bench.b3_download(ids[B3], verify=warm)
+                else:  # the relay reads the baseline's plaintext object
+                    bench.relay_download(ids[B3], verify=warm)
 
-            m = measure(bench, down)
+            servers = {RV: bench.stack.server, RLY: bench.stack.relay}
+            m = measure(bench, down, servers.get(who))
             show(tag, "download", who, m, "  (content verified)" if warm else "")
             windows.append({"operation": "download", "contender": who, "round": rnd, **m})
             if not warm:
@@ -630,6 +695,7 @@ def bench_throughput(bench: Bench) -> tuple[list[dict[str, Any]], list[dict[str,
         log("verifying content (untimed) ...")
         bench.rv_download(prev[RV], verify=True)
         bench.b3_download(prev[B3], verify=True)
+        bench.relay_download(prev[B3], verify=True)
     bench.vault_asset, bench.base_key = prev[RV], prev[B3]
 
     rows: list[dict[str, Any]] = []
@@ -894,6 +960,13 @@ def report(
         "random unaligned offsets, each served by all three in rotated order."
     )
     by = {(r["operation"], r["contender"]): r for r in rows}
+    if ("download", RLY) in by:
+        relayed = by[("download", RV)]["mbps"] / by[("download", RLY)]["mbps"]
+        print(
+            f"download, reelvault vs the {LABELS[RLY]}: {relayed:.2f}x; the relay vs boto3 "
+            f"direct: {by[('download', RLY)]['vs_boto3']:.2f}x (the cost of a second hop "
+            "through any Python gRPC service on this machine)"
+        )
     if ("upload", B3P) in by:
         control = by[("upload", RV)]["mbps"] / by[("upload", B3P)]["mbps"]
         print(
@@ -903,7 +976,7 @@ def report(
     print(
         f"server RSS: {rss['baseline_mib']:.0f} MiB before the first transfer, peak "
         f"{rss['peak_vault_mib']:.0f} MiB during reelvault transfers "
-        f"({rss['peak_boto3_mib']:.0f} MiB during boto3's), kernel high-water mark "
+        f"({rss['peak_boto3_mib']:.0f} MiB during the baselines'), kernel high-water mark "
         f"{rss['hwm_mib']:.0f} MiB."
     )
     print(
@@ -946,6 +1019,12 @@ def report(
     for t in targets:
         t["verdict"] = verdict(t["ok"])
         print(f"  {t['verdict']}  {t['name']:<52} measured {t['measured']}")
+    if ("download", RLY) in by:
+        row = by[("download", RLY)]
+        print(
+            f"  info  download {sz}: reelvault {by[('download', RV)]['mbps'] / row['mbps']:.2f}x "
+            f"the raw gRPC relay, which itself runs at {row['vs_boto3']:.2f}x boto3 (no target)"
+        )
     print(
         f"  info  range latency: reelvault {rng['vs_b3_plain']:.2f}x a direct 1 MiB ranged GET "
         f"({ms['rv']:.2f} vs {ms['b3_plain']:.2f} ms median; no target)"
@@ -992,6 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(root, extra_env=dict(item.split("=", 1) for item in args.server_env))
     sampler: RssSampler | None = None
     client: Client | None = None
+    relay_channel: Any = None
     try:
         log(f"preparing {args.size_mib} MiB of payload ...")
         payload = Payload(args.size_mib, args.seed)
@@ -1017,7 +1097,11 @@ def main(argv: list[str] | None = None) -> int:
             max_concurrency=settings.s3_max_in_flight,
             use_threads=True,
         )
-        bench = Bench(args, stack, payload, client, base.client, transfer, sampler)
+        relay_channel = grpc.insecure_channel(
+            stack.relay_addr,
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+        )
+        bench = Bench(args, stack, payload, client, base.client, transfer, sampler, relay_channel)
         time.sleep(1.0)
         baseline = sampler.level(0, sampler.now())
         log(
@@ -1088,6 +1172,8 @@ def main(argv: list[str] | None = None) -> int:
             cleanup.callback(log, "stopping the server and SeaweedFS ...")
             if client is not None:
                 cleanup.callback(client.close)
+            if relay_channel is not None:
+                cleanup.callback(relay_channel.close)
             if sampler is not None:
                 cleanup.callback(sampler.stop)
 
