@@ -8,10 +8,10 @@ group means one more ``_add_*`` function and one line in :func:`build_parser`.
 
 Groups: ``serve`` and ``dev`` run the service; ``tenant``, ``apikey`` and ``asset`` call a
 running one through :class:`reelvault.client.Client` (``$REELVAULT_ADDR``,
-``$REELVAULT_TOKEN``); ``keyring`` and ``gc`` work on local files and the configured
-database and store directly. Modules only some commands need (the key hierarchy, the
-domain, the gRPC server) are imported in those handlers, so that the client commands,
-run often from scripts, start quickly.
+``$REELVAULT_TOKEN``); ``keyring``, ``gc`` and ``apikey bootstrap`` work on local files
+and the configured database and store directly. Modules only some commands need (the key
+hierarchy, the domain, the gRPC server) are imported in those handlers, so that the
+client commands, run often from scripts, start quickly.
 
 Exit codes: 0 success, 1 a reelvault error (or a local file that cannot be read or
 written), 2 a usage error, 130 interrupted. Errors are reported as one
@@ -287,7 +287,8 @@ def _add_apikey_commands(groups: Groups, common: argparse.ArgumentParser) -> Non
         help="create, list and revoke API keys",
         description=(
             f"API keys, through the service at ${ADDR_ENV} with the key in ${TOKEN_ENV}. "
-            "A platform admin manages every tenant's keys, a tenant admin its own."
+            "A platform admin manages every tenant's keys, a tenant admin its own. "
+            "'bootstrap' makes the first platform-admin key in the catalog itself."
         ),
     )
     commands = apikey.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -310,6 +311,31 @@ def _add_apikey_commands(groups: Groups, common: argparse.ArgumentParser) -> Non
     revoke = commands.add_parser("revoke", parents=[common], help="revoke a key (idempotent)")
     revoke.add_argument("id", metavar="ID")
     revoke.set_defaults(handler=_apikey_revoke)
+    bootstrap = commands.add_parser(
+        "bootstrap",
+        parents=[common],
+        help="create a platform-admin key in the configured catalog (first key of a vault)",
+        description=(
+            "Create a platform-admin API key straight in the catalog, without a running "
+            "service: the way to the first key of a new deployment (every other key is "
+            "made through the service). Runs here, with the same settings as serve "
+            "(REELVAULT_DATABASE_URL, --config), and migrates the catalog if needed; "
+            "whoever may run it holds the database credentials, which is the trust it "
+            "needs. With --out the secret goes to a new file (mode 0600) and is not "
+            "printed."
+        ),
+    )
+    bootstrap.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write the secret to this new file (mode 0600; never overwritten)",
+    )
+    bootstrap.add_argument(
+        "--description", default="bootstrap platform admin", help="what the key is for"
+    )
+    bootstrap.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
+    bootstrap.set_defaults(handler=_apikey_bootstrap)
 
 
 def _apikey_create(args: argparse.Namespace) -> Output:
@@ -326,6 +352,59 @@ def _apikey_create(args: argparse.Namespace) -> Output:
             f"{secret}"
         ),
     )
+
+
+def _apikey_bootstrap(args: argparse.Namespace) -> Output:
+    # startup time: the catalog is only needed here
+    from reelvault.auth import ApiKeys, Role  # noqa: PLC0415
+    from reelvault.catalog import Database  # noqa: PLC0415
+    from reelvault.clock import SystemClock  # noqa: PLC0415
+
+    settings = Settings.load(config_file=args.config)
+    out: Path | None = args.out
+    # The file first, so that a taken path fails before a key exists that nobody holds.
+    fd = os.open(out, _NEW_PRIVATE_FILE, 0o600) if out is not None else None
+    try:
+        database = Database(settings.resolved_database_url)
+        try:
+            database.migrate()
+            info, secret = ApiKeys(database, SystemClock()).create(
+                tenant_id=None, role=Role.PLATFORM_ADMIN, description=args.description
+            )
+        finally:
+            database.dispose()
+        if fd is not None:
+            owned, fd = fd, None  # from here the file object owns (and closes) it
+            with open(owned, "w", encoding="utf-8") as file:
+                file.write(secret + "\n")
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        if out is not None:
+            out.unlink(missing_ok=True)  # the file is ours (O_EXCL) and holds no usable key
+        raise
+    data: dict[str, Any] = {
+        "api_key": {
+            "id": info.id,
+            "tenant_id": None,
+            "role": info.role.value,
+            "description": info.description,
+            "created_at": info.created_at.isoformat(),
+            "revoked_at": None,
+        }
+    }
+    head = f"created platform-admin API key {info.id}"
+    if out is not None:
+        data["secret_file"] = str(out)
+        return Output(data=data, text=f"{head}; its secret is in {out} (mode 0600)")
+    data["secret"] = secret
+    return Output(
+        data=data,
+        text=f"{head}\nsecret (shown only now; the vault keeps only its hash):\n{secret}",
+    )
+
+
+_NEW_PRIVATE_FILE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _apikey_ls(args: argparse.Namespace) -> Output:
