@@ -66,6 +66,7 @@ __all__ = [
     "Role",
     "TOKEN_PREFIX",
     "authorize",
+    "check_description",
     "require_can_create_key",
     "require_tenant_access",
     "valid_key_id",
@@ -134,6 +135,23 @@ class ApiKeyInfo:
     revoked_at: datetime | None
 
 
+def check_description(description: str) -> None:
+    """Refuse a key description that :meth:`ApiKeys.create` would refuse, for callers that
+    must know before they touch anything else.
+
+    Raises:
+        InvalidArgument: longer than 256 characters, or anything but printable characters.
+    """
+    if not (
+        isinstance(description, str)
+        and len(description) <= MAX_DESCRIPTION_LENGTH
+        and description.isprintable()
+    ):
+        raise InvalidArgument(
+            f"a key description is at most {MAX_DESCRIPTION_LENGTH} printable characters"
+        )
+
+
 class ApiKeys:
     """Creates, lists, revokes and authenticates API keys.
 
@@ -168,14 +186,7 @@ class ApiKeys:
             raise InvalidArgument("platform-admin keys belong to no tenant")
         if role is not Role.PLATFORM_ADMIN and tenant_id is None:
             raise InvalidArgument(f"{role} keys need a tenant")
-        if not (
-            isinstance(description, str)
-            and len(description) <= MAX_DESCRIPTION_LENGTH
-            and description.isprintable()
-        ):
-            raise InvalidArgument(
-                f"a key description is at most {MAX_DESCRIPTION_LENGTH} printable characters"
-            )
+        check_description(description)
         if tenant_id is not None:
             _check_tenant_id(tenant_id)
         key_id = secrets.token_hex(_KEY_ID_BYTES)

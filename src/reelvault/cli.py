@@ -327,7 +327,6 @@ def _add_apikey_commands(groups: Groups, common: argparse.ArgumentParser) -> Non
     )
     bootstrap.add_argument(
         "--out",
-        type=Path,
         metavar="FILE",
         help="write the secret to this new file (mode 0600; never overwritten)",
     )
@@ -356,23 +355,28 @@ def _apikey_create(args: argparse.Namespace) -> Output:
 
 def _apikey_bootstrap(args: argparse.Namespace) -> Output:
     # startup time: the catalog is only needed here
-    from reelvault.auth import ApiKeys, Role  # noqa: PLC0415
+    from reelvault.auth import ApiKeys, Role, check_description  # noqa: PLC0415
     from reelvault.catalog import Database  # noqa: PLC0415
     from reelvault.clock import SystemClock  # noqa: PLC0415
 
+    # Everything that can be refused is refused before the catalog is touched (a migration
+    # is not something to run by accident) and before the file exists.
+    check_description(args.description)
     settings = Settings.load(config_file=args.config)
-    out: Path | None = args.out
-    # The file first, so that a taken path fails before a key exists that nobody holds.
+    url = settings.resolved_database_url
+    out: str | None = args.out  # a str: Path() would drop a trailing "/"
+    _check_bootstrap_target(url, out)
     fd = os.open(out, _NEW_PRIVATE_FILE, 0o600) if out is not None else None
+    database: Database | None = None
+    created: str | None = None
     try:
-        database = Database(settings.resolved_database_url)
-        try:
-            database.migrate()
-            info, secret = ApiKeys(database, SystemClock()).create(
-                tenant_id=None, role=Role.PLATFORM_ADMIN, description=args.description
-            )
-        finally:
-            database.dispose()
+        database = Database(url)
+        database.migrate()
+        keys = ApiKeys(database, SystemClock())
+        info, secret = keys.create(
+            tenant_id=None, role=Role.PLATFORM_ADMIN, description=args.description
+        )
+        created = info.id
         if fd is not None:
             owned, fd = fd, None  # from here the file object owns (and closes) it
             with open(owned, "w", encoding="utf-8") as file:
@@ -381,8 +385,15 @@ def _apikey_bootstrap(args: argparse.Namespace) -> Output:
         if fd is not None:
             os.close(fd)
         if out is not None:
-            out.unlink(missing_ok=True)  # the file is ours (O_EXCL) and holds no usable key
+            Path(out).unlink(missing_ok=True)  # ours (O_EXCL), and it holds no usable key
+            if created is not None and database is not None:
+                # the secret is lost with the file: a key nobody holds must not stay valid
+                with contextlib.suppress(errors.ReelvaultError):
+                    keys.revoke(created)
         raise
+    finally:
+        if database is not None:
+            database.dispose()
     data: dict[str, Any] = {
         "api_key": {
             "id": info.id,
@@ -395,7 +406,7 @@ def _apikey_bootstrap(args: argparse.Namespace) -> Output:
     }
     head = f"created platform-admin API key {info.id}"
     if out is not None:
-        data["secret_file"] = str(out)
+        data["secret_file"] = out
         return Output(data=data, text=f"{head}; its secret is in {out} (mode 0600)")
     data["secret"] = secret
     return Output(
@@ -405,6 +416,38 @@ def _apikey_bootstrap(args: argparse.Namespace) -> Output:
 
 
 _NEW_PRIVATE_FILE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _check_bootstrap_target(url: str, out: str | None) -> None:
+    """Refuse a catalog that would not keep the key, and a secret file that is the catalog.
+
+    An in-memory SQLite catalog is gone when the command ends, with the key in it. A new
+    deployment's SQLite file does not exist yet, so ``--out`` naming it (or its journal)
+    would pass the exclusive create, and then be opened as the catalog and overwritten.
+    """
+    from sqlalchemy import make_url  # noqa: PLC0415 - startup time
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # Database() reports it
+    if parsed.get_backend_name() != "sqlite":
+        return
+    name = parsed.database or ""
+    if name in ("", ":memory:") or parsed.query.get("mode") == "memory":
+        raise errors.ConfigurationError(
+            "an in-memory catalog would lose the key; set REELVAULT_DATABASE_URL to the "
+            "service's catalog"
+        )
+    if out is not None:
+        catalog = Path(name).resolve()
+        taken = {catalog, *(catalog.with_name(catalog.name + s) for s in _SQLITE_SIDECARS)}
+        if Path(out).resolve() in taken:
+            raise errors.ConfigurationError("--out names the catalog database itself")
+
+
+_SQLITE_SIDECARS: Final = ("-journal", "-wal", "-shm")
 
 
 def _apikey_ls(args: argparse.Namespace) -> Output:

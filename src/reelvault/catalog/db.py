@@ -30,7 +30,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -63,15 +63,22 @@ class Database:
     def __init__(
         self, url: str | URL = DEFAULT_URL, *, busy_timeout: float = 5.0, echo: bool = False
     ) -> None:
-        self._url = make_url(url)
-        backend = self._url.get_backend_name()
-        if backend == "sqlite":
-            self._engine = _sqlite_engine(self._url, busy_timeout=busy_timeout, echo=echo)
-        elif backend == "postgresql":
-            # pre_ping: replicas outlive database restarts and failovers.
-            self._engine = create_engine(self._url, pool_pre_ping=True, echo=echo)
-        else:
-            raise ConfigurationError(f"unsupported catalog database backend {backend!r}")
+        try:
+            self._url = make_url(url)
+            backend = self._url.get_backend_name()
+            if backend == "sqlite":
+                self._engine = _sqlite_engine(self._url, busy_timeout=busy_timeout, echo=echo)
+            elif backend == "postgresql":
+                # pre_ping: replicas outlive database restarts and failovers.
+                self._engine = create_engine(self._url, pool_pre_ping=True, echo=echo)
+            else:
+                raise ConfigurationError(f"unsupported catalog database backend {backend!r}")
+        except ArgumentError:  # malformed URL, unknown driver (NoSuchModuleError)
+            # the message would quote the URL, password and all
+            raise ConfigurationError(
+                "catalog database URL is malformed or names an unknown driver "
+                "(expected sqlite:///PATH or postgresql+psycopg://...)"
+            ) from None
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(
             self._engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}),
