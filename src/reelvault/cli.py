@@ -117,7 +117,13 @@ def _describe_os_error(exc: OSError) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="reelvault", description="Encrypted vault for video assets."
+        prog="reelvault",
+        description="Encrypted vault for video assets.",
+        epilog=(
+            f"Client commands reach the service at ${ADDR_ENV} with the API key in "
+            f"${TOKEN_ENV}; TLS: $REELVAULT_TLS=1, $REELVAULT_TLS_ROOTS_FILE, and for mutual "
+            "TLS $REELVAULT_TLS_CLIENT_CERT_FILE with $REELVAULT_TLS_CLIENT_KEY_FILE."
+        ),
     )
     parser.add_argument(
         "--json", action="store_true", help="print machine-readable JSON instead of text"

@@ -60,6 +60,10 @@ __all__ = [
     "DownloadStream",
     "MAX_MESSAGE_SIZE",
     "ROLES",
+    "TLS_CLIENT_CERT_ENV",
+    "TLS_CLIENT_KEY_ENV",
+    "TLS_ENV",
+    "TLS_ROOTS_ENV",
     "TOKEN_ENV",
     "Tenant",
     "error_from_rpc",
@@ -68,6 +72,14 @@ __all__ = [
 ADDR_ENV: Final = "REELVAULT_ADDR"
 TOKEN_ENV: Final = "REELVAULT_TOKEN"  # noqa: S105 - the variable's name, not a token
 DEFAULT_ADDR: Final = "127.0.0.1:7400"
+TLS_ENV: Final = "REELVAULT_TLS"
+"""``1``/``true``: TLS with the system's trust roots (implied by the three below)."""
+TLS_ROOTS_ENV: Final = "REELVAULT_TLS_ROOTS_FILE"
+"""PEM CA bundle the client verifies the server with, instead of the system's."""
+TLS_CLIENT_CERT_ENV: Final = "REELVAULT_TLS_CLIENT_CERT_FILE"
+"""PEM certificate chain of the client, for mutual TLS (with the key below)."""
+TLS_CLIENT_KEY_ENV: Final = "REELVAULT_TLS_CLIENT_KEY_FILE"
+"""PEM private key of the client certificate."""
 CHUNK_SIZE: Final = 1 << 20
 """Upload chunk size; the server sends download chunks of at most this size too."""
 MAX_MESSAGE_SIZE: Final = 16 << 20
@@ -181,6 +193,45 @@ def error_from_rpc(exc: grpc.RpcError, *, sent_token: bool = True) -> errors.Ree
 # --- the client ------------------------------------------------------------------------
 
 
+def _tls_from_environment(
+    environ: Mapping[str, str],
+) -> tuple[bool, bytes | None, tuple[bytes, bytes] | None]:
+    """``(tls, root_certificates, client_cert)`` as the ``REELVAULT_TLS*`` variables say."""
+    flag = environ.get(TLS_ENV, "").strip().lower()
+    if flag not in _TRUE | _FALSE:
+        raise errors.ConfigurationError(f"{TLS_ENV} must be 1 or 0 (true or false)")
+    roots_file = environ.get(TLS_ROOTS_ENV) or None
+    cert_file = environ.get(TLS_CLIENT_CERT_ENV) or None
+    key_file = environ.get(TLS_CLIENT_KEY_ENV) or None
+    if (cert_file is None) != (key_file is None):
+        raise errors.ConfigurationError(
+            f"set both {TLS_CLIENT_CERT_ENV} and {TLS_CLIENT_KEY_ENV}, or neither"
+        )
+    roots = _read_pem(roots_file, TLS_ROOTS_ENV) if roots_file else None
+    client_cert = (
+        (_read_pem(cert_file, TLS_CLIENT_CERT_ENV), _read_pem(key_file, TLS_CLIENT_KEY_ENV))
+        if cert_file and key_file
+        else None
+    )
+    return flag in _TRUE, roots, client_cert
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"", "0", "false", "no", "off"})
+
+
+def _read_pem(path: str, variable: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise errors.ConfigurationError(
+            f"{variable}: cannot read {path}: {exc.strerror or exc}"
+        ) from None
+    if b"-----BEGIN " not in data:
+        raise errors.ConfigurationError(f"{variable}: {path} is not a PEM file")
+    return data
+
+
 class Client:
     """One channel to a reelvault server; safe to share between threads.
 
@@ -193,7 +244,13 @@ class Client:
         client_cert: ``(certificate chain PEM, private key PEM)`` for mutual TLS.
         timeout: deadline in seconds of each unary call. Uploads and downloads are not
             limited: they last as long as the data takes.
-        environ: where ``REELVAULT_ADDR`` and ``REELVAULT_TOKEN`` are read (tests).
+        environ: where ``REELVAULT_ADDR``, ``REELVAULT_TOKEN`` and, unless one of the three
+            TLS arguments is given, the ``REELVAULT_TLS*`` variables (:data:`TLS_ENV` and
+            the three after it) are read; the CLI is configured this way.
+
+    Raises:
+        ConfigurationError: a TLS variable is malformed or names a file that cannot be
+            read or is not PEM.
     """
 
     def __init__(
@@ -217,6 +274,8 @@ class Client:
             ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
             ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
         ]
+        if not tls and root_certificates is None and client_cert is None:
+            tls, root_certificates, client_cert = _tls_from_environment(environ)
         if tls or root_certificates is not None or client_cert is not None:
             chain, key = client_cert if client_cert is not None else (None, None)
             credentials = grpc.ssl_channel_credentials(

@@ -17,8 +17,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2
 from rpc_harness import CHANNEL_OPTIONS, ServerThread, Stubs
 
+from reelvault.auth import Role
+from reelvault.client import (
+    TLS_CLIENT_CERT_ENV,
+    TLS_CLIENT_KEY_ENV,
+    TLS_ENV,
+    TLS_ROOTS_ENV,
+    Asset,
+    Client,
+)
 from reelvault.config import Settings
-from reelvault.errors import ConfigurationError
+from reelvault.errors import ConfigurationError, Unavailable
 from reelvault.rpc import create_server
 from reelvault.v1 import asset_pb2
 
@@ -221,3 +230,54 @@ def test_a_port_in_use_is_a_configuration_error(vault, server):
     settings = Settings(grpc_port=server.port)
     with pytest.raises(ConfigurationError, match="REELVAULT_GRPC_PORT"):
         server.run(create_server(vault, settings))
+
+
+# --- the client, configured as the CLI is: by REELVAULT_TLS* variables ------------------
+
+
+@pytest.fixture
+def client_files(pki: Pki, tmp_path: Path) -> dict[str, Path]:
+    files = {"cert": tmp_path / "client.pem", "key": tmp_path / "client.key"}
+    files["cert"].write_bytes(pki.client.cert_pem)
+    files["key"].write_bytes(pki.client.key_pem)
+    return files
+
+
+def _list_with(server: ServerThread, token: str, environ: dict[str, str]) -> list[Asset]:
+    with Client(server.address, token, timeout=10, environ=environ) as client:
+        return list(client.list())
+
+
+def test_the_client_verifies_the_server_with_the_roots_its_environment_names(tls_server, pki, acme):
+    token = acme.tokens[Role.INGEST]
+    assert _list_with(tls_server, token, {TLS_ROOTS_ENV: str(pki.ca_file)}) == []
+    with pytest.raises(Unavailable):  # plaintext to a TLS server
+        _list_with(tls_server, token, {})
+    with pytest.raises(Unavailable):  # the system's roots do not know the test CA
+        _list_with(tls_server, token, {TLS_ENV: "1"})
+
+
+def test_the_client_presents_the_certificate_its_environment_names(
+    mtls_server, pki, acme, client_files
+):
+    token = acme.tokens[Role.INGEST]
+    environ = {
+        TLS_ROOTS_ENV: str(pki.ca_file),
+        TLS_CLIENT_CERT_ENV: str(client_files["cert"]),
+        TLS_CLIENT_KEY_ENV: str(client_files["key"]),
+    }
+    assert _list_with(mtls_server, token, environ) == []
+    with pytest.raises(Unavailable):  # TLS, but no client certificate
+        _list_with(mtls_server, token, {TLS_ROOTS_ENV: str(pki.ca_file)})
+
+
+def test_explicit_tls_arguments_win_over_the_environment(tls_server, pki, acme):
+    broken = {TLS_ROOTS_ENV: "/nonexistent/ca.pem"}
+    with Client(
+        tls_server.address,
+        acme.tokens[Role.INGEST],
+        root_certificates=pki.ca.cert_pem,
+        timeout=10,
+        environ=broken,
+    ) as client:
+        assert list(client.list()) == []
