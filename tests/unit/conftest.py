@@ -1,6 +1,9 @@
-"""Fixtures shared by the unit tests of the asset domain."""
+"""Fixtures shared by unit tests: the asset domain's, and a catalog for the commands that
+open it themselves (``reelvault apikey bootstrap``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +27,20 @@ def assets(database, tenant_keys, store, clock) -> Assets:
 @pytest.fixture
 def tenant(tenant_keys) -> str:
     return tenant_keys.create_tenant("acme").id
+
+
+@pytest.fixture
+def catalog_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """``REELVAULT_DATABASE_URL`` naming a SQLite file in ``tmp_path`` that does not exist
+    yet (the working directory too), with no other setting that could point elsewhere."""
+    for name in ("REELVAULT_DATA_DIR", "REELVAULT_CONFIG", "REELVAULT_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
+    monkeypatch.setenv("REELVAULT_DATABASE_URL", url)
+    monkeypatch.chdir(tmp_path)
+    return url
+
+
+@pytest.fixture
+def catalog_path(catalog_url: str) -> Path:
+    return Path(catalog_url.removeprefix("sqlite:///"))

@@ -16,16 +16,6 @@ from reelvault.clock import SystemClock
 from reelvault.errors import Unauthenticated
 
 
-@pytest.fixture
-def catalog_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    for name in ("REELVAULT_DATA_DIR", "REELVAULT_CONFIG", "REELVAULT_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    url = f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
-    monkeypatch.setenv("REELVAULT_DATABASE_URL", url)
-    monkeypatch.chdir(tmp_path)
-    return url
-
-
 def authenticate(url: str, token: str) -> Role:
     database = Database(url)
     try:
@@ -48,14 +38,14 @@ def test_writes_a_working_platform_admin_secret_to_a_private_file(
 
 
 def test_never_overwrites_a_file_and_makes_no_key_then(
-    catalog_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    catalog_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "admin.token"
     out.write_text("keep me\n")
     assert main(["apikey", "bootstrap", "--out", str(out)]) == 1
     assert "File exists" in capsys.readouterr().err
     assert out.read_text() == "keep me\n"
-    assert not Path(catalog_url.removeprefix("sqlite:///")).exists()  # nothing was created
+    assert not catalog_path.exists()  # nothing was created
 
 
 def test_json_prints_the_secret_once_when_no_file_is_given(

@@ -28,21 +28,6 @@ ERROR_PREFIX = "reelvault: error: "
 
 
 @pytest.fixture
-def catalog_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    for name in ("REELVAULT_DATA_DIR", "REELVAULT_CONFIG", "REELVAULT_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    url = f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
-    monkeypatch.setenv("REELVAULT_DATABASE_URL", url)
-    monkeypatch.chdir(tmp_path)
-    return url
-
-
-@pytest.fixture
-def catalog_path(catalog_url: str) -> Path:
-    return Path(catalog_url.removeprefix("sqlite:///"))
-
-
-@pytest.fixture
 def all_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Every record at every level, so a secret logged at DEBUG anywhere is caught."""
     caplog.set_level(logging.DEBUG)
@@ -382,13 +367,13 @@ def test_a_failed_write_leaves_no_usable_key_behind(
 
 @pytest.mark.parametrize("description", ["", "x" * 256, "ops on-call: café ✓ 東京"])
 def test_descriptions_within_the_limits_are_stored_exactly(
-    catalog_url: str, capsys: pytest.CaptureFixture[str], description: str
+    catalog_path: Path, capsys: pytest.CaptureFixture[str], description: str
 ) -> None:
     """Empty, maximal and non-ASCII printable descriptions are all what ApiKeys accepts;
     the command must not narrow or alter them."""
     data = bootstrap_json("--description", description, capsys=capsys)
     assert data["api_key"]["description"] == description
-    keys = platform_keys(Path(catalog_url.removeprefix("sqlite:///")))
+    keys = platform_keys(catalog_path)
     assert [key.description for key in keys] == [description]
 
 
