@@ -25,7 +25,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
@@ -51,7 +51,7 @@ def stub(channel: Any) -> Any:
 
 async def _serve(store: S3ObjectStore) -> None:
     async def get(key: bytes, context: Any) -> AsyncIterator[bytes]:
-        chunks: Iterator[bytes] = store.open_stream(key.decode())
+        chunks: Generator[bytes, None, None] = store.open_stream(key.decode())
         try:
             while True:
                 chunk = await asyncio.to_thread(next, chunks, None)
@@ -59,7 +59,7 @@ async def _serve(store: S3ObjectStore) -> None:
                     return
                 yield chunk
         finally:
-            await asyncio.to_thread(chunks.close)  # type: ignore[attr-defined]
+            await asyncio.to_thread(chunks.close)
 
     server = grpc.aio.server(
         options=[
