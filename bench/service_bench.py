@@ -27,7 +27,11 @@ the median over the rounds, after one discarded warm-up round (which also verifi
    ``max_in_flight`` at once, which is the request pattern of the vault's own S3 writer
    without the service (``upload_fileobj`` sends file-like bodies instead).
 2. download the same size: ``Client.download`` streamed (chunks discarded) vs boto3
-   ``get_object`` with the body streamed in 1 MiB pieces (discarded).
+   ``get_object`` with the body streamed in 1 MiB pieces (discarded), and vs the raw gRPC
+   relay (``bench/relay.py``, a process of its own started beside the vault) streaming the
+   baseline's plaintext object through a bare ``grpc.aio`` server: what the second hop
+   costs any Python gRPC service here, without the vault's authentication, catalog,
+   decryption and protobuf.
 3. ``--ranges`` 1 MiB ranges at random unaligned offsets of the last uploaded asset:
    ``Client.download(offset=, length=)`` vs a boto3 ranged GET of the same 1 MiB of the
    plaintext object, and a ranged GET of the ciphertext span those bytes live in (the
