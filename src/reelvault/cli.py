@@ -361,6 +361,7 @@ def _apikey_create(args: argparse.Namespace) -> Output:
 
 def _apikey_bootstrap(args: argparse.Namespace) -> Output:
     # startup time: the catalog is only needed here
+    from reelvault._files import create_private  # noqa: PLC0415
     from reelvault.auth import ApiKeys, Role, check_description  # noqa: PLC0415
     from reelvault.catalog import Database  # noqa: PLC0415
     from reelvault.clock import SystemClock  # noqa: PLC0415
@@ -372,7 +373,7 @@ def _apikey_bootstrap(args: argparse.Namespace) -> Output:
     url = settings.resolved_database_url
     out: str | None = args.out  # a str: Path() would drop a trailing "/"
     _check_bootstrap_target(url, out)
-    fd = os.open(out, _NEW_PRIVATE_FILE, 0o600) if out is not None else None
+    fd = create_private(out) if out is not None else None
     database: Database | None = None
     created: str | None = None
     try:
@@ -419,9 +420,6 @@ def _apikey_bootstrap(args: argparse.Namespace) -> Output:
         data=data,
         text=f"{head}\nsecret (shown only now; the vault keeps only its hash):\n{secret}",
     )
-
-
-_NEW_PRIVATE_FILE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _check_bootstrap_target(url: str, out: str | None) -> None:

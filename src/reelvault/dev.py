@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from reelvault import errors
+from reelvault._files import create_private
 from reelvault.app import Vault
 from reelvault.auth import Role
 from reelvault.config import Settings
@@ -54,7 +55,6 @@ GRPC_PORT_ENV: Final = "REELVAULT_GRPC_PORT"
 
 _S3_HOST: Final = "127.0.0.1"
 _CREDENTIALS_FILE: Final = "s3-credentials.json"
-_PRIVATE_FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _TERMINATING_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP)
 _WORKER_THREADS: Final = 64
@@ -301,7 +301,7 @@ def _write_private(path: Path, text: str, *, replace: bool = False) -> None:
     reader never sees half of it; otherwise an existing file is an error."""
     target = path.with_name(f".{path.name}.{secrets.token_hex(4)}") if replace else path
     try:
-        fd = os.open(target, _PRIVATE_FILE_FLAGS, 0o600)
+        fd = create_private(target)
     except FileExistsError:
         raise errors.ConfigurationError(
             f"{path} appeared while starting; is another reelvault dev running?"

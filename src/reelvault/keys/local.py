@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Final, TypeGuard
 
 from reelvault import errors
+from reelvault._files import create_private
 from reelvault.clock import Clock, SystemClock
 from reelvault.crypto._primitives import (
     KEY_LEN,
@@ -97,7 +98,6 @@ _AAD_LABEL: Final = b"reelvault/local-keyring/wrap\x00"
 # A keyring holds a few dozen versions at most; anything this large is not a keyring.
 _MAX_FILE_SIZE: Final = 1 << 20
 
-_CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO planted at the path must not hang; it is then refused as
 # "not a regular file". It changes nothing for regular files.
 _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -270,7 +270,7 @@ def init_keyring(path: PathArg, *, clock: Clock = _SYSTEM_CLOCK) -> KeyringInfo:
     )
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, _CREATE_FLAGS, 0o600)
+        fd = create_private(path)
     except FileExistsError:
         raise errors.AlreadyExists(
             f"keyring file {path} already exists; refusing to overwrite it "
@@ -296,7 +296,7 @@ def rotate_keyring(path: PathArg, *, clock: Clock = _SYSTEM_CLOCK) -> KeyringInf
     path = Path(path)
     staging = path.with_name(path.name + ".new")
     try:
-        fd = os.open(staging, _CREATE_FLAGS, 0o600)
+        fd = create_private(staging)
     except FileExistsError:
         raise errors.ConfigurationError(
             f"{staging} exists: another rotation is running or one was interrupted; "
