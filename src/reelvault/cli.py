@@ -42,6 +42,7 @@ from reelvault.client import ADDR_ENV, ROLES, TOKEN_ENV, ApiKey, Asset, Client, 
 from reelvault.config import CONFIG_FILE_ENV, Settings
 
 if TYPE_CHECKING:
+    from reelvault.auth import ApiKeyInfo
     from reelvault.keys.local import KeyringInfo
 
 __all__ = [
@@ -401,16 +402,7 @@ def _apikey_bootstrap(args: argparse.Namespace) -> Output:
     finally:
         if database is not None:
             database.dispose()
-    data: dict[str, Any] = {
-        "api_key": {
-            "id": info.id,
-            "tenant_id": None,
-            "role": info.role.value,
-            "description": info.description,
-            "created_at": info.created_at.isoformat(),
-            "revoked_at": None,
-        }
-    }
+    data: dict[str, Any] = {"api_key": _api_key_data(info)}
     head = f"created platform-admin API key {info.id}"
     if out is not None:
         data["secret_file"] = out
@@ -479,11 +471,11 @@ def _apikey_revoke(args: argparse.Namespace) -> Output:
     return Output(data=_api_key_data(key), text=f"revoked API key {key.id}")
 
 
-def _api_key_data(key: ApiKey) -> dict[str, Any]:
+def _api_key_data(key: ApiKey | ApiKeyInfo) -> dict[str, Any]:
     return {
         "id": key.id,
         "tenant_id": key.tenant_id,
-        "role": key.role,
+        "role": str(key.role),  # a Role from the catalog, already a str from the service
         "description": key.description,
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
