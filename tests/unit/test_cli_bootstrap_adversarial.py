@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from reelvault import cli
 from reelvault.auth import PERMISSIONS, ApiKeyInfo, ApiKeys, Principal, Role, authorize
 from reelvault.catalog import Database
+from reelvault.cli import apikey as apikey_commands
 from reelvault.cli import main
 from reelvault.clock import SystemClock
 from reelvault.errors import PermissionDenied, Unauthenticated
@@ -352,7 +352,7 @@ def test_a_failed_write_leaves_no_usable_key_behind(
     def full_disk_open(*args: Any, **kwargs: Any) -> _FullDisk:
         return _FullDisk(open(*args, **kwargs))  # _FullDisk closes it
 
-    monkeypatch.setattr(cli, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(apikey_commands, "open", full_disk_open, raising=False)
     out = tmp_path / "admin.token"
     assert main(["apikey", "bootstrap", "--out", str(out)]) == 1
     err = capsys.readouterr().err
