@@ -1,9 +1,10 @@
 """The only module in reelvault that imports ``cryptography.hazmat``.
 
 Everything above this layer works with named operations (seal a frame, derive a content
-key, wrap a key) rather than raw primitives, so the set of algorithms in use can be read
-off this file: AES-256-GCM, HKDF-SHA512, Ed25519 (later: signatures), and the OS CSPRNG.
-There is deliberately no way to choose another algorithm.
+key, wrap a key, sign a checkpoint) rather than raw primitives, so the set of algorithms in
+use can be read off this file: AES-256-GCM, HKDF-SHA512, Ed25519 (RFC 8032, for the audit
+log's signed checkpoints), and the OS CSPRNG. There is deliberately no way to choose another
+algorithm.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import hmac
 import os
 from collections.abc import Callable
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -22,8 +24,14 @@ __all__ = [
     "AuthenticationFailed",
     "KEY_LEN",
     "NONCE_LEN",
+    "ED25519_KEY_LEN",
+    "ED25519_SIGNATURE_LEN",
     "TAG_LEN",
     "constant_time_equal",
+    "ed25519_generate",
+    "ed25519_public_key",
+    "ed25519_sign",
+    "ed25519_verify",
     "hkdf_sha512",
     "random_bytes",
 ]
@@ -31,6 +39,8 @@ __all__ = [
 KEY_LEN = 32
 NONCE_LEN = 12
 TAG_LEN = 16
+ED25519_KEY_LEN = 32
+ED25519_SIGNATURE_LEN = 64
 
 Buffer = bytes | bytearray | memoryview
 
@@ -99,3 +109,49 @@ def random_bytes(n: int) -> bytes:
 def constant_time_equal(a: bytes, b: bytes) -> bool:
     """Compare secrets (tags, commitment values, key hashes) without a timing side channel."""
     return hmac.compare_digest(a, b)
+
+
+def ed25519_generate() -> tuple[bytes, bytes]:
+    """A new Ed25519 key pair as raw bytes: (32-byte private seed, 32-byte public key).
+
+    Raw bytes rather than key objects, so that callers can store and name keys without
+    importing ``cryptography``; the seed is the RFC 8032 private key, from which the
+    public key follows.
+    """
+    private = Ed25519PrivateKey.generate()
+    return private.private_bytes_raw(), private.public_key().public_bytes_raw()
+
+
+def ed25519_public_key(private_raw: bytes) -> bytes:
+    """The 32-byte public key of a 32-byte Ed25519 private seed.
+
+    Signers need it to compute a key id, and storing it beside the seed would be a second
+    copy that could disagree.
+    """
+    if len(private_raw) != ED25519_KEY_LEN:
+        raise ValueError("an Ed25519 private key is a 32-byte seed")
+    return Ed25519PrivateKey.from_private_bytes(private_raw).public_key().public_bytes_raw()
+
+
+def ed25519_sign(private_raw: bytes, message: bytes) -> bytes:
+    """The 64-byte RFC 8032 signature of ``message``; deterministic, so known answers hold."""
+    if len(private_raw) != ED25519_KEY_LEN:
+        raise ValueError("an Ed25519 private key is a 32-byte seed")
+    return Ed25519PrivateKey.from_private_bytes(private_raw).sign(message)
+
+
+def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature of ``message`` under ``public_raw``.
+
+    Returns False, never raises, for anything that does not verify, including a public key
+    or signature of the wrong length or a key that is not a curve point: the key and the
+    signature usually come from the outside (a verifier key string, a note), and every way
+    they can be wrong means the same thing to the caller.
+    """
+    if len(public_raw) != ED25519_KEY_LEN or len(signature) != ED25519_SIGNATURE_LEN:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

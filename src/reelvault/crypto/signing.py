@@ -1,0 +1,12 @@
+"""Ed25519 signatures, for code above the crypto package (audit checkpoints, and later
+distribution tokens). Thin names over :mod:`reelvault.crypto._primitives`, which stays the
+only module importing ``cryptography.hazmat``."""
+
+from reelvault.crypto._primitives import (
+    ed25519_generate,
+    ed25519_public_key,
+    ed25519_sign,
+    ed25519_verify,
+)
+
+__all__ = ["ed25519_generate", "ed25519_public_key", "ed25519_sign", "ed25519_verify"]
