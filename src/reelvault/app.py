@@ -2,9 +2,10 @@
 
 :class:`Vault` holds one of each domain component, wired together: the catalog database,
 the tenant keys (over a root key provider), the API keys, the object store and the assets.
-The transport edges (the gRPC server, later the HTTP origin) take a ``Vault`` and nothing
-else, so a test builds the same graph from fakes with :meth:`Vault.from_parts` and exercises
-the real servicers and interceptors over it.
+Every access is recorded through the one :class:`~reelvault.audit.Auditor`, which each
+domain component is given. The transport edges (the gRPC server, later the HTTP origin)
+take a ``Vault`` and nothing else, so a test builds the same graph from fakes with
+:meth:`Vault.from_parts` and exercises the real servicers and interceptors over it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
 from reelvault.assets import Assets
+from reelvault.audit import AuditLog, Auditor, AuditReader, AuditSink
 from reelvault.auth import ApiKeys
 from reelvault.catalog import Database
 from reelvault.clock import Clock, SystemClock
@@ -39,6 +41,9 @@ class Vault:
     store: ObjectStore
     assets: Assets
     clock: Clock
+    auditor: Auditor
+    audit_log: AuditLog
+    audit: AuditReader
 
     @classmethod
     def from_parts(
@@ -49,16 +54,31 @@ class Vault:
         store: ObjectStore,
         clock: Clock,
         key_cache_ttl: float = 60.0,
+        audit_sink: AuditSink | None = None,
+        audit_origin: str = "reelvault.local/audit",
+        audit_key_name: str = "reelvault-audit",
     ) -> Self:
-        """Wire the domain over given parts (tests: fakes). The database must be migrated."""
-        tenant_keys = TenantKeys(database, root, clock, cache_ttl=key_cache_ttl)
+        """Wire the domain over given parts (tests: fakes). The database must be migrated.
+
+        Args:
+            audit_sink: where audit events go; the catalog's audit log by default (a
+                benchmark swaps in a no-op to measure what auditing costs).
+        """
+        audit_log = AuditLog(
+            database, root, clock, origin_prefix=audit_origin, key_name=audit_key_name
+        )
+        auditor = Auditor(audit_log if audit_sink is None else audit_sink, clock)
+        tenant_keys = TenantKeys(database, root, clock, cache_ttl=key_cache_ttl, auditor=auditor)
         return cls(
             database=database,
             tenant_keys=tenant_keys,
-            api_keys=ApiKeys(database, clock),
+            api_keys=ApiKeys(database, clock, auditor=auditor),
             store=store,
-            assets=Assets(database, tenant_keys, store, clock),
+            assets=Assets(database, tenant_keys, store, clock, auditor=auditor),
             clock=clock,
+            auditor=auditor,
+            audit_log=audit_log,
+            audit=AuditReader(database, audit_log, auditor),
         )
 
     @classmethod
@@ -88,6 +108,8 @@ class Vault:
                 ),
                 clock=SystemClock(),
                 key_cache_ttl=settings.key_cache_ttl,
+                audit_origin=settings.audit_origin,
+                audit_key_name=settings.audit_key_name,
             )
         except BaseException:
             database.dispose()

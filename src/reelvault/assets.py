@@ -39,6 +39,7 @@ from typing import Final
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
+from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import Database
 from reelvault.catalog.tables import AssetRow, UploadRow
 from reelvault.clock import Clock
@@ -208,6 +209,9 @@ class Assets:
         tenant_keys: KEK versions; the active one seals new assets.
         store: object storage (untrusted: ciphertext only, opaque keys).
         clock: time source for timestamps and garbage collection.
+        auditor: records every access; each read or write is recorded, durably, before
+            its first byte is released or its asset committed (None: nothing recorded,
+            for unit tests of other behaviour; ``Vault`` always passes one).
         frame_length: F for new assets; reelvault writes 64 KiB.
     """
 
@@ -218,12 +222,14 @@ class Assets:
         store: ObjectStore,
         clock: Clock,
         *,
+        auditor: Auditor | None = None,
         frame_length: int = DEFAULT_FRAME_LENGTH,
     ) -> None:
         self._db = database
         self._keys = tenant_keys
         self._store = store
         self._clock = clock
+        self._audit = auditor if auditor is not None else Auditor(NullAuditSink(), clock)
         self._frame_length = frame_length
 
     def _now(self) -> datetime:
@@ -239,6 +245,7 @@ class Assets:
             AlreadyExists: the tenant has an asset at this path.
             KeyUnavailable: the tenant has no active KEK version.
         """
+        self._audit.note(tenant_id=tenant_id)
         spec = _check_spec(spec)
         with self._db.transaction(readonly=True) as session:
             taken = session.scalar(
@@ -296,6 +303,12 @@ class Assets:
                 active,
             )
             key_slot, kek_version = slot.serialize(), active.version
+        # Recorded before the commit: an asset nobody can see was written unaudited.
+        self._audit.note(
+            resource=Resource("asset", upload.asset_id, upload.spec.path, 0, size),
+            kek_version=kek_version,
+        )
+        self._audit.release()
         row = AssetRow(
             id=upload.asset_id,
             tenant_id=upload.tenant_id,
@@ -323,6 +336,7 @@ class Assets:
     # --- reads ---------------------------------------------------------------------------
 
     def _row(self, tenant_id: str, asset_id: str) -> AssetRow:
+        self._audit.note(tenant_id=tenant_id)
         check_asset_id(asset_id)
         with self._db.transaction(readonly=True) as session:
             row = session.scalar(
@@ -332,15 +346,19 @@ class Assets:
                 # Another tenant's asset and a missing one are the same answer.
                 raise NotFound("asset not found")
             session.expunge(row)
+        self._audit.note(resource=Resource("asset", row.id, row.path))
         return row
 
     def stat(self, tenant_id: str, asset_id: str) -> AssetInfo:
-        return _info(self._row(tenant_id, asset_id))
+        info = _info(self._row(tenant_id, asset_id))
+        self._audit.release()
+        return info
 
     def list(
         self, tenant_id: str, *, prefix: str = "", page_size: int = 0, page_token: str = ""
     ) -> tuple[list[AssetInfo], str]:
         """One page of the tenant's assets in path order, and the next page's token."""
+        self._audit.note(tenant_id=tenant_id, resource=Resource("asset-list", None, prefix or None))
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page size must be 0 to {MAX_PAGE_SIZE}")
         size = page_size or DEFAULT_PAGE_SIZE
@@ -362,6 +380,7 @@ class Assets:
             rows = list(session.scalars(query))
             infos = [_info(row) for row in rows[:size]]
         token = _encode_token(infos[-1].path, prefix) if len(rows) > size else ""
+        self._audit.release()
         return infos, token
 
     def open_download(
@@ -411,6 +430,11 @@ class Assets:
             size_is_trusted=True,  # the catalog recorded the size when the upload committed
         )
         frames = reader.stream_range(start, count, stream_at)
+        # Everything is checked: the read is recorded, durably, before any byte leaves.
+        self._audit.note(
+            resource=Resource("asset", row.id, row.path, start, count), kek_version=row.kek_version
+        )
+        self._audit.release()
         return Download(_info(row), start, count, frames)
 
     @staticmethod
@@ -470,7 +494,18 @@ class Assets:
     def delete(self, tenant_id: str, asset_id: str) -> None:
         """Delete the asset: its row at once, then its stored object and every version of
         it. Idempotent. If storage fails after the row is gone, ``gc`` finishes the job."""
+        self._audit.note(tenant_id=tenant_id)
         check_asset_id(asset_id)
+        with self._db.transaction(readonly=True) as session:
+            path = session.scalar(
+                select(AssetRow.path).where(
+                    AssetRow.id == asset_id, AssetRow.tenant_id == tenant_id
+                )
+            )
+        self._audit.note(resource=Resource("asset", asset_id, path))
+        # Recorded before the delete commits: a deletion is never unaudited. (Not inside
+        # the write transaction: on SQLite the audit commit needs the same write lock.)
+        self._audit.release()
         with self._db.transaction() as session:
             row = session.scalar(
                 select(AssetRow).where(AssetRow.id == asset_id, AssetRow.tenant_id == tenant_id)
@@ -510,7 +545,17 @@ class Assets:
             if self._is_orphan(key):
                 self._store.delete(key)
                 deleted += 1
-        return GcReport(len(stale), aborted, deleted)
+        report = GcReport(len(stale), aborted, deleted)
+        self._audit.record(
+            "asset.gc",
+            tenant_id=None,
+            detail={
+                "stale_uploads": report.stale_uploads,
+                "aborted_multipart_uploads": report.aborted_multipart_uploads,
+                "deleted_objects": report.deleted_objects,
+            },
+        )
+        return report
 
     def _has_upload_row(self, key: str) -> bool:
         with self._db.transaction(readonly=True) as session:

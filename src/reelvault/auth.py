@@ -22,11 +22,14 @@ oracle for which key ids exist or which are revoked. Hashes are compared in cons
 and a lookup that finds no key still compares against a dummy hash, so the work done does
 not depend on whether the id exists either.
 
-Each key is bound to one role, and to one tenant unless the role is ``platform-admin``.
-What each role may call is :data:`PERMISSIONS`, keyed by full gRPC method name; a method
-missing from it is denied to everyone. Tenant scope is the caller's job at the transport
-edge, through :func:`require_tenant_access` and :func:`require_can_create_key`: another
-tenant's resources look missing (``NotFound``), as everywhere in reelvault.
+Each key is bound to one role, and to one tenant unless the role is a platform role
+(``platform-admin``, ``platform-auditor``). What each role may do is :data:`PERMISSIONS`,
+keyed by domain :class:`Action`, not by transport: each edge maps its methods or routes to
+actions (the gRPC edge in ``reelvault.rpc.actions``), so the gRPC service and the HTTP
+origin are authorized by one table. An action missing from it is denied to everyone.
+Tenant scope is the caller's job at the transport edge, through
+:func:`require_tenant_access` and :func:`require_can_create_key`: another tenant's
+resources look missing (``NotFound``), as everywhere in reelvault.
 
 The platform admin creates tenants and manages keys, and deliberately cannot read, write
 or list any tenant's assets: running the platform must not imply access to customers'
@@ -52,16 +55,19 @@ from typing import Final
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
+from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import ApiKeyRow, Database, TenantRepository
 from reelvault.clock import Clock
 from reelvault.crypto.names import valid_tenant_id
 from reelvault.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 __all__ = [
+    "Action",
     "ApiKeyInfo",
     "ApiKeys",
     "MAX_DESCRIPTION_LENGTH",
     "PERMISSIONS",
+    "PLATFORM_ROLES",
     "Principal",
     "Role",
     "TOKEN_PREFIX",
@@ -99,6 +105,7 @@ class Role(StrEnum):
     DISTRIBUTOR = "distributor"
     AUDITOR = "auditor"
     PRIVACY = "privacy"
+    PLATFORM_AUDITOR = "platform-auditor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +123,11 @@ class Principal:
     @property
     def is_platform_admin(self) -> bool:
         return self.role is Role.PLATFORM_ADMIN
+
+    @property
+    def is_platform(self) -> bool:
+        """Bound to the platform (admin or auditor), not to one tenant."""
+        return self.tenant_id is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +175,10 @@ class ApiKeys:
     so it takes effect on every replica with the commit. Safe to share between threads.
     """
 
-    def __init__(self, database: Database, clock: Clock) -> None:
+    def __init__(self, database: Database, clock: Clock, *, auditor: Auditor | None = None) -> None:
         self._db = database
         self._clock = clock
+        self._audit = auditor if auditor is not None else Auditor(NullAuditSink(), clock)
 
     def create(
         self, *, tenant_id: str | None, role: Role, description: str = ""
@@ -182,13 +195,14 @@ class ApiKeys:
             role = Role(role)
         except ValueError:
             raise InvalidArgument("unknown role") from None
-        if role is Role.PLATFORM_ADMIN and tenant_id is not None:
-            raise InvalidArgument("platform-admin keys belong to no tenant")
-        if role is not Role.PLATFORM_ADMIN and tenant_id is None:
+        if role in PLATFORM_ROLES and tenant_id is not None:
+            raise InvalidArgument(f"{role} keys belong to no tenant")
+        if role not in PLATFORM_ROLES and tenant_id is None:
             raise InvalidArgument(f"{role} keys need a tenant")
         check_description(description)
         if tenant_id is not None:
             _check_tenant_id(tenant_id)
+        self._audit.note(tenant_id=tenant_id)
         key_id = secrets.token_hex(_KEY_ID_BYTES)
         secret = _encode_secret(secrets.token_bytes(_SECRET_BYTES))
         with self._db.transaction() as session:
@@ -205,18 +219,22 @@ class ApiKeys:
             session.add(row)
             session.flush()
             info = _info(row)
+        self._audit.note(resource=Resource("apikey", key_id))
         return info, f"{TOKEN_PREFIX}{key_id}_{secret}"
 
     def get(self, key_id: str) -> ApiKeyInfo:
         """Raises NotFound for an unknown key."""
         with self._db.transaction(readonly=True) as session:
-            return _info(_key_row(session, key_id))
+            info = _info(_key_row(session, key_id))
+        self._audit.note(tenant_id=info.tenant_id, resource=Resource("apikey", key_id))
+        return info
 
     def list(self, tenant_id: str | None) -> builtins.list[ApiKeyInfo]:
         """A tenant's keys (None: the platform-admin keys), revoked ones included, oldest
         first. Raises NotFound for an unknown tenant."""
         if tenant_id is not None:
             _check_tenant_id(tenant_id)
+        self._audit.note(tenant_id=tenant_id)
         with self._db.transaction(readonly=True) as session:
             scope: ColumnElement[bool]
             if tenant_id is None:
@@ -271,54 +289,81 @@ class ApiKeys:
 
 # -- authorization -------------------------------------------------------------------
 
-_TENANT_ROLES: Final = frozenset(Role) - {Role.PLATFORM_ADMIN}
+
+class Action(StrEnum):
+    """What a caller asks to do, whatever the transport: authorization and the audit log
+    speak these, and each edge maps its own methods or routes to one of them (the gRPC
+    edge: ``reelvault.rpc.actions.METHOD_ACTIONS``)."""
+
+    TENANT_CREATE = "tenant.create"
+    TENANT_READ = "tenant.read"
+    TENANT_LIST = "tenant.list"
+    APIKEY_CREATE = "apikey.create"
+    APIKEY_LIST = "apikey.list"
+    APIKEY_REVOKE = "apikey.revoke"
+    ASSET_WRITE = "asset.write"
+    ASSET_READ = "asset.read"
+    ASSET_STAT = "asset.stat"
+    ASSET_LIST = "asset.list"
+    ASSET_DELETE = "asset.delete"
+    AUDIT_READ = "audit.read"
+    AUDIT_POLICY = "audit.policy"
+
+
+PLATFORM_ROLES: Final = frozenset({Role.PLATFORM_ADMIN, Role.PLATFORM_AUDITOR})
+"""Roles bound to the platform rather than to one tenant."""
+
+_TENANT_ROLES: Final = frozenset(Role) - PLATFORM_ROLES
 _ASSET_WRITERS: Final = frozenset({Role.ADMIN, Role.INGEST})
 _ASSET_READERS: Final = _ASSET_WRITERS | {Role.RENDERER}
 _ASSET_METADATA_READERS: Final = _ASSET_READERS | {Role.DISTRIBUTOR}
 _KEY_MANAGERS: Final = frozenset({Role.PLATFORM_ADMIN, Role.ADMIN})
 _PLATFORM: Final = frozenset({Role.PLATFORM_ADMIN})
+_AUDITORS: Final = frozenset({Role.AUDITOR, Role.PLATFORM_AUDITOR})
 
-PERMISSIONS: Final[Mapping[str, frozenset[Role]]] = MappingProxyType(
+PERMISSIONS: Final[Mapping[Action, frozenset[Role]]] = MappingProxyType(
     {
-        "/reelvault.v1.TenantService/CreateTenant": _PLATFORM,
+        Action.TENANT_CREATE: _PLATFORM,
         # Tenant roles: their own tenant only (require_tenant_access).
-        "/reelvault.v1.TenantService/GetTenant": _PLATFORM | _TENANT_ROLES,
-        "/reelvault.v1.TenantService/ListTenants": _PLATFORM,
-        # Tenant admins: their own tenant's keys only, never platform-admin keys.
-        "/reelvault.v1.ApiKeyService/CreateApiKey": _KEY_MANAGERS,
-        "/reelvault.v1.ApiKeyService/ListApiKeys": _KEY_MANAGERS,
-        "/reelvault.v1.ApiKeyService/RevokeApiKey": _KEY_MANAGERS,
+        Action.TENANT_READ: _PLATFORM | _TENANT_ROLES,
+        Action.TENANT_LIST: _PLATFORM,
+        # Tenant admins: their own tenant's keys only, never platform keys.
+        Action.APIKEY_CREATE: _KEY_MANAGERS,
+        Action.APIKEY_LIST: _KEY_MANAGERS,
+        Action.APIKEY_REVOKE: _KEY_MANAGERS,
         # No platform admin here: separation of duties (module docstring).
-        "/reelvault.v1.AssetService/Upload": _ASSET_WRITERS,
-        "/reelvault.v1.AssetService/Download": _ASSET_READERS,
-        "/reelvault.v1.AssetService/StatAsset": _ASSET_METADATA_READERS,
-        "/reelvault.v1.AssetService/ListAssets": _ASSET_METADATA_READERS,
-        "/reelvault.v1.AssetService/DeleteAsset": _ASSET_WRITERS,
+        Action.ASSET_WRITE: _ASSET_WRITERS,
+        Action.ASSET_READ: _ASSET_READERS,
+        Action.ASSET_STAT: _ASSET_METADATA_READERS,
+        Action.ASSET_LIST: _ASSET_METADATA_READERS,
+        Action.ASSET_DELETE: _ASSET_WRITERS,
+        # Auditors read the log and nothing else; nobody else reads the log.
+        Action.AUDIT_READ: _AUDITORS,
+        Action.AUDIT_POLICY: _KEY_MANAGERS,
     }
 )
-"""Full gRPC method name -> the roles that may call it. Absent methods are denied to all.
+"""Action -> the roles that may do it. An action missing here is denied to all.
 docs/api.md shows this table; a test keeps the two equal."""
 
 
-def authorize(principal: Principal, method: str) -> None:
-    """Raises PermissionDenied unless the principal's role may call ``method`` (a full gRPC
-    method name such as ``/reelvault.v1.AssetService/Upload``); unknown methods included."""
-    if principal.role not in PERMISSIONS.get(method, frozenset()):
-        # The method name comes from the client: not echoed back.
-        raise PermissionDenied(f"the {principal.role} role may not call this method")
+def authorize(principal: Principal, action: Action) -> None:
+    """Raises PermissionDenied unless the principal's role may do ``action``."""
+    if principal.role not in PERMISSIONS.get(action, frozenset()):
+        raise PermissionDenied(f"the {principal.role} role may not do {action}")
 
 
 def require_tenant_access(principal: Principal, tenant_id: str | None) -> None:
     """Check that the principal may act within ``tenant_id`` (None: the platform scope,
     that is platform-admin keys).
 
-    Platform admins may act anywhere; everyone else only within their own tenant.
+    Platform keys (admin, auditor) may act anywhere, within what :data:`PERMISSIONS`
+    lets their role do at all; everyone else only within their own tenant.
 
     Raises:
         NotFound: anything else, so another tenant (or a platform key) is
             indistinguishable from one that does not exist.
     """
-    if not principal.is_platform_admin and tenant_id != principal.tenant_id:
+    if not principal.is_platform and tenant_id != principal.tenant_id:
         raise NotFound("not found")
 
 
@@ -333,8 +378,8 @@ def require_can_create_key(principal: Principal, *, tenant_id: str | None, role:
         PermissionDenied: a platform-admin key requested by anyone but a platform admin.
         NotFound: another tenant (see :func:`require_tenant_access`).
     """
-    if role is Role.PLATFORM_ADMIN and not principal.is_platform_admin:
-        raise PermissionDenied("only platform admins create platform-admin keys")
+    if role in PLATFORM_ROLES and not principal.is_platform_admin:
+        raise PermissionDenied("only platform admins create platform keys")
     require_tenant_access(principal, tenant_id)
 
 

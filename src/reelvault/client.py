@@ -93,6 +93,7 @@ ROLES: Final = (
     "distributor",
     "auditor",
     "privacy",
+    "platform-auditor",
 )
 """Role names, as ``reelvault.auth.Role`` spells them (that enum's members are these strings)."""
 

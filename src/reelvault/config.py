@@ -264,6 +264,24 @@ class Settings:
         default=60.0,
         metadata=_meta("seconds an unwrapped tenant KEK stays cached (0 disables)", _seconds),
     )
+    audit_origin: str = field(
+        default="reelvault.local/audit",
+        metadata=_meta(
+            "origin prefix of signed audit checkpoints (a log's origin is PREFIX/<log id>)", _text
+        ),
+    )
+    audit_key_name: str = field(
+        default="reelvault-audit",
+        metadata=_meta("name of the audit checkpoint signing key in signed notes", _text),
+    )
+    audit_integrate_interval: float = field(
+        default=0.5,
+        metadata=_meta("seconds between audit sequencer rounds (integration lag)", _seconds),
+    )
+    audit_checkpoint_interval: float = field(
+        default=60.0,
+        metadata=_meta("seconds between signed checkpoints of a log that grew", _seconds),
+    )
     shutdown_grace: float = field(
         default=30.0,
         metadata=_meta("seconds in-flight calls may take to finish after SIGTERM/SIGINT", _seconds),

@@ -24,14 +24,17 @@ from typing import Final
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
     text,
@@ -42,6 +45,11 @@ __all__ = [
     "API_KEY_ROLES",
     "ApiKeyRow",
     "AssetRow",
+    "AuditCheckpointRow",
+    "AuditEventRow",
+    "AuditNodeRow",
+    "AuditSigningKeyRow",
+    "AuditTreeRow",
     "Base",
     "KEK_STATES",
     "NAMING_CONVENTION",
@@ -112,6 +120,10 @@ class TenantRow(Base):
     min_decryption_version: Mapped[int] = mapped_column(
         BigInteger, default=1, server_default=text("1")
     )
+    # Audit event bodies older than this are purged (leaf hashes stay); NULL keeps them.
+    audit_retention_days: Mapped[int | None] = mapped_column(Integer)
+    # A legal hold blocks every purge of the tenant's audit log.
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 _STATE_IN = "state IN ({})".format(", ".join(f"'{state}'" for state in KEK_STATES))
@@ -165,17 +177,19 @@ API_KEY_ROLES: Final = (
     "distributor",
     "auditor",
     "privacy",
+    "platform-auditor",
 )
 """Stored values of ``api_keys.role``; ``auth.Role`` mirrors them (spelled out for the same
 reason as :data:`KEK_STATES`)."""
 
+_PLATFORM_ROLES = "'platform-admin', 'platform-auditor'"
 _ROLE_IN = "role IN ({})".format(", ".join(f"'{role}'" for role in API_KEY_ROLES))
 
 
 class ApiKeyRow(Base):
     """One bearer API key. Only the SHA-256 of its secret is stored (see ``auth``).
 
-    A platform-admin key belongs to no tenant and every other key to exactly one; the
+    A platform key (admin, auditor) belongs to no tenant and every other key to exactly one; the
     ``tenant_scope`` CHECK keeps a tenant key from being turned into a platform key (or the
     reverse) by a stray UPDATE.
     """
@@ -184,8 +198,8 @@ class ApiKeyRow(Base):
     __table_args__ = (
         CheckConstraint(_ROLE_IN, name="role"),
         CheckConstraint(
-            "(role = 'platform-admin' AND tenant_id IS NULL)"
-            " OR (role <> 'platform-admin' AND tenant_id IS NOT NULL)",
+            f"(role IN ({_PLATFORM_ROLES}) AND tenant_id IS NULL)"
+            f" OR (role NOT IN ({_PLATFORM_ROLES}) AND tenant_id IS NOT NULL)",
             name="tenant_scope",
         ),
         CheckConstraint("length(secret_hash) = 32", name="secret_hash_length"),
@@ -240,3 +254,95 @@ class UploadRow(Base):
     tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"))
     asset_id: Mapped[str] = mapped_column(String(32))
     started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# -- the access audit log (reelvault.audit; docs/audit.md) ----------------------------
+
+_AUDIT_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite: the rowid itself
+
+
+class AuditEventRow(Base):
+    """One durable audit event. ``seq`` and ``leaf_hash`` are NULL until the sequencer
+    integrates the event into its log's Merkle tree; ``body`` is the rendered OCSF JSON,
+    replaced at integration by the sealed leaf bytes, and NULL once purged (the leaf hash
+    stays in ``audit_nodes``, so proofs keep verifying). The other columns copy fields
+    of the body for filtering."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        UniqueConstraint("log_id", "seq"),
+        Index("ix_audit_events_log_id_time_us_id", "log_id", "time_us", "id"),
+        Index("ix_audit_events_log_id_actor_key_id_time_us", "log_id", "actor_key_id", "time_us"),
+        Index("ix_audit_events_log_id_resource_id_time_us", "log_id", "resource_id", "time_us"),
+        Index(
+            "ix_audit_events_pending",
+            "log_id",
+            "id",
+            sqlite_where=text("seq IS NULL"),
+            postgresql_where=text("seq IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(_AUDIT_ID, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(32), unique=True)
+    log_id: Mapped[str] = mapped_column(String(32))
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    time_us: Mapped[int] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(48))
+    outcome: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(128))
+    actor_key_id: Mapped[str | None] = mapped_column(String(16))
+    resource_type: Mapped[str | None] = mapped_column(String(16))
+    resource_id: Mapped[str | None] = mapped_column(String(64))
+    body: Mapped[str | None] = mapped_column(Text)
+    leaf_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+
+
+class AuditTreeRow(Base):
+    """The integrated state of one log: its size, root, and the last leaf's hash (which
+    the next leaf records, see ``audit.events.seal_record``). Locked by the sequencer."""
+
+    __tablename__ = "audit_trees"
+
+    log_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    last_leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AuditNodeRow(Base):
+    """The hash of a complete, aligned subtree: leaves [index * 2^level, (index+1) * 2^level)."""
+
+    __tablename__ = "audit_nodes"
+
+    log_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditCheckpointRow(Base):
+    """A signed checkpoint (C2SP signed note) of one log at one size."""
+
+    __tablename__ = "audit_checkpoints"
+
+    log_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AuditSigningKeyRow(Base):
+    """The Ed25519 key that signs checkpoints; its private half wrapped by the root key
+    provider (32 random bytes from ``generate_key`` are the Ed25519 seed)."""
+
+    __tablename__ = "audit_signing_keys"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    root_key_id: Mapped[str] = mapped_column(String(512))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())

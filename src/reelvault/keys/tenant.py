@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
+from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import Database, TenantKeyVersionRow, TenantRepository, TenantRow
 from reelvault.clock import Clock
 from reelvault.crypto.names import (
@@ -199,7 +200,13 @@ class TenantKeys:
     """
 
     def __init__(
-        self, database: Database, root: RootKeyProvider, clock: Clock, cache_ttl: float = 60.0
+        self,
+        database: Database,
+        root: RootKeyProvider,
+        clock: Clock,
+        cache_ttl: float = 60.0,
+        *,
+        auditor: Auditor | None = None,
     ) -> None:
         if not (cache_ttl >= 0 and math.isfinite(cache_ttl)):
             raise ConfigurationError("the KEK cache TTL must be a finite number of seconds >= 0")
@@ -208,6 +215,7 @@ class TenantKeys:
         self._clock = clock
         self._cache_ttl = cache_ttl
         self._cache = _KekCache(clock, cache_ttl)
+        self._audit = auditor if auditor is not None else Auditor(NullAuditSink(), clock)
 
     # -- tenants ---------------------------------------------------------------------
 
@@ -240,11 +248,14 @@ class TenantKeys:
             repository.add_key_version(_new_version_row(tenant_id, 1, wrapped, now))
             tenant = _tenant(row)
         self._cache.replace(tenant_id, Kek(kek_key_name(tenant_id, 1), 1, key), ticket=ticket)
+        self._audit.note(resource=Resource("tenant", tenant_id, name))
+        self._key_event("key.create", tenant_id, 1)
         return tenant
 
     def get_tenant(self, tenant_id: str) -> Tenant:
         """Raises NotFound for an unknown tenant."""
         _check_tenant_id(tenant_id)
+        self._audit.note(tenant_id=tenant_id, resource=Resource("tenant", tenant_id))
         with self._db.transaction(readonly=True) as session:
             return _tenant(TenantRepository(session).tenant(tenant_id))
 
@@ -307,6 +318,7 @@ class TenantKeys:
             repository.add_key_version(_new_version_row(tenant_id, version, wrapped, now))
         kek = Kek(kek_key_name(tenant_id, version), version, key)
         self._cache.replace(tenant_id, kek, ticket=ticket)
+        self._key_event("key.rotate", tenant_id, version)
         return version
 
     def disable(self, tenant_id: str, version: int) -> KekVersion:
@@ -322,7 +334,9 @@ class TenantKeys:
         with self._locked_version(tenant_id, version) as (_, row, now):
             _require(row, {KekState.ACTIVE, KekState.DECRYPT_ONLY})
             _set_state(row, KekState.DISABLED, now)
-            return _version(row)
+            result = _version(row)
+        self._key_event("key.disable", tenant_id, version)
+        return result
 
     def enable(self, tenant_id: str, version: int) -> KekVersion:
         """Re-allow decryption with a disabled version. It never becomes active again:
@@ -335,7 +349,9 @@ class TenantKeys:
         with self._locked_version(tenant_id, version) as (_, row, now):
             _require(row, {KekState.DISABLED})
             _set_state(row, KekState.DECRYPT_ONLY, now)
-            return _version(row)
+            result = _version(row)
+        self._key_event("key.enable", tenant_id, version)
+        return result
 
     def schedule_deletion(
         self, tenant_id: str, version: int, waiting_period_seconds: float
@@ -363,7 +379,9 @@ class TenantKeys:
             )
             _set_state(row, KekState.PENDING_DELETION, now)
             row.deletion_due_at = now + waiting_period
-            return _version(row)
+            result = _version(row)
+        self._key_event("key.schedule-deletion", tenant_id, version)
+        return result
 
     def cancel_deletion(self, tenant_id: str, version: int) -> KekVersion:
         """Take a version out of pending deletion; it comes back disabled, not usable.
@@ -376,7 +394,9 @@ class TenantKeys:
             _require(row, {KekState.PENDING_DELETION})
             _set_state(row, KekState.DISABLED, now)
             row.deletion_due_at = None
-            return _version(row)
+            result = _version(row)
+        self._key_event("key.cancel-deletion", tenant_id, version)
+        return result
 
     def destroy(self, tenant_id: str, version: int) -> KekVersion:
         """Erase a version's key material for good (crypto-shredding): every data key
@@ -394,7 +414,9 @@ class TenantKeys:
             _set_state(row, KekState.DESTROYED, now)
             row.wrapped_key = None
             row.destroyed_at = now
-            return _version(row)
+            result = _version(row)
+        self._key_event("key.destroy", tenant_id, version)
+        return result
 
     def set_min_decryption_version(self, tenant_id: str, version: int) -> Tenant:
         """Refuse decryption with versions below ``version`` (which may also be lowered
@@ -434,7 +456,18 @@ class TenantKeys:
             tenant_row.min_decryption_version = version
             tenant = _tenant(tenant_row)
         self._cache.drop(tenant_id)
+        self._key_event("key.set-min-decryption-version", tenant_id, version)
         return tenant
+
+    def _key_event(self, action: str, tenant_id: str, version: int) -> None:
+        """Record a key operation in the tenant's log, after it committed: the record
+        names the version, never key material."""
+        self._audit.record(
+            action,
+            tenant_id=tenant_id,
+            resources=[Resource("kek", f"{tenant_id}/v{version}")],
+            kek_version=version,
+        )
 
     # -- keys ------------------------------------------------------------------------
 

@@ -16,11 +16,12 @@ from typing import Final
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from reelvault.assets import AssetInfo, UploadSpec
+from reelvault.audit import StoredEvent
 from reelvault.auth import ApiKeyInfo, Role
 from reelvault.crypto import rechunk
 from reelvault.errors import InvalidArgument
 from reelvault.keys.tenant import Tenant
-from reelvault.v1 import apikey_pb2, asset_pb2, tenant_pb2
+from reelvault.v1 import apikey_pb2, asset_pb2, audit_pb2, tenant_pb2
 
 __all__ = [
     "DOWNLOAD_CHUNK_TAG",
@@ -46,6 +47,7 @@ ROLE_TO_PROTO: Final[Mapping[Role, apikey_pb2.Role]] = MappingProxyType(
         Role.DISTRIBUTOR: apikey_pb2.ROLE_DISTRIBUTOR,
         Role.AUDITOR: apikey_pb2.ROLE_AUDITOR,
         Role.PRIVACY: apikey_pb2.ROLE_PRIVACY,
+        Role.PLATFORM_AUDITOR: apikey_pb2.ROLE_PLATFORM_AUDITOR,
     }
 )
 ROLE_FROM_PROTO: Final[Mapping[int, Role]] = MappingProxyType(
@@ -57,6 +59,39 @@ def timestamp(moment: datetime) -> Timestamp:
     message = Timestamp()
     message.FromDatetime(moment)
     return message
+
+
+def micros(value: Timestamp) -> int:
+    """A protobuf timestamp as microseconds since the epoch."""
+    return int(value.seconds) * 1_000_000 + int(value.nanos) // 1000
+
+
+def audit_event_to_proto(event: StoredEvent) -> audit_pb2.AuditEvent:
+    message = audit_pb2.AuditEvent(
+        event_id=event.event_id,
+        log_id=event.log_id,
+        action=event.action,
+        outcome=event.outcome,
+        status=event.status,
+        method=event.method,
+        actor_key_id=event.actor_key_id or "",
+        resource_type=event.resource_type or "",
+        resource_id=event.resource_id or "",
+        record=event.record or b"",
+    )
+    message.time.FromMicroseconds(event.time_us)
+    if event.seq is not None:
+        message.sequence = event.seq
+    return message
+
+
+def audit_record_to_proto(event: StoredEvent) -> audit_pb2.AuditRecord:
+    return audit_pb2.AuditRecord(
+        sequence=event.seq or 0,
+        record=event.record or b"",
+        leaf_hash=event.leaf_hash or b"",
+        purged=event.record is None,
+    )
 
 
 def role_from_proto(value: int) -> Role:

@@ -14,16 +14,24 @@ call, in order:
    :meth:`ApiKeys.authenticate <reelvault.auth.ApiKeys.authenticate>` in a worker thread
    (it reads the catalog). Health checks and reflection are public; everything else
    needs a key.
-3. **Authorization.** :func:`reelvault.auth.authorize` with the full method name: a method
-   missing from the permission table is denied to everyone.
-4. **The servicer**, with the caller available from :func:`current_principal`.
+3. **Authorization.** The method is mapped to its domain action
+   (:data:`reelvault.rpc.actions.METHOD_ACTIONS`) and :func:`reelvault.auth.authorize`
+   decides on the action: a method missing from the table is denied to everyone.
+4. **The servicer**, with the caller available from :func:`current_principal` and the
+   request's :class:`~reelvault.audit.Access` bound for the domain to fill in (resource,
+   range, key version) and record before it releases anything.
 5. **Error mapping.** A :class:`~reelvault.errors.ReelvaultError` becomes its class's gRPC
    status with its message; one whose status is ``INTERNAL`` (configuration, an
    unclassified provider failure) and any other exception become ``INTERNAL`` /
    ``internal error``, with the traceback logged here and never sent. No call ends in
    ``UNKNOWN``, and no stack trace or internal detail reaches a client.
-6. **Access log.** One ``rpc`` line per call: method, status, duration, request id, peer,
-   tenant and key id. Never the token.
+6. **Audit conclusion.** Before a unary answer is sent (and when a stream ends), the
+   :class:`~reelvault.audit.Auditor` records the call unless the domain already did:
+   denied and failed calls included, unauthenticated ones through its per-peer limiter.
+   If that record cannot be made durable, the caller gets ``UNAVAILABLE`` instead of the
+   answer. The interceptor only reports the outcome; the event is the domain's.
+7. **Operational log.** One ``rpc`` line per call: method, status, duration, request id,
+   peer, tenant and key id. Never the token.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from typing import Any, Final
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import structlog
 
+from reelvault.audit import Access, Actor, Auditor, RequestInfo
 from reelvault.auth import ApiKeys, Principal, authorize
 from reelvault.errors import (
     IntegrityError,
@@ -51,6 +60,7 @@ from reelvault.errors import (
     Unauthenticated,
     Unavailable,
 )
+from reelvault.rpc.actions import action_for
 
 __all__ = [
     "DeadlineExceeded",
@@ -113,6 +123,7 @@ class _Call:
     peer: str = ""
     deadline: float | None = None  # on time.monotonic()
     principal: Principal | None = None
+    access: Access | None = None  # None for public methods (health, reflection)
     status: Any = None  # grpc.StatusCode once decided
     started: float = field(default_factory=time.monotonic)
 
@@ -129,7 +140,11 @@ class _Call:
             fields["key_id"] = self.principal.key_id
         try:
             with structlog.contextvars.bound_contextvars(**fields):
-                yield
+                if self.access is None:
+                    yield
+                else:
+                    with Auditor.bind(self.access):
+                        yield
         finally:
             _principal.reset(token)
 
@@ -139,10 +154,12 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
 
     Args:
         api_keys: authenticates bearer tokens.
+        auditor: records each call's outcome (module docstring, step 6).
     """
 
-    def __init__(self, api_keys: ApiKeys) -> None:
+    def __init__(self, api_keys: ApiKeys, auditor: Auditor) -> None:
         self._api_keys = api_keys
+        self._auditor = auditor
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
@@ -175,11 +192,12 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
                     request = decode(request)
                 with call.scope():
                     result = await behaviour(request, context)
+                    await self._conclude(call, grpc.StatusCode.OK)
                 call.status = grpc.StatusCode.OK
                 return result
             except BaseException as exc:
                 with call.scope():
-                    await _fail(call, context, exc)
+                    await self._fail(call, context, exc)
             finally:
                 _access_log(call)
 
@@ -206,13 +224,16 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
                         except StopAsyncIteration:
                             break
                     yield item
+                with call.scope():
+                    await self._conclude(call, grpc.StatusCode.OK)
                 call.status = grpc.StatusCode.OK
             except GeneratorExit:  # the server closed the stream: the call is over
                 call.status = grpc.StatusCode.CANCELLED
+                self._conclude_later(call)
                 raise
             except BaseException as exc:
                 with call.scope():
-                    await _fail(call, context, exc)
+                    await self._fail(call, context, exc)
             finally:
                 if stream is not None:
                     with call.scope():
@@ -235,9 +256,70 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
         await context.send_initial_metadata(echoed)
         if call.method.startswith(PUBLIC_METHOD_PREFIXES):
             return
+        action = action_for(call.method)
+        call.access = Access(
+            actor=Actor(),
+            request=RequestInfo(
+                transport="grpc",
+                operation=call.method,
+                peer=call.peer,
+                user_agent=_user_agent(metadata),
+                request_id=call.request_id,
+            ),
+            action=action.value if action is not None else "unknown",
+        )
         token = _bearer_token(metadata)
-        call.principal = await asyncio.to_thread(self._api_keys.authenticate, token)
-        authorize(call.principal, call.method)
+        principal = await asyncio.to_thread(self._api_keys.authenticate, token)
+        call.principal = principal
+        call.access.actor = Actor(
+            key_id=principal.key_id,
+            role=principal.role.value,
+            tenant_id=principal.tenant_id,
+            authenticated=True,
+        )
+        if action is None:
+            raise PermissionDenied("no role may call this method")
+        authorize(principal, action)
+
+    async def _conclude(self, call: _Call, code: Any) -> None:
+        """Have the auditor record the call's outcome, durably, before the answer goes
+        out (module docstring, step 6)."""
+        access = call.access
+        if access is None:
+            return
+        denied = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+        await asyncio.shield(
+            asyncio.to_thread(self._auditor.conclude, access, code.name, denied=denied)
+        )
+
+    def _conclude_later(self, call: _Call) -> None:
+        """Record a call the server closed (nothing is sent any more): best effort, in
+        the background, since the stream's task is ending."""
+        access = call.access
+        if access is None or access.concluded:
+            return
+
+        def record() -> None:
+            try:
+                self._auditor.conclude(access, "CANCELLED")
+            except Exception:  # the client is gone; the operator hears of it
+                _log.warning("could not record a cancelled call in the audit log")
+
+        asyncio.get_running_loop().run_in_executor(None, record)
+
+    async def _fail(self, call: _Call, context: Any, exc: BaseException) -> None:
+        """:func:`_fail`, with the outcome recorded first. If even that record cannot be
+        made durable, the caller hears ``UNAVAILABLE``: the log has no gaps it knows of."""
+        code = _status_of(call, exc)
+        if code is not None:
+            try:
+                await self._conclude(call, code)
+            except Unavailable as unavailable:
+                if not isinstance(exc, asyncio.CancelledError | grpc.aio.AbortError):
+                    exc = unavailable
+            except Exception:  # the call's own error is what the client hears
+                _log.error("recording a failed call in the audit log failed", exc_info=True)
+        await _fail(call, context, exc)
 
 
 def _decoder(deserialize: Callable[[bytes], Any] | None, streaming: bool) -> Callable[[Any], Any]:
@@ -286,6 +368,29 @@ def _request_id(metadata: Sequence[tuple[str, Any]]) -> str:
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
     return secrets.token_hex(16)
+
+
+def _user_agent(metadata: Sequence[tuple[str, Any]]) -> str:
+    for key, value in metadata:
+        if key == "user-agent" and isinstance(value, str):
+            return "".join(c for c in value[:256] if c.isprintable())
+    return ""
+
+
+def _status_of(call: _Call, exc: BaseException) -> Any:
+    """The status :func:`_fail` will end the call with; None where it re-raises a
+    non-error (KeyboardInterrupt, SystemExit)."""
+    if isinstance(exc, grpc.aio.AbortError):
+        return None
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED if call.expired() else grpc.StatusCode.CANCELLED
+    if isinstance(exc, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, ReelvaultError):
+        return getattr(grpc.StatusCode, exc.grpc_status)
+    if isinstance(exc, Exception):
+        return grpc.StatusCode.INTERNAL
+    return None
 
 
 def _bearer_token(metadata: Sequence[tuple[str, Any]]) -> str:

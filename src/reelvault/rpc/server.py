@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,12 +40,14 @@ from reelvault.errors import ConfigurationError
 from reelvault.logging import configure_logging
 from reelvault.rpc import convert
 from reelvault.rpc.interceptors import VaultInterceptor
-from reelvault.rpc.servicers import ApiKeyServicer, AssetServicer, TenantServicer
+from reelvault.rpc.servicers import ApiKeyServicer, AssetServicer, AuditServicer, TenantServicer
 from reelvault.v1 import (
     apikey_pb2,
     apikey_pb2_grpc,
     asset_pb2,
     asset_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
 )
@@ -65,6 +68,7 @@ SERVICE_NAMES: Final = (
     tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name,
     apikey_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
     asset_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 """reelvault's own services, as health checks and reflection name them."""
 
@@ -99,7 +103,7 @@ async def create_server(
         ConfigurationError: a TLS file cannot be read, or the address cannot be bound.
     """
     server = grpc.aio.server(
-        interceptors=[VaultInterceptor(vault.api_keys)],
+        interceptors=[VaultInterceptor(vault.api_keys, vault.auditor)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -112,6 +116,7 @@ async def create_server(
         (tenant_pb2_grpc.add_TenantServiceServicer_to_server, TenantServicer(vault)),
         (apikey_pb2_grpc.add_ApiKeyServiceServicer_to_server, ApiKeyServicer(vault)),
         (_add_asset_service, AssetServicer(vault)),
+        (audit_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(vault)),
     )
     for register, servicer in registrations:
         register(servicer, server)
@@ -197,6 +202,19 @@ async def serve(settings: Settings) -> None:
         ThreadPoolExecutor(max_workers=_WORKER_THREADS, thread_name_prefix="reelvault")
     )
     vault = await asyncio.to_thread(Vault.from_settings, settings)
+    sequencer_stop = threading.Event()
+    sequencer = threading.Thread(
+        target=vault.audit_log.run_sequencer,
+        args=(sequencer_stop,),
+        kwargs={
+            "interval": settings.audit_integrate_interval,
+            "checkpoint_interval": settings.audit_checkpoint_interval,
+            "on_round": vault.auditor.flush_summaries,
+        },
+        name="reelvault-audit-sequencer",
+        daemon=True,
+    )
+    sequencer.start()
     try:
         health_servicer = HealthServicer()
         server, port = await create_server(vault, settings, health_servicer=health_servicer)
@@ -224,6 +242,9 @@ async def serve(settings: Settings) -> None:
                 loop.remove_signal_handler(signum)
         _log.info("stopped")
     finally:
+        sequencer_stop.set()
+        vault.audit_log.written.set()
+        await asyncio.to_thread(sequencer.join, 10.0)
         vault.close()
 
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from reelvault import auth
 from reelvault.app import Vault
 from reelvault.assets import MAX_CHUNK, AssetInfo, AssetUpload
+from reelvault.audit import PLATFORM_LOG
 from reelvault.auth import Principal
 from reelvault.crypto.names import valid_tenant_id
 from reelvault.errors import InvalidArgument, NotFound, PermissionDenied
@@ -31,11 +32,13 @@ from reelvault.v1 import (
     apikey_pb2_grpc,
     asset_pb2,
     asset_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
 )
 
-__all__ = ["ApiKeyServicer", "AssetServicer", "TenantServicer"]
+__all__ = ["ApiKeyServicer", "AssetServicer", "AuditServicer", "TenantServicer"]
 
 _T = TypeVar("_T")
 
@@ -278,3 +281,135 @@ async def _run_locked(lock: threading.Lock, function: Callable[..., _T], *args: 
             return function(*args)
 
     return await asyncio.to_thread(locked)
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc, unused-ignore]
+    """The access log. Tenant auditors read their own tenant's log (an empty ``tenant_id``
+    means it); platform auditors name a tenant, or none for the platform log."""
+
+    _FOLLOW_POLL: float = 0.5
+    _EXPORT_BATCH: int = 1000
+
+    def __init__(self, vault: Vault) -> None:
+        self._audit = vault.audit
+
+    async def ListAuditEvents(  # noqa: N802 - gRPC method names
+        self, request: audit_pb2.ListAuditEventsRequest, context: Any
+    ) -> audit_pb2.ListAuditEventsResponse:
+        log_id = _audit_log(request.tenant_id)
+        if not (request.HasField("start_time") and request.HasField("end_time")):
+            raise InvalidArgument("a time range is required (start_time and end_time)")
+        page = await asyncio.to_thread(
+            self._audit.list_events,
+            log_id,
+            start_us=convert.micros(request.start_time),
+            end_us=convert.micros(request.end_time),
+            actors=list(request.actor_key_ids),
+            resources=list(request.resource_ids),
+            actions=list(request.actions),
+            outcomes=list(request.outcomes),
+            methods=list(request.methods),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return audit_pb2.ListAuditEventsResponse(
+            events=[convert.audit_event_to_proto(event) for event in page.events],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ExportAuditEvents(  # noqa: N802 - gRPC method names
+        self, request: audit_pb2.ExportAuditEventsRequest, context: Any
+    ) -> AsyncIterator[audit_pb2.AuditRecord]:
+        log_id = _audit_log(request.tenant_id)
+        if request.to_sequence < 0 or (
+            request.to_sequence and request.to_sequence < request.from_sequence
+        ):
+            raise InvalidArgument("to_sequence must be 0 or at least from_sequence")
+        await asyncio.to_thread(self._audit.open_export, log_id, request.from_sequence)
+        end = request.to_sequence or None
+        if end is None and not request.follow:
+            end = await asyncio.to_thread(self._audit.log.tree_size, log_id)
+        position = request.from_sequence
+        while end is None or position < end:
+            check_deadline(context)
+            limit = self._EXPORT_BATCH if end is None else min(self._EXPORT_BATCH, end - position)
+            events = await asyncio.to_thread(self._audit.export_batch, log_id, position, limit)
+            for event in events:
+                yield convert.audit_record_to_proto(event)
+            position += len(events)
+            if not events:
+                if end is not None and not request.follow:
+                    raise InvalidArgument("to_sequence is beyond the log's integrated size")
+                await asyncio.sleep(self._FOLLOW_POLL)
+
+    async def GetCheckpoint(  # noqa: N802 - gRPC method names
+        self, request: audit_pb2.GetCheckpointRequest, context: Any
+    ) -> audit_pb2.Checkpoint:
+        info = await asyncio.to_thread(self._audit.checkpoint, _audit_log(request.tenant_id))
+        return audit_pb2.Checkpoint(
+            log_id=info.log_id,
+            origin=info.origin,
+            size=info.size,
+            root_hash=info.root_hash,
+            note=info.note,
+            verifier_key=info.verifier_key,
+        )
+
+    async def GetInclusionProof(  # noqa: N802 - gRPC method names
+        self, request: audit_pb2.GetInclusionProofRequest, context: Any
+    ) -> audit_pb2.InclusionProof:
+        leaf, hashes = await asyncio.to_thread(
+            self._audit.inclusion_proof,
+            _audit_log(request.tenant_id),
+            request.sequence,
+            request.tree_size,
+        )
+        return audit_pb2.InclusionProof(
+            sequence=request.sequence, tree_size=request.tree_size, leaf_hash=leaf, hashes=hashes
+        )
+
+    async def GetConsistencyProof(  # noqa: N802 - gRPC method names
+        self, request: audit_pb2.GetConsistencyProofRequest, context: Any
+    ) -> audit_pb2.ConsistencyProof:
+        hashes = await asyncio.to_thread(
+            self._audit.consistency_proof,
+            _audit_log(request.tenant_id),
+            request.old_size,
+            request.new_size,
+        )
+        return audit_pb2.ConsistencyProof(
+            old_size=request.old_size, new_size=request.new_size, hashes=hashes
+        )
+
+    async def SetAuditRetention(  # noqa: N802 - gRPC method names
+        self, request: audit_pb2.SetAuditRetentionRequest, context: Any
+    ) -> audit_pb2.AuditRetention:
+        principal = current_principal()
+        _check_tenant_id(request.tenant_id)
+        tenant_id = _tenant_scope(principal, request.tenant_id)
+        if tenant_id is None:
+            raise InvalidArgument("name the tenant whose retention to set")
+        _require_access(principal, tenant_id, NotFound("tenant not found"))
+        if request.retention_days < 0:
+            raise InvalidArgument("retention days must not be negative")
+        policy = await asyncio.to_thread(
+            self._audit.set_retention,
+            tenant_id,
+            retention_days=request.retention_days or None,
+            legal_hold=request.legal_hold,
+        )
+        return audit_pb2.AuditRetention(
+            tenant_id=policy.tenant_id,
+            retention_days=policy.retention_days or 0,
+            legal_hold=policy.legal_hold,
+        )
+
+
+def _audit_log(requested: str) -> str:
+    """The log an audit request is about: the named tenant's, else the caller's own (the
+    platform log for platform auditors). Another tenant's log looks missing."""
+    principal = current_principal()
+    _check_tenant_id(requested)
+    tenant_id = _tenant_scope(principal, requested)
+    _require_access(principal, tenant_id, NotFound("audit log not found"))
+    return tenant_id if tenant_id is not None else PLATFORM_LOG

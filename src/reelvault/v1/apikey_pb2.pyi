@@ -20,6 +20,7 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_DISTRIBUTOR: _ClassVar[Role]
     ROLE_AUDITOR: _ClassVar[Role]
     ROLE_PRIVACY: _ClassVar[Role]
+    ROLE_PLATFORM_AUDITOR: _ClassVar[Role]
 ROLE_UNSPECIFIED: Role
 ROLE_PLATFORM_ADMIN: Role
 ROLE_ADMIN: Role
@@ -28,6 +29,7 @@ ROLE_RENDERER: Role
 ROLE_DISTRIBUTOR: Role
 ROLE_AUDITOR: Role
 ROLE_PRIVACY: Role
+ROLE_PLATFORM_AUDITOR: Role
 
 class ApiKey(_message.Message):
     __slots__ = ("id", "tenant_id", "role", "description", "create_time", "revoke_time")

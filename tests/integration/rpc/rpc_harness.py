@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 from sqlalchemy import func, select
 
 from reelvault.app import Vault
-from reelvault.auth import Role
+from reelvault.auth import PLATFORM_ROLES, Role
 from reelvault.catalog.tables import UploadRow
 from reelvault.config import Settings
 from reelvault.rpc.server import MAX_MESSAGE_BYTES, HealthServicer, create_server, shutdown
@@ -121,7 +121,7 @@ def make_tenancy(vault: Vault, name: str) -> Tenancy:
     tokens = {
         role: vault.api_keys.create(tenant_id=tenant.id, role=role)[1]
         for role in Role
-        if role is not Role.PLATFORM_ADMIN
+        if role not in PLATFORM_ROLES
     }
     return Tenancy(tenant.id, tokens)
 

@@ -1,0 +1,527 @@
+"""The durable, tamper-evident audit log in the catalog database.
+
+Two steps, as in Trillian and Tessera, so that thousands of accesses a second for one
+tenant never queue on one row lock:
+
+1. **Durable first.** :meth:`AuditLog.write` (the :class:`~reelvault.audit.AuditSink`) puts
+   events in ``audit_events`` with no sequence number. Concurrent writers share a group
+   commit: the first caller to find no write in progress becomes the leader, takes every
+   event queued so far (up to ``max_batch``) and commits them in one transaction; the
+   others wait for the batch that carries theirs. One caller alone pays one transaction
+   and no added wait. If the commit fails, every caller of that batch gets ``Unavailable``.
+2. **Integrated in batches.** :meth:`AuditLog.integrate` (the sequencer, run by every
+   service process in the background and before any proof or checkpoint is served) locks
+   one log's tree row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: another replica already
+   integrating that log is left to it), gives the pending events the next sequence
+   numbers in commit order, seals each into its leaf bytes (the OCSF record with its
+   sequence number and the previous leaf's hash), and stores the new leaf and interior
+   node hashes and the new root, all in one transaction. Sequence numbers are therefore
+   gapless and unique per log, whatever the number of replicas.
+
+Checkpoints (C2SP signed notes over origin, size and root) are signed with one Ed25519 key
+whose private half is wrapped by the root key provider; :meth:`AuditLog.checkpoint` signs
+one whenever the log has grown since the last.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import structlog
+
+from reelvault.audit import merkle
+from reelvault.audit.events import AuditEvent, canonical_json, render, seal_record
+from reelvault.audit.note import Checkpoint, encode_verifier_key, sign_note
+from reelvault.catalog import Database
+from reelvault.catalog.audit import AuditFilter, AuditRepository
+from reelvault.catalog.tables import AuditEventRow
+from reelvault.clock import Clock
+from reelvault.crypto.signing import ed25519_public_key
+from reelvault.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from reelvault.keys.provider import RootKeyProvider, WrappedKey
+
+__all__ = [
+    "AuditLog",
+    "CheckpointInfo",
+    "EventPage",
+    "MAX_PAGE_SIZE",
+    "StoredEvent",
+]
+
+_log = structlog.get_logger("reelvault.audit")
+
+MAX_PAGE_SIZE: Final = 1000
+DEFAULT_PAGE_SIZE: Final = 100
+_INTEGRATE_BATCH: Final = 5000
+_SIGNING_CONTEXT: Final = {"purpose": "audit-checkpoint"}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored. ``record``: the leaf bytes once integrated (``seq`` set), the
+    rendered OCSF JSON before, None once purged."""
+
+    log_id: str
+    seq: int | None
+    event_id: str
+    time_us: int
+    action: str
+    outcome: str
+    status: str
+    method: str
+    actor_key_id: str | None
+    resource_type: str | None
+    resource_id: str | None
+    record: bytes | None
+    leaf_hash: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[StoredEvent]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    log_id: str
+    origin: str
+    size: int
+    root_hash: bytes
+    note: str
+    verifier_key: str
+
+
+class _Slot:
+    __slots__ = ("done", "error", "rows")
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class AuditLog:
+    """The catalog-backed audit sink, sequencer, checkpointer and reader.
+
+    Args:
+        database: the catalog.
+        root: wraps the checkpoint signing key.
+        clock: time source.
+        origin_prefix: checkpoints of log L carry the origin ``<prefix>/<L>``.
+        key_name: the signing key's name in signed notes.
+        max_batch: most events one group commit carries.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        root: RootKeyProvider,
+        clock: Clock,
+        *,
+        origin_prefix: str = "reelvault.local/audit",
+        key_name: str = "reelvault-audit",
+        max_batch: int = 1000,
+    ) -> None:
+        self._db = database
+        self._root = root
+        self._clock = clock
+        self._origin_prefix = origin_prefix
+        self._key_name = key_name
+        self._max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: list[_Slot] = []
+        self._writing = False
+        self._signer_lock = threading.Lock()
+        self._signer: tuple[bytes, bytes] | None = None  # (private seed, public key)
+        self.written = threading.Event()  # set after each commit; wakes the sequencer
+
+    # -- 1. durable first (group commit) -------------------------------------------------
+
+    def write(self, events: Sequence[AuditEvent]) -> None:
+        """Make ``events`` durable (the :class:`AuditSink` protocol; module docstring).
+
+        Raises:
+            Unavailable: the catalog did not commit them.
+        """
+        if not events:
+            return
+        slot = _Slot([_row(event) for event in events])
+        with self._cond:
+            self._queue.append(slot)
+            while not slot.done:
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                self._writing = True
+                batch: list[_Slot] = []
+                count = 0
+                while self._queue and (
+                    not batch or count + len(self._queue[0].rows) <= self._max_batch
+                ):
+                    taken = self._queue.pop(0)
+                    batch.append(taken)
+                    count += len(taken.rows)
+                self._cond.release()
+                error: BaseException | None = None
+                try:
+                    self._commit([row for taken in batch for row in taken.rows])
+                except BaseException as exc:  # every waiter of this batch must hear of it
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    for taken in batch:
+                        taken.done, taken.error = True, error
+                    self._writing = False
+                    self._cond.notify_all()
+        if slot.error is not None:
+            if isinstance(slot.error, Unavailable):
+                raise Unavailable("audit log unavailable") from slot.error
+            raise Unavailable("audit log unavailable") from slot.error
+        self.written.set()
+
+    def _commit(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            with self._db.transaction() as session:
+                AuditRepository(session).add_events(rows)
+        except Unavailable:
+            raise
+        except Exception as exc:  # any database failure: not durable
+            raise Unavailable("audit log unavailable") from exc
+
+    # -- 2. the sequencer ----------------------------------------------------------------
+
+    def integrate(self, log_id: str, *, limit: int = _INTEGRATE_BATCH) -> int:
+        """Integrate up to ``limit`` pending events of one log; how many it did (0 when
+        nothing was pending or another sequencer holds the log)."""
+        now = self._now()
+        with self._db.transaction() as session:
+            repository = AuditRepository(session)
+            tree = repository.lock_tree(log_id, now)
+            if tree is None:
+                return 0
+            pending = repository.pending(log_id, limit)
+            if not pending:
+                return 0
+            frontier = repository.nodes(log_id, merkle.frontier_nodes(tree.size))
+            previous = tree.last_leaf_hash
+            updates: list[dict[str, Any]] = []
+            leaves: list[bytes] = []
+            for offset, (row_id, body) in enumerate(pending):
+                seq = tree.size + offset
+                record = seal_record(json.loads(body), seq, previous)
+                leaf = merkle.leaf_hash(record)
+                updates.append(
+                    {"id": row_id, "seq": seq, "body": record.decode("ascii"), "leaf_hash": leaf}
+                )
+                leaves.append(leaf)
+                previous = leaf
+            created, root = merkle.append(frontier, tree.size, leaves)
+            for offset, leaf in enumerate(leaves):
+                created[(0, tree.size + offset)] = leaf
+            repository.set_sequenced(updates)
+            repository.add_nodes(log_id, created)
+            tree.size += len(leaves)
+            tree.root_hash = root
+            tree.last_leaf_hash = previous
+            tree.updated_at = now
+            return len(leaves)
+
+    def integrate_all(self, *, max_logs: int = 1000) -> int:
+        """Integrate every log with pending events until none is left; the total."""
+        total = 0
+        with self._db.transaction(readonly=True) as session:
+            logs = AuditRepository(session).pending_logs(max_logs)
+        for log_id in logs:
+            while (done := self.integrate(log_id)) > 0:
+                total += done
+                if done < _INTEGRATE_BATCH:
+                    break
+        return total
+
+    def run_sequencer(
+        self,
+        stop: threading.Event,
+        *,
+        interval: float = 0.5,
+        checkpoint_interval: float = 60.0,
+        on_round: Callable[[], None] | None = None,
+    ) -> None:
+        """The service's background loop until ``stop``: integrate what is pending (every
+        ``interval`` seconds, sooner after a write), run ``on_round``, and sign a
+        checkpoint of each grown log every ``checkpoint_interval`` seconds."""
+        last_checkpoints = self._clock.now()
+        while not stop.is_set():
+            self.written.wait(interval)
+            self.written.clear()
+            if stop.is_set():
+                return
+            try:
+                if on_round is not None:
+                    on_round()
+                self.integrate_all()
+                if self._clock.now() - last_checkpoints >= checkpoint_interval:
+                    last_checkpoints = self._clock.now()
+                    self.checkpoint_all()
+            except Exception:  # retried next round; the log is durable
+                _log_failure()
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def origin(self, log_id: str) -> str:
+        return f"{self._origin_prefix}/{log_id}"
+
+    def verifier_key(self) -> str:
+        """The C2SP verifier key of checkpoint signatures: pin it to verify offline."""
+        _, public = self._signing_key()
+        return encode_verifier_key(self._key_name, public)
+
+    def checkpoint(self, log_id: str, *, refresh: bool = True) -> CheckpointInfo:
+        """The newest checkpoint of the log; with ``refresh``, pending events are
+        integrated and a new checkpoint signed first if the log grew.
+
+        Raises:
+            NotFound: the log has no events yet (and so no tree).
+        """
+        if refresh:
+            while self.integrate(log_id) >= _INTEGRATE_BATCH:
+                pass
+        seed, public = self._signing_key()
+        with self._db.transaction() as session:
+            repository = AuditRepository(session)
+            tree = repository.tree(log_id)
+            if tree is None:
+                raise NotFound("this log has no events yet")
+            latest = repository.latest_checkpoint(log_id)
+            if latest is None or (refresh and latest.size < tree.size):
+                body = Checkpoint(self.origin(log_id), tree.size, tree.root_hash).body()
+                note = sign_note(body, self._key_name, seed)
+                repository.add_checkpoint(
+                    {
+                        "log_id": log_id,
+                        "size": tree.size,
+                        "root_hash": tree.root_hash,
+                        "note": note,
+                        "created_at": self._now(),
+                    }
+                )
+                latest = repository.checkpoint(log_id, tree.size)
+            assert latest is not None  # just written, by us or a concurrent replica
+            return CheckpointInfo(
+                log_id=log_id,
+                origin=self.origin(log_id),
+                size=latest.size,
+                root_hash=latest.root_hash,
+                note=latest.note,
+                verifier_key=encode_verifier_key(self._key_name, public),
+            )
+
+    def checkpoint_all(self) -> None:
+        """Sign a checkpoint of every log that grew since its last one."""
+        with self._db.transaction(readonly=True) as session:
+            logs = AuditRepository(session).log_ids()
+        for log_id in logs:
+            self.checkpoint(log_id, refresh=True)
+
+    def _signing_key(self) -> tuple[bytes, bytes]:
+        with self._signer_lock:
+            if self._signer is not None:
+                return self._signer
+            with self._db.transaction() as session:
+                repository = AuditRepository(session)
+                row = repository.signing_key(self._key_name)
+                if row is None:
+                    seed, wrapped = self._root.generate_key(
+                        _SIGNING_CONTEXT | {"name": self._key_name}
+                    )
+                    repository.add_signing_key(
+                        {
+                            "name": self._key_name,
+                            "public_key": ed25519_public_key(seed),
+                            "root_key_id": wrapped.root_key_id,
+                            "wrapped_key": wrapped.ciphertext,
+                            "created_at": self._now(),
+                        }
+                    )
+                    row = repository.signing_key(self._key_name)
+                assert row is not None
+                stored = WrappedKey(row.root_key_id, row.wrapped_key)
+                public = row.public_key
+            seed = self._root.unwrap(stored, _SIGNING_CONTEXT | {"name": self._key_name})
+            if not hmac.compare_digest(ed25519_public_key(seed), public):
+                raise FailedPrecondition("the audit signing key does not match its public key")
+            self._signer = (seed, public)
+            return self._signer
+
+    # -- proofs -------------------------------------------------------------------------
+
+    def tree_size(self, log_id: str) -> int:
+        with self._db.transaction(readonly=True) as session:
+            tree = AuditRepository(session).tree(log_id)
+            return 0 if tree is None else tree.size
+
+    def inclusion_proof(self, log_id: str, seq: int, size: int) -> tuple[bytes, list[bytes]]:
+        """The leaf hash of event ``seq`` and its inclusion proof in the tree of ``size``.
+
+        Raises:
+            InvalidArgument: ``seq`` outside the tree, or ``size`` beyond the log.
+        """
+        current = self.tree_size(log_id)
+        if not 0 < size <= current:
+            raise InvalidArgument(f"tree size must be 1 to {current}")
+        if not 0 <= seq < size:
+            raise InvalidArgument("the sequence number must be inside the tree")
+        with self._db.transaction(readonly=True) as session:
+            repository = AuditRepository(session)
+            leaf = repository.nodes(log_id, [(0, seq)])[(0, seq)]
+            proof = merkle.inclusion_proof(seq, size, lambda nodes: repository.nodes(log_id, nodes))
+        return leaf, proof
+
+    def consistency_proof(self, log_id: str, old_size: int, new_size: int) -> list[bytes]:
+        current = self.tree_size(log_id)
+        if not 0 < old_size <= new_size <= current:
+            raise InvalidArgument(f"sizes must satisfy 0 < old <= new <= {current}")
+        with self._db.transaction(readonly=True) as session:
+            repository = AuditRepository(session)
+            return merkle.consistency_proof(
+                old_size, new_size, lambda nodes: repository.nodes(log_id, nodes)
+            )
+
+    # -- reading ------------------------------------------------------------------------
+
+    def list_events(
+        self,
+        log_id: str,
+        *,
+        start_us: int,
+        end_us: int,
+        where: AuditFilter,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> EventPage:
+        """One page of the log's events in ``[start_us, end_us)``, by time.
+
+        Raises:
+            InvalidArgument: an empty or inverted time range, a page size beyond 1,000, a
+                page token that is malformed or was made for another query.
+        """
+        if end_us <= start_us:
+            raise InvalidArgument("a time range (start before end) is required")
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page size must be 0 to {MAX_PAGE_SIZE}")
+        size = page_size or DEFAULT_PAGE_SIZE
+        query_key = _query_key(log_id, start_us, end_us, where)
+        after = _decode_token(page_token, query_key) if page_token else None
+        with self._db.transaction(readonly=True) as session:
+            rows = AuditRepository(session).query(
+                log_id, start_us=start_us, end_us=end_us, where=where, after=after, limit=size + 1
+            )
+            events = [_stored(row) for row in rows[:size]]
+            token = ""
+            if len(rows) > size:
+                last = rows[size - 1]
+                token = _encode_token(query_key, last.time_us, last.id)
+        return EventPage(events, token)
+
+    def export(
+        self, log_id: str, start: int, end: int, *, batch: int = 1000
+    ) -> Iterator[StoredEvent]:
+        """Integrated events ``start <= seq < end`` in sequence order, read in batches."""
+        position = start
+        while position < end:
+            stop = min(end, position + batch)
+            with self._db.transaction(readonly=True) as session:
+                rows = AuditRepository(session).sequenced(log_id, position, stop)
+                events = [_stored(row) for row in rows]
+            if len(events) != stop - position:
+                raise Unavailable("audit log export: events missing from the integrated range")
+            yield from events
+            position = stop
+
+    # -- retention ----------------------------------------------------------------------
+
+    def purge(self) -> dict[str, int]:
+        """Drop event bodies past each tenant's retention (tenants on legal hold are
+        skipped); leaf hashes stay, so proofs keep verifying. Returns tenant -> count."""
+        now_us = int(self._clock.now() * 1_000_000)
+        with self._db.transaction(readonly=True) as session:
+            policies = AuditRepository(session).retention_policies()
+        purged: dict[str, int] = {}
+        for tenant_id, days in policies:
+            with self._db.transaction() as session:
+                count = AuditRepository(session).purge(tenant_id, now_us - days * 86_400_000_000)
+            if count:
+                purged[tenant_id] = count
+        return purged
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.now(), UTC)
+
+
+def _row(event: AuditEvent) -> dict[str, Any]:
+    resource = event.resources[0] if event.resources else None
+    return {
+        "event_id": event.event_id,
+        "log_id": event.log_id,
+        "seq": None,
+        "time_us": event.time_us,
+        "action": event.action,
+        "outcome": event.outcome.value,
+        "status": event.status,
+        "method": event.request.operation[:128],
+        "actor_key_id": event.actor.key_id,
+        "resource_type": resource.type if resource else None,
+        "resource_id": resource.id if resource else None,
+        "body": canonical_json(render(event)).decode("ascii"),
+        "leaf_hash": None,
+    }
+
+
+def _stored(row: AuditEventRow) -> StoredEvent:
+    return StoredEvent(
+        log_id=row.log_id,
+        seq=row.seq,
+        event_id=row.event_id,
+        time_us=row.time_us,
+        action=row.action,
+        outcome=row.outcome,
+        status=row.status,
+        method=row.method,
+        actor_key_id=row.actor_key_id,
+        resource_type=row.resource_type,
+        resource_id=row.resource_id,
+        record=row.body.encode("ascii") if row.body is not None else None,
+        leaf_hash=row.leaf_hash,
+    )
+
+
+def _query_key(log_id: str, start_us: int, end_us: int, where: AuditFilter) -> bytes:
+    text = json.dumps([log_id, start_us, end_us, where.key()], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).digest()[:12]
+
+
+def _encode_token(query_key: bytes, time_us: int, row_id: int) -> str:
+    raw = query_key + time_us.to_bytes(8, "big", signed=True) + row_id.to_bytes(8, "big")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, query_key: bytes) -> tuple[int, int]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != 28 or not hmac.compare_digest(raw[:12], query_key):
+        raise InvalidArgument("page token is malformed or belongs to another query")
+    return int.from_bytes(raw[12:20], "big", signed=True), int.from_bytes(raw[20:], "big")
+
+
+def _log_failure() -> None:
+    _log.warning("audit sequencer round failed", exc_info=True)

@@ -1,0 +1,178 @@
+"""Offline verification of an exported audit log (``reelvault audit verify``).
+
+Input: an export (JSON Lines, one event per line, each line the exact leaf bytes the log
+committed to; a purged event is a line ``{"leaf_hash": HEX, "purged": true, "sequence":
+N}``), a signed checkpoint, the pinned verifier key, and optionally an earlier checkpoint
+the verifier saved before. Nothing here talks to the service. The checks, in order:
+
+1. the checkpoint's signature verifies under the pinned key (C2SP signed note);
+2. the events are numbered 0, 1, 2, ... with no gap, repeat or swap: a deleted, inserted
+   or reordered event is named by the first line where the numbering breaks;
+3. each event records the leaf hash of the one before it (``unmapped.reelvault.previous``),
+   so an edited event is named by its successor, which still records the true hash;
+4. the Merkle root (RFC 6962) of the first ``size`` leaves equals the checkpoint's root:
+   this catches an edit of the last event and a truncated tail;
+5. an earlier checkpoint, if given, is a prefix of the same log (its root equals the root
+   of the first ``size`` leaves): the log was only appended to in between.
+
+docs/audit.md spells out the same procedure for implementers without this code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reelvault.audit import merkle
+from reelvault.audit.note import Checkpoint, NoteError, open_note, parse_checkpoint
+
+__all__ = ["VerifyReport", "verify_export"]
+
+_ZERO = bytes(32)
+
+
+@dataclass
+class VerifyReport:
+    """What verification found. ``problems`` is empty exactly when everything verified."""
+
+    checkpoint: Checkpoint | None = None
+    events: int = 0
+    purged: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class _Leaf:
+    seq: int
+    uid: str
+    leaf: bytes
+
+
+def verify_export(
+    lines: Iterable[bytes],
+    checkpoint_note: str | bytes,
+    verifier_key: str,
+    *,
+    previous_note: str | bytes | None = None,
+) -> VerifyReport:
+    """Verify an export against a checkpoint (module docstring). Never raises for bad
+    input: every problem becomes a message in the report that names the event."""
+    report = VerifyReport()
+    try:
+        report.checkpoint = parse_checkpoint(open_note(checkpoint_note, verifier_key))
+    except NoteError as exc:
+        report.problems.append(f"checkpoint: {exc}")
+        return report
+    previous: Checkpoint | None = None
+    if previous_note is not None:
+        try:
+            previous = parse_checkpoint(open_note(previous_note, verifier_key))
+        except NoteError as exc:
+            report.problems.append(f"earlier checkpoint: {exc}")
+    leaves: list[bytes] = []
+    last: _Leaf | None = None
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip(b"\n")
+        if not line:
+            continue
+        parsed = _parse(line, number, report)
+        if parsed is None:
+            return report
+        entry, recorded_previous = parsed
+        expected = len(leaves)
+        if entry.seq != expected:
+            report.problems.append(_numbering_problem(entry, expected, last))
+            return report
+        expected_previous = last.leaf if last is not None else _ZERO
+        if recorded_previous is not None and recorded_previous != expected_previous:
+            named = f"event {last.uid} (sequence {last.seq})" if last else "the first event"
+            report.problems.append(
+                f"{named} was altered: its hash differs from the one event {entry.uid} "
+                f"(sequence {entry.seq}) recorded for it"
+            )
+            return report
+        leaves.append(entry.leaf)
+        last = entry
+    report.events = len(leaves)
+    checkpoint = report.checkpoint
+    if len(leaves) < checkpoint.size:
+        tail = f"after event {last.uid} (sequence {last.seq})" if last else "from sequence 0"
+        report.problems.append(
+            f"the export is truncated: the checkpoint covers {checkpoint.size} events, the "
+            f"export holds {len(leaves)}; events {tail} are missing"
+        )
+        return report
+    if merkle.root(leaves[: checkpoint.size]) != checkpoint.root_hash:
+        if checkpoint.size and last is not None:
+            at = checkpoint.size - 1
+            report.problems.append(
+                f"the root of the first {checkpoint.size} events does not match the "
+                f"checkpoint: event at sequence {at} (the last one it covers, whose hash no "
+                f"later event records) was altered, or the log was rewritten"
+            )
+        else:
+            report.problems.append("the export does not match the checkpoint's root")
+        return report
+    if previous is not None:
+        if previous.origin != checkpoint.origin:
+            report.problems.append("the earlier checkpoint belongs to another log (origin)")
+        elif previous.size > checkpoint.size:
+            report.problems.append("the earlier checkpoint is larger than the newer one")
+        elif merkle.root(leaves[: previous.size]) != previous.root_hash:
+            report.problems.append(
+                f"the log is not an extension of the earlier checkpoint (size "
+                f"{previous.size}): events before sequence {previous.size} were changed"
+            )
+    return report
+
+
+def _parse(line: bytes, number: int, report: VerifyReport) -> tuple[_Leaf, bytes | None] | None:
+    try:
+        value: Any = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        report.problems.append(f"line {number}: not a JSON object")
+        return None
+    if not isinstance(value, dict):
+        report.problems.append(f"line {number}: not a JSON object")
+        return None
+    try:
+        if value.get("purged") is True and "metadata" not in value:
+            report.purged += 1
+            leaf = bytes.fromhex(value["leaf_hash"])
+            seq = value["sequence"]
+            if len(leaf) != merkle.HASH_LEN or not isinstance(seq, int):
+                raise ValueError
+            return _Leaf(seq, f"(purged, sequence {seq})", leaf), None
+        metadata = value["metadata"]
+        seq = metadata["sequence"]
+        uid = metadata["uid"]
+        previous = bytes.fromhex(value["unmapped"]["reelvault"]["previous"])
+        if not isinstance(seq, int) or not isinstance(uid, str):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        report.problems.append(f"line {number}: not an audit record of this log's format")
+        return None
+    leaf = hashlib.sha256(b"\x00" + line).digest()
+    return _Leaf(seq, uid, leaf), previous
+
+
+def _numbering_problem(entry: _Leaf, expected: int, last: _Leaf | None) -> str:
+    after = f" after event {last.uid} (sequence {last.seq})" if last else ""
+    if entry.seq > expected:
+        missing = (
+            f"sequence {expected}"
+            if entry.seq == expected + 1
+            else f"sequences {expected} to {entry.seq - 1}"
+        )
+        return f"events deleted: {missing} missing{after}, before event {entry.uid}"
+    return (
+        f"event {entry.uid} carries sequence {entry.seq} where {expected} was expected"
+        f"{after}: an event was inserted, repeated or reordered"
+    )

@@ -1,0 +1,257 @@
+"""Queries on the audit log's tables, inside a transaction the caller owns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, bindparam, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from reelvault.catalog.tables import (
+    AuditCheckpointRow,
+    AuditEventRow,
+    AuditNodeRow,
+    AuditSigningKeyRow,
+    AuditTreeRow,
+    TenantRow,
+)
+
+__all__ = ["AuditFilter", "AuditRepository"]
+
+_ZERO_HASH = bytes(32)
+
+
+class AuditFilter:
+    """Filters of an event query: AND across fields, OR within one (empty: any)."""
+
+    __slots__ = ("actions", "actors", "methods", "outcomes", "resources")
+
+    def __init__(
+        self,
+        *,
+        actors: Sequence[str] = (),
+        resources: Sequence[str] = (),
+        actions: Sequence[str] = (),
+        outcomes: Sequence[str] = (),
+        methods: Sequence[str] = (),
+    ) -> None:
+        self.actors = tuple(sorted(set(actors)))
+        self.resources = tuple(sorted(set(resources)))
+        self.actions = tuple(sorted(set(actions)))
+        self.outcomes = tuple(sorted(set(outcomes)))
+        self.methods = tuple(sorted(set(methods)))
+
+    def key(self) -> tuple[tuple[str, ...], ...]:
+        return (self.actors, self.resources, self.actions, self.outcomes, self.methods)
+
+    def clauses(self) -> list[ColumnElement[bool]]:
+        pairs = (
+            (AuditEventRow.actor_key_id, self.actors),
+            (AuditEventRow.resource_id, self.resources),
+            (AuditEventRow.action, self.actions),
+            (AuditEventRow.outcome, self.outcomes),
+            (AuditEventRow.method, self.methods),
+        )
+        return [column.in_(values) for column, values in pairs if values]
+
+
+class AuditRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    # -- writing ---------------------------------------------------------------------
+
+    def add_events(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._session.execute(AuditEventRow.__table__.insert(), list(rows))  # type: ignore[attr-defined]
+
+    def lock_tree(self, log_id: str, now: datetime) -> AuditTreeRow | None:
+        """The log's tree row, locked until commit; created empty if missing. None when
+        another transaction holds it (PostgreSQL ``SKIP LOCKED``: that sequencer is doing
+        the work, so this one need not wait)."""
+        self._insert_ignore(
+            AuditTreeRow,
+            {
+                "log_id": log_id,
+                "size": 0,
+                "root_hash": _EMPTY_ROOT,
+                "last_leaf_hash": _ZERO_HASH,
+                "updated_at": now,
+            },
+        )
+        query = select(AuditTreeRow).where(AuditTreeRow.log_id == log_id)
+        query = query.with_for_update(skip_locked=True)
+        return self._session.scalars(query).one_or_none()
+
+    def tree(self, log_id: str) -> AuditTreeRow | None:
+        return self._session.get(AuditTreeRow, log_id)
+
+    def log_ids(self) -> list[str]:
+        return list(self._session.scalars(select(AuditTreeRow.log_id)))
+
+    def pending_logs(self, limit: int) -> list[str]:
+        query = select(AuditEventRow.log_id).where(AuditEventRow.seq.is_(None)).distinct()
+        return list(self._session.scalars(query.limit(limit)))
+
+    def pending(self, log_id: str, limit: int) -> list[tuple[int, str]]:
+        query = (
+            select(AuditEventRow.id, AuditEventRow.body)
+            .where(AuditEventRow.log_id == log_id, AuditEventRow.seq.is_(None))
+            .order_by(AuditEventRow.id)
+            .limit(limit)
+        )
+        return [(row_id, body or "") for row_id, body in self._session.execute(query)]
+
+    def set_sequenced(self, updates: Sequence[Mapping[str, Any]]) -> None:
+        """``updates``: dicts of ``id``, ``seq``, ``body``, ``leaf_hash``."""
+        table = AuditEventRow.__table__
+        statement = (
+            update(table)  # type: ignore[arg-type]
+            .where(table.c.id == bindparam("row_id"))
+            .values(
+                seq=bindparam("new_seq"),
+                body=bindparam("new_body"),
+                leaf_hash=bindparam("new_leaf"),
+            )
+        )
+        self._session.connection().execute(
+            statement,
+            [
+                {
+                    "row_id": u["id"],
+                    "new_seq": u["seq"],
+                    "new_body": u["body"],
+                    "new_leaf": u["leaf_hash"],
+                }
+                for u in updates
+            ],
+        )
+
+    def add_nodes(self, log_id: str, nodes: Mapping[tuple[int, int], bytes]) -> None:
+        if nodes:
+            self._session.execute(
+                AuditNodeRow.__table__.insert(),  # type: ignore[attr-defined]
+                [
+                    {"log_id": log_id, "level": level, "index": index, "hash": digest}
+                    for (level, index), digest in nodes.items()
+                ],
+            )
+
+    def nodes(self, log_id: str, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        keys = sorted(set(wanted))
+        found: dict[tuple[int, int], bytes] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            query = select(AuditNodeRow.level, AuditNodeRow.index, AuditNodeRow.hash).where(
+                AuditNodeRow.log_id == log_id,
+                tuple_(AuditNodeRow.level, AuditNodeRow.index).in_(chunk),
+            )
+            for level, index, digest in self._session.execute(query):
+                found[(level, index)] = digest
+        return found
+
+    # -- checkpoints and keys ----------------------------------------------------------
+
+    def latest_checkpoint(self, log_id: str) -> AuditCheckpointRow | None:
+        query = (
+            select(AuditCheckpointRow)
+            .where(AuditCheckpointRow.log_id == log_id)
+            .order_by(AuditCheckpointRow.size.desc())
+            .limit(1)
+        )
+        return self._session.scalars(query).one_or_none()
+
+    def checkpoint(self, log_id: str, size: int) -> AuditCheckpointRow | None:
+        return self._session.get(AuditCheckpointRow, (log_id, size))
+
+    def add_checkpoint(self, values: Mapping[str, Any]) -> None:
+        self._insert_ignore(AuditCheckpointRow, values)
+
+    def signing_key(self, name: str) -> AuditSigningKeyRow | None:
+        return self._session.get(AuditSigningKeyRow, name)
+
+    def add_signing_key(self, values: Mapping[str, Any]) -> None:
+        self._insert_ignore(AuditSigningKeyRow, values)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def query(
+        self,
+        log_id: str,
+        *,
+        start_us: int,
+        end_us: int,
+        where: AuditFilter,
+        after: tuple[int, int] | None,
+        limit: int,
+    ) -> list[AuditEventRow]:
+        query = select(AuditEventRow).where(
+            AuditEventRow.log_id == log_id,
+            AuditEventRow.time_us >= start_us,
+            AuditEventRow.time_us < end_us,
+            *where.clauses(),
+        )
+        if after is not None:
+            time_us, row_id = after
+            query = query.where(
+                or_(
+                    AuditEventRow.time_us > time_us,
+                    and_(AuditEventRow.time_us == time_us, AuditEventRow.id > row_id),
+                )
+            )
+        query = query.order_by(AuditEventRow.time_us, AuditEventRow.id).limit(limit)
+        return list(self._session.scalars(query))
+
+    def sequenced(self, log_id: str, start: int, end: int) -> list[AuditEventRow]:
+        query = (
+            select(AuditEventRow)
+            .where(
+                AuditEventRow.log_id == log_id,
+                AuditEventRow.seq >= start,
+                AuditEventRow.seq < end,
+            )
+            .order_by(AuditEventRow.seq)
+        )
+        return list(self._session.scalars(query))
+
+    def event_at(self, log_id: str, seq: int) -> AuditEventRow | None:
+        query = select(AuditEventRow).where(
+            AuditEventRow.log_id == log_id, AuditEventRow.seq == seq
+        )
+        return self._session.scalars(query).one_or_none()
+
+    # -- retention -------------------------------------------------------------------
+
+    def retention_policies(self) -> list[tuple[str, int]]:
+        """(tenant, days) of every tenant with a retention and no legal hold."""
+        query = select(TenantRow.id, TenantRow.audit_retention_days).where(
+            TenantRow.audit_retention_days.is_not(None), TenantRow.legal_hold.is_(False)
+        )
+        return [(tenant_id, int(days or 0)) for tenant_id, days in self._session.execute(query)]
+
+    def purge(self, log_id: str, before_us: int) -> int:
+        """Drop the bodies of integrated events older than ``before_us``; the leaf hashes
+        stay. Returns how many were dropped."""
+        result = self._session.execute(
+            update(AuditEventRow)
+            .where(
+                AuditEventRow.log_id == log_id,
+                AuditEventRow.time_us < before_us,
+                AuditEventRow.seq.is_not(None),
+                AuditEventRow.body.is_not(None),
+            )
+            .values(body=None)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _insert_ignore(self, table: Any, values: Mapping[str, Any]) -> None:
+        dialect = self._session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._session.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+
+_EMPTY_ROOT = bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")

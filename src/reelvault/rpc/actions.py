@@ -1,0 +1,43 @@
+"""The gRPC edge's one table from method to domain action.
+
+Authorization and the audit log decide on :class:`reelvault.auth.Action`; this table is
+the only place gRPC method names meet them. A method missing here is denied to everyone
+(the interceptor refuses it before the servicer runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+from reelvault.auth import Action
+
+__all__ = ["METHOD_ACTIONS", "action_for"]
+
+METHOD_ACTIONS: Final[Mapping[str, Action]] = MappingProxyType(
+    {
+        "/reelvault.v1.TenantService/CreateTenant": Action.TENANT_CREATE,
+        "/reelvault.v1.TenantService/GetTenant": Action.TENANT_READ,
+        "/reelvault.v1.TenantService/ListTenants": Action.TENANT_LIST,
+        "/reelvault.v1.ApiKeyService/CreateApiKey": Action.APIKEY_CREATE,
+        "/reelvault.v1.ApiKeyService/ListApiKeys": Action.APIKEY_LIST,
+        "/reelvault.v1.ApiKeyService/RevokeApiKey": Action.APIKEY_REVOKE,
+        "/reelvault.v1.AssetService/Upload": Action.ASSET_WRITE,
+        "/reelvault.v1.AssetService/Download": Action.ASSET_READ,
+        "/reelvault.v1.AssetService/StatAsset": Action.ASSET_STAT,
+        "/reelvault.v1.AssetService/ListAssets": Action.ASSET_LIST,
+        "/reelvault.v1.AssetService/DeleteAsset": Action.ASSET_DELETE,
+        "/reelvault.v1.AuditService/ListAuditEvents": Action.AUDIT_READ,
+        "/reelvault.v1.AuditService/ExportAuditEvents": Action.AUDIT_READ,
+        "/reelvault.v1.AuditService/GetCheckpoint": Action.AUDIT_READ,
+        "/reelvault.v1.AuditService/GetInclusionProof": Action.AUDIT_READ,
+        "/reelvault.v1.AuditService/GetConsistencyProof": Action.AUDIT_READ,
+        "/reelvault.v1.AuditService/SetAuditRetention": Action.AUDIT_POLICY,
+    }
+)
+
+
+def action_for(method: str) -> Action | None:
+    """The action a full gRPC method name stands for; None for an unknown method."""
+    return METHOD_ACTIONS.get(method)
