@@ -203,6 +203,9 @@ class AuditLog:
         """Integrate up to ``limit`` pending events of one log; how many it did (0 when
         nothing was pending or another sequencer holds the log)."""
         now = self._now()
+        with self._db.transaction(readonly=True) as session:
+            if not AuditRepository(session).pending(log_id, 1):
+                return 0  # and no tree row is made for a log that has no events
         with self._db.transaction() as session:
             repository = AuditRepository(session)
             tree = repository.lock_tree(log_id, now)

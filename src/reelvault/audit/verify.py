@@ -77,6 +77,7 @@ def verify_export(
         except NoteError as exc:
             report.problems.append(f"earlier checkpoint: {exc}")
     leaves: list[bytes] = []
+    uids: dict[int, str] = {}  # the uid of the checkpoint's last event, for messages
     last: _Leaf | None = None
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip(b"\n")
@@ -100,6 +101,8 @@ def verify_export(
             return report
         leaves.append(entry.leaf)
         last = entry
+        if report.checkpoint is not None and entry.seq == report.checkpoint.size - 1:
+            uids[entry.seq] = entry.uid
     report.events = len(leaves)
     checkpoint = report.checkpoint
     if len(leaves) < checkpoint.size:
@@ -112,10 +115,11 @@ def verify_export(
     if merkle.root(leaves[: checkpoint.size]) != checkpoint.root_hash:
         if checkpoint.size and last is not None:
             at = checkpoint.size - 1
+            named = uids.get(at, "")
             report.problems.append(
                 f"the root of the first {checkpoint.size} events does not match the "
-                f"checkpoint: event at sequence {at} (the last one it covers, whose hash no "
-                f"later event records) was altered, or the log was rewritten"
+                f"checkpoint: event {named} (sequence {at}), the last it covers and the one "
+                f"whose hash no later event records, was altered, or the log was rewritten"
             )
         else:
             report.problems.append("the export does not match the checkpoint's root")
@@ -171,7 +175,10 @@ def _numbering_problem(entry: _Leaf, expected: int, last: _Leaf | None) -> str:
             if entry.seq == expected + 1
             else f"sequences {expected} to {entry.seq - 1}"
         )
-        return f"events deleted: {missing} missing{after}, before event {entry.uid}"
+        return (
+            f"events deleted or moved: {missing} missing{after}, before event {entry.uid} "
+            f"(sequence {entry.seq})"
+        )
     return (
         f"event {entry.uid} carries sequence {entry.seq} where {expected} was expected"
         f"{after}: an event was inserted, repeated or reordered"
