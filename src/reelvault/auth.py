@@ -202,8 +202,10 @@ class ApiKeys:
         check_description(description)
         if tenant_id is not None:
             _check_tenant_id(tenant_id)
-        self._audit.note(tenant_id=tenant_id)
         key_id = secrets.token_hex(_KEY_ID_BYTES)
+        self._audit.note(tenant_id=tenant_id, resource=Resource("apikey", key_id))
+        # A key is a release: recorded before it exists, so none exists unaudited.
+        self._audit.release()
         secret = _encode_secret(secrets.token_bytes(_SECRET_BYTES))
         with self._db.transaction() as session:
             if tenant_id is not None:
@@ -219,7 +221,6 @@ class ApiKeys:
             session.add(row)
             session.flush()
             info = _info(row)
-        self._audit.note(resource=Resource("apikey", key_id))
         return info, f"{TOKEN_PREFIX}{key_id}_{secret}"
 
     def get(self, key_id: str) -> ApiKeyInfo:

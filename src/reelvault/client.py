@@ -16,6 +16,11 @@ claims (``CANCELLED``, ``UNIMPLEMENTED``, ...) raise :class:`~reelvault.errors.R
 itself; ``DEADLINE_EXCEEDED`` raises :class:`~reelvault.errors.Unavailable`. Local I/O
 errors (a missing source file, a full disk) stay ``OSError``.
 
+The audit log is read through the same client (auditor and platform-auditor keys):
+:meth:`Client.list_audit_events` queries events by time and filters,
+:meth:`Client.export_audit_events` streams the exact leaf bytes the log committed to, and
+:meth:`Client.get_checkpoint` returns the signed checkpoint an export is verified against.
+
 Transfers stream: uploads read 1 MiB at a time and downloads write each chunk as it
 arrives, so memory stays flat for any file size. A download into a path is written to a
 temporary file beside it and renamed on success, so a failed or tampered download never
@@ -31,7 +36,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +51,8 @@ from reelvault.v1 import (
     apikey_pb2_grpc,
     asset_pb2,
     asset_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
 )
@@ -54,10 +61,17 @@ __all__ = [
     "ADDR_ENV",
     "ApiKey",
     "Asset",
+    "AuditCheckpoint",
+    "AuditEvent",
+    "AuditEventPage",
+    "AuditRecord",
+    "AuditRetention",
     "CHUNK_SIZE",
     "Client",
+    "ConsistencyProof",
     "DEFAULT_ADDR",
     "DownloadStream",
+    "InclusionProof",
     "MAX_MESSAGE_SIZE",
     "ROLES",
     "TLS_CLIENT_CERT_ENV",
@@ -143,6 +157,104 @@ class Asset:
     sha256: bytes
     etag: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One event of an audit log, as ``list_audit_events`` finds it.
+
+    Attributes:
+        log_id: the tenant id, or ``platform`` for the platform log.
+        sequence: the position in the log; ``None`` until the log integrates the event.
+        outcome: ``allowed``, ``denied`` or ``failed``.
+        status: the gRPC status name of the answer the access got.
+        method: the gRPC method (or HTTP route) called.
+        record: the OCSF JSON record (the exact leaf bytes once integrated); ``None``
+            once the retention policy purged it.
+    """
+
+    event_id: str
+    log_id: str
+    sequence: int | None
+    time: datetime
+    action: str
+    outcome: str
+    status: str
+    method: str
+    actor_key_id: str | None
+    resource_type: str | None
+    resource_id: str | None
+    record: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEventPage:
+    """``next_page_token`` is empty on the last page."""
+
+    events: tuple[AuditEvent, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One exported event: the Merkle leaf at ``sequence``.
+
+    Attributes:
+        record: the leaf bytes (OCSF JSON); ``None`` once purged.
+        leaf_hash: SHA-256(0x00 || record); the server sends it for purged events, so
+            the tree can still be recomputed without the record.
+    """
+
+    sequence: int
+    record: bytes | None
+    leaf_hash: bytes
+    purged: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCheckpoint:
+    """A signed checkpoint of one log.
+
+    Attributes:
+        note: the C2SP signed note (origin, size, base64 root hash, signature line).
+        verifier_key: the key the note is signed with. Pin it once, out of band: a key
+            fetched together with a checkpoint proves nothing about that checkpoint.
+    """
+
+    log_id: str
+    origin: str
+    size: int
+    root_hash: bytes
+    note: str
+    verifier_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionProof:
+    """RFC 9162 inclusion proof of the leaf at ``sequence`` in the tree of ``tree_size``."""
+
+    sequence: int
+    tree_size: int
+    leaf_hash: bytes
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyProof:
+    """RFC 9162 proof that the tree of ``old_size`` is a prefix of that of ``new_size``."""
+
+    old_size: int
+    new_size: int
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRetention:
+    """``retention_days`` ``None``: event bodies are kept forever."""
+
+    tenant_id: str
+    retention_days: int | None
+    legal_hold: bool
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -289,6 +401,7 @@ class Client:
         self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._api_keys = apikey_pb2_grpc.ApiKeyServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._assets = asset_pb2_grpc.AssetServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)  # type: ignore[no-untyped-call]
         # Download again, with a response decoder that copies a chunk once (see below)
         self._download = self._channel.unary_stream(
             "/reelvault.v1.AssetService/Download",
@@ -487,6 +600,195 @@ class Client:
         """Delete an asset and its stored object (idempotent)."""
         request = asset_pb2.DeleteAssetRequest(asset_id=asset_id)
         self._unary(self._assets.DeleteAsset, request)
+
+    # -- the audit log ------------------------------------------------------------------
+
+    def list_audit_events(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        tenant_id: str | None = None,
+        actors: Sequence[str] = (),
+        resources: Sequence[str] = (),
+        actions: Sequence[str] = (),
+        outcomes: Sequence[str] = (),
+        methods: Sequence[str] = (),
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> AuditEventPage:
+        """One page of a log's events in ``[start, end)``, oldest first.
+
+        Filters are AND across arguments and OR within one; an empty one matches any.
+        Events not yet integrated into the log are included (``sequence`` None).
+
+        Args:
+            start: inclusive; a naive datetime is UTC.
+            end: exclusive; a naive datetime is UTC.
+            tenant_id: platform auditors name the tenant (none: the platform log);
+                tenant auditors read their own log (none or their tenant's id).
+            actors: API key ids of the callers.
+            resources: resource ids (an asset id, an API key id, ...).
+            actions: actions such as ``asset.read``.
+            outcomes: ``allowed``, ``denied``, ``failed``.
+            methods: full gRPC method names, ``/reelvault.v1.AssetService/Download``.
+            page_size: events per page (1-1000); 0 lets the server choose.
+            page_token: the previous page's ``next_page_token``, for the same query.
+        """
+        request = audit_pb2.ListAuditEventsRequest(
+            tenant_id=tenant_id or "",
+            actor_key_ids=list(actors),
+            resource_ids=list(resources),
+            actions=list(actions),
+            outcomes=list(outcomes),
+            methods=list(methods),
+            page_size=_int_field(page_size, "page size", 31),
+            page_token=page_token,
+        )
+        request.start_time.FromDatetime(start)
+        request.end_time.FromDatetime(end)
+        reply = self._unary(self._audit.ListAuditEvents, request)
+        return AuditEventPage(
+            events=tuple(_audit_event(e) for e in reply.events),
+            next_page_token=reply.next_page_token,
+        )
+
+    def iter_audit_events(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        tenant_id: str | None = None,
+        actors: Sequence[str] = (),
+        resources: Sequence[str] = (),
+        actions: Sequence[str] = (),
+        outcomes: Sequence[str] = (),
+        methods: Sequence[str] = (),
+        page_size: int = 0,
+    ) -> Iterator[AuditEvent]:
+        """Every event :meth:`list_audit_events` matches, fetching pages as it goes."""
+        token = ""
+        while True:
+            page = self.list_audit_events(
+                start=start,
+                end=end,
+                tenant_id=tenant_id,
+                actors=actors,
+                resources=resources,
+                actions=actions,
+                outcomes=outcomes,
+                methods=methods,
+                page_size=page_size,
+                page_token=token,
+            )
+            yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def export_audit_events(
+        self,
+        tenant_id: str | None = None,
+        from_sequence: int = 0,
+        to_sequence: int = 0,
+        follow: bool = False,
+    ) -> Iterator[AuditRecord]:
+        """A log's integrated events in sequence order, as their exact leaf bytes.
+
+        The call starts at the first ``next()``; closing the iterator (or leaving a
+        ``with contextlib.closing(...)`` block) cancels it. The stream has no deadline.
+
+        Args:
+            tenant_id: as for :meth:`list_audit_events`.
+            from_sequence: the first event; resume an export from the next one.
+            to_sequence: exclusive end; 0: the log's size when the export starts (with
+                ``follow``: no end).
+            follow: after the last event, keep streaming new ones until cancelled.
+        """
+        request = audit_pb2.ExportAuditEventsRequest(
+            tenant_id=tenant_id or "",
+            from_sequence=_int_field(from_sequence, "from_sequence", 63),
+            to_sequence=_int_field(to_sequence, "to_sequence", 63),
+            follow=follow,
+        )
+        call = self._audit.ExportAuditEvents(request, metadata=self._metadata)
+        try:
+            for message in call:
+                yield _audit_record(message)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from exc
+        finally:
+            call.cancel()  # a no-op once the stream ended
+
+    def get_checkpoint(self, tenant_id: str | None = None) -> AuditCheckpoint:
+        """The newest signed checkpoint of a log, covering every event recorded so far
+        (this read included)."""
+        request = audit_pb2.GetCheckpointRequest(tenant_id=tenant_id or "")
+        reply = self._unary(self._audit.GetCheckpoint, request)
+        return AuditCheckpoint(
+            log_id=reply.log_id,
+            origin=reply.origin,
+            size=reply.size,
+            root_hash=reply.root_hash,
+            note=reply.note,
+            verifier_key=reply.verifier_key,
+        )
+
+    def get_inclusion_proof(
+        self, sequence: int, tree_size: int, tenant_id: str | None = None
+    ) -> InclusionProof:
+        """The proof that event ``sequence`` is in the tree of ``tree_size`` events."""
+        request = audit_pb2.GetInclusionProofRequest(
+            tenant_id=tenant_id or "",
+            sequence=_int_field(sequence, "sequence", 63),
+            tree_size=_int_field(tree_size, "tree size", 63),
+        )
+        reply = self._unary(self._audit.GetInclusionProof, request)
+        return InclusionProof(
+            sequence=reply.sequence,
+            tree_size=reply.tree_size,
+            leaf_hash=reply.leaf_hash,
+            hashes=tuple(reply.hashes),
+        )
+
+    def get_consistency_proof(
+        self, old_size: int, new_size: int, tenant_id: str | None = None
+    ) -> ConsistencyProof:
+        """The proof that the log of ``old_size`` events is a prefix of that of ``new_size``."""
+        request = audit_pb2.GetConsistencyProofRequest(
+            tenant_id=tenant_id or "",
+            old_size=_int_field(old_size, "old size", 63),
+            new_size=_int_field(new_size, "new size", 63),
+        )
+        reply = self._unary(self._audit.GetConsistencyProof, request)
+        return ConsistencyProof(
+            old_size=reply.old_size, new_size=reply.new_size, hashes=tuple(reply.hashes)
+        )
+
+    def set_audit_retention(
+        self,
+        tenant_id: str | None = None,
+        retention_days: int | None = None,
+        legal_hold: bool = False,
+    ) -> AuditRetention:
+        """Set how long a tenant's event bodies are kept, and its legal hold; both at
+        once (admins: their own tenant; platform admins: the tenant named).
+
+        Args:
+            retention_days: 1 to 36,500; ``None`` or 0 keeps them forever.
+            legal_hold: blocks every purge while set.
+        """
+        request = audit_pb2.SetAuditRetentionRequest(
+            tenant_id=tenant_id or "",
+            retention_days=_int_field(retention_days or 0, "retention days", 31),
+            legal_hold=legal_hold,
+        )
+        reply = self._unary(self._audit.SetAuditRetention, request)
+        return AuditRetention(
+            tenant_id=reply.tenant_id,
+            retention_days=reply.retention_days or None,
+            legal_hold=reply.legal_hold,
+        )
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -743,6 +1045,14 @@ def _role_from_proto(role: apikey_pb2.Role) -> str:
     return name.removeprefix("ROLE_").lower().replace("_", "-")
 
 
+def _int_field(value: int, what: str, bits: int) -> int:
+    """``value`` if a signed protobuf integer of ``bits`` + 1 bits holds it; protobuf
+    would raise a bare ValueError, so the caller gets the error tree's instead."""
+    if not -(1 << bits) <= value < 1 << bits:
+        raise errors.InvalidArgument(f"{what} {value} is out of range")
+    return value
+
+
 def _time(value: Any) -> datetime:
     result: datetime = value.ToDatetime(tzinfo=UTC)
     return result
@@ -774,4 +1084,30 @@ def _asset(message: asset_pb2.Asset) -> Asset:
         sha256=message.sha256,
         etag=message.etag,
         created_at=_time(message.create_time),
+    )
+
+
+def _audit_event(message: audit_pb2.AuditEvent) -> AuditEvent:
+    return AuditEvent(
+        event_id=message.event_id,
+        log_id=message.log_id,
+        sequence=message.sequence if message.HasField("sequence") else None,
+        time=_time(message.time),
+        action=message.action,
+        outcome=message.outcome,
+        status=message.status,
+        method=message.method,
+        actor_key_id=message.actor_key_id or None,
+        resource_type=message.resource_type or None,
+        resource_id=message.resource_id or None,
+        record=message.record or None,
+    )
+
+
+def _audit_record(message: audit_pb2.AuditRecord) -> AuditRecord:
+    return AuditRecord(
+        sequence=message.sequence,
+        record=None if message.purged else message.record,
+        leaf_hash=message.leaf_hash,
+        purged=message.purged,
     )

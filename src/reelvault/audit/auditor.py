@@ -183,6 +183,10 @@ class Auditor:
         if tenant_id is not None:
             current.tenant_id = tenant_id
         if resource is not None:
+            # A later, more precise note of the same resource (a range) replaces the first.
+            current.resources = [
+                r for r in current.resources if (r.type, r.id) != (resource.type, resource.id)
+            ]
             current.resources.append(resource)
         if kek_version is not None:
             current.kek_version = kek_version

@@ -118,7 +118,9 @@ def test_concurrent_writers_and_two_sequencers_leave_no_gap_or_duplicate(
     assert len({e.event_id for e in events}) == len(events)
     checkpoint = replicas[1].checkpoint(tenant)
     report = verify_export(
-        _export_lines(replicas[0], tenant, checkpoint.size), checkpoint.note, checkpoint.verifier_key
+        _export_lines(replicas[0], tenant, checkpoint.size),
+        checkpoint.note,
+        checkpoint.verifier_key,
     )
     assert report.ok, report.problems
 
