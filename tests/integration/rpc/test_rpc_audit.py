@@ -4,7 +4,6 @@ releases anything; the log fails closed; auditors read their own log and nothing
 from __future__ import annotations
 
 import json
-import time
 
 import grpc
 import pytest
@@ -12,8 +11,7 @@ import sqlalchemy as sa
 from rpc_harness import MiB, Stubs, Tenancy, bearer
 
 from reelvault.app import Vault
-from reelvault.audit import PLATFORM_LOG, StoredEvent
-from reelvault.audit import merkle
+from reelvault.audit import PLATFORM_LOG, StoredEvent, merkle
 from reelvault.audit.verify import verify_export
 from reelvault.auth import Role
 from reelvault.catalog.audit import AuditFilter

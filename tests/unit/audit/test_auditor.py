@@ -14,6 +14,7 @@ from reelvault.audit import (
     RequestInfo,
     Resource,
 )
+from reelvault.audit import auditor as module
 from reelvault.audit.events import render
 from reelvault.clock import FakeClock
 from reelvault.errors import Unavailable
@@ -157,8 +158,6 @@ def test_unauthenticated_attempts_are_summarised_past_the_burst(
 
 
 def test_the_limiter_holds_a_bounded_number_of_peers(auditor: Auditor, sink: MemoryAuditSink):
-    from reelvault.audit import auditor as module
-
     for n in range(module._MAX_PEERS + 50):
         peer = f"ipv4:10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}:1"
         auditor.conclude(_access(authenticated=False, peer=peer), "UNAUTHENTICATED", denied=True)
