@@ -36,7 +36,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -692,10 +692,10 @@ class Client:
         from_sequence: int = 0,
         to_sequence: int = 0,
         follow: bool = False,
-    ) -> Iterator[AuditRecord]:
+    ) -> Generator[AuditRecord, None, None]:
         """A log's integrated events in sequence order, as their exact leaf bytes.
 
-        The call starts at the first ``next()``; closing the iterator (or leaving a
+        The call starts at the first ``next()``; ``close()`` (or leaving a
         ``with contextlib.closing(...)`` block) cancels it. The stream has no deadline.
 
         Args:

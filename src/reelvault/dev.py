@@ -44,7 +44,7 @@ from reelvault.auth import Role
 from reelvault.config import Settings
 from reelvault.keys.local import init_keyring
 from reelvault.logging import configure_logging
-from reelvault.rpc.server import HealthServicer, create_server, shutdown
+from reelvault.rpc.server import HealthServicer, audit_sequencer, create_server, shutdown
 from reelvault.storage.seaweed import GRPC_PORT_OFFSET, SeaweedServer
 
 __all__ = ["DEFAULT_S3_PORT", "S3_PORT_ENV", "run"]
@@ -185,6 +185,27 @@ async def _serve(
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=_WORKER_THREADS, thread_name_prefix="reelvault")
     )
+    async with audit_sequencer(vault, settings):
+        await _serve_announced(
+            vault=vault,
+            settings=settings,
+            facts=facts,
+            facts_path=facts_path,
+            json_output=json_output,
+            out=out,
+        )
+
+
+async def _serve_announced(
+    *,
+    vault: Vault,
+    settings: Settings,
+    facts: dict[str, Any],
+    facts_path: Path,
+    json_output: bool,
+    out: TextIO,
+) -> None:
+    loop = asyncio.get_running_loop()
     health = HealthServicer()
     server, port = await create_server(vault, settings, health_servicer=health)
     stop = asyncio.Event()

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from reelvault.audit.merkle import HASH_LEN
-from reelvault.crypto import _primitives as prim
+from reelvault.crypto import signing as prim
 
 __all__ = [
     "Checkpoint",

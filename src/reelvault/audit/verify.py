@@ -5,7 +5,8 @@ committed to; a purged event is a line ``{"leaf_hash": HEX, "purged": true, "seq
 N}``), a signed checkpoint, the pinned verifier key, and optionally an earlier checkpoint
 the verifier saved before. Nothing here talks to the service. The checks, in order:
 
-1. the checkpoint's signature verifies under the pinned key (C2SP signed note);
+1. the checkpoint's signature verifies under the pinned key (C2SP signed note), and every
+   event names the log the checkpoint's origin names;
 2. the events are numbered 0, 1, 2, ... with no gap, repeat or swap: a deleted, inserted
    or reordered event is named by the first line where the numbering breaks;
 3. each event records the leaf hash of the one before it (``unmapped.reelvault.previous``),
@@ -76,6 +77,8 @@ def verify_export(
             previous = parse_checkpoint(open_note(previous_note, verifier_key))
         except NoteError as exc:
             report.problems.append(f"earlier checkpoint: {exc}")
+    # The origin names the log (``<prefix>/<log id>``); every event must say the same.
+    expected_log = report.checkpoint.origin.rsplit("/", 1)[-1]
     leaves: list[bytes] = []
     uids: dict[int, str] = {}  # the uid of the checkpoint's last event, for messages
     last: _Leaf | None = None
@@ -86,7 +89,13 @@ def verify_export(
         parsed = _parse(line, number, report)
         if parsed is None:
             return report
-        entry, recorded_previous = parsed
+        entry, recorded_previous, log_name = parsed
+        if log_name is not None and log_name != expected_log:
+            report.problems.append(
+                f"event {entry.uid} (sequence {entry.seq}) belongs to log {log_name!r}, not "
+                f"to the checkpoint's log {expected_log!r}"
+            )
+            return report
         expected = len(leaves)
         if entry.seq != expected:
             report.problems.append(_numbering_problem(entry, expected, last))
@@ -137,7 +146,9 @@ def verify_export(
     return report
 
 
-def _parse(line: bytes, number: int, report: VerifyReport) -> tuple[_Leaf, bytes | None] | None:
+def _parse(
+    line: bytes, number: int, report: VerifyReport
+) -> tuple[_Leaf, bytes | None, str | None] | None:
     try:
         value: Any = json.loads(line)
     except (ValueError, UnicodeDecodeError):
@@ -153,18 +164,19 @@ def _parse(line: bytes, number: int, report: VerifyReport) -> tuple[_Leaf, bytes
             seq = value["sequence"]
             if len(leaf) != merkle.HASH_LEN or not isinstance(seq, int):
                 raise ValueError
-            return _Leaf(seq, f"(purged, sequence {seq})", leaf), None
+            return _Leaf(seq, f"(purged, sequence {seq})", leaf), None, None
         metadata = value["metadata"]
         seq = metadata["sequence"]
         uid = metadata["uid"]
+        log_name = metadata["log_name"]
         previous = bytes.fromhex(value["unmapped"]["reelvault"]["previous"])
-        if not isinstance(seq, int) or not isinstance(uid, str):
+        if not (isinstance(seq, int) and isinstance(uid, str) and isinstance(log_name, str)):
             raise ValueError
     except (KeyError, TypeError, ValueError):
         report.problems.append(f"line {number}: not an audit record of this log's format")
         return None
     leaf = hashlib.sha256(b"\x00" + line).digest()
-    return _Leaf(seq, uid, leaf), previous
+    return _Leaf(seq, uid, leaf), previous, log_name
 
 
 def _numbering_problem(entry: _Leaf, expected: int, last: _Leaf | None) -> str:

@@ -1,7 +1,7 @@
 """The ``reelvault`` command.
 
 Each command group is one module of this package (:mod:`.service`, :mod:`.tenant`,
-:mod:`.apikey`, :mod:`.asset`, :mod:`.gc`, :mod:`.keyring`) with an
+:mod:`.apikey`, :mod:`.asset`, :mod:`.audit`, :mod:`.gc`, :mod:`.keyring`) with an
 ``add_commands(groups, common)`` function: it adds its subparsers, each with ``common``
 (:mod:`._common`'s parent parser) among its parents, and sets a handler on each leaf. A
 handler takes the parsed arguments and returns an :class:`Output` (JSON-able data plus its
@@ -10,12 +10,13 @@ codes) happens once, in :func:`main`, and what the groups share (the client, tab
 sizes, the progress bar) lives in :mod:`._common`. Adding a group means one more module
 with ``add_commands`` and one line in :func:`build_parser`.
 
-Groups: ``serve`` and ``dev`` run the service; ``tenant``, ``apikey`` and ``asset`` call a
-running one through :class:`reelvault.client.Client` (``$REELVAULT_ADDR``,
-``$REELVAULT_TOKEN``); ``keyring``, ``gc`` and ``apikey bootstrap`` work on local files
-and the configured database and store directly. Modules only some commands need (the key
-hierarchy, the domain, the gRPC server) are imported in those handlers, so that the
-client commands, run often from scripts, start quickly.
+Groups: ``serve`` and ``dev`` run the service; ``tenant``, ``apikey``, ``asset`` and
+``audit`` call a running one through :class:`reelvault.client.Client` (``$REELVAULT_ADDR``,
+``$REELVAULT_TOKEN``); ``keyring``, ``gc``, ``apikey bootstrap`` and ``audit purge`` work
+on local files and the configured database and store directly, and ``audit verify`` on
+files alone. Modules only some commands need (the key hierarchy, the domain, the gRPC
+server) are imported in those handlers, so that the client commands, run often from
+scripts, start quickly.
 
 Exit codes: 0 success, 1 a reelvault error (or a local file that cannot be read or
 written), 2 a usage error, 130 interrupted. Errors are reported as one
@@ -30,7 +31,7 @@ import json
 from collections.abc import Sequence
 
 from reelvault import errors
-from reelvault.cli import apikey, asset, gc, keyring, service, tenant
+from reelvault.cli import apikey, asset, audit, gc, keyring, service, tenant
 from reelvault.cli._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.add_commands(groups, common)
     apikey.add_commands(groups, common)
     asset.add_commands(groups, common)
+    audit.add_commands(groups, common)
     gc.add_commands(groups, common)
     keyring.add_commands(groups, common)
     return parser

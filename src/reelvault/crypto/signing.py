@@ -3,10 +3,19 @@ distribution tokens). Thin names over :mod:`reelvault.crypto._primitives`, which
 only module importing ``cryptography.hazmat``."""
 
 from reelvault.crypto._primitives import (
+    ED25519_KEY_LEN,
+    ED25519_SIGNATURE_LEN,
     ed25519_generate,
     ed25519_public_key,
     ed25519_sign,
     ed25519_verify,
 )
 
-__all__ = ["ed25519_generate", "ed25519_public_key", "ed25519_sign", "ed25519_verify"]
+__all__ = [
+    "ED25519_KEY_LEN",
+    "ED25519_SIGNATURE_LEN",
+    "ed25519_generate",
+    "ed25519_public_key",
+    "ed25519_sign",
+    "ed25519_verify",
+]

@@ -17,9 +17,10 @@ A second signal during the drain cancels the remaining calls at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
@@ -56,6 +57,7 @@ __all__ = [
     "HealthServicer",
     "MAX_MESSAGE_BYTES",
     "SERVICE_NAMES",
+    "audit_sequencer",
     "create_server",
     "serve",
     "shutdown",
@@ -197,15 +199,56 @@ async def serve(settings: Settings) -> None:
         ConfigurationError, Unavailable: the service could not start.
     """
     configure_logging(settings.log_level, settings.log_format)
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(
+    asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=_WORKER_THREADS, thread_name_prefix="reelvault")
     )
     vault = await asyncio.to_thread(Vault.from_settings, settings)
-    sequencer_stop = threading.Event()
-    sequencer = threading.Thread(
+    try:
+        async with audit_sequencer(vault, settings):
+            await _serve_until_signalled(vault, settings)
+    finally:
+        vault.close()
+
+
+async def _serve_until_signalled(vault: Vault, settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain (module docstring)."""
+    loop = asyncio.get_running_loop()
+    health_servicer = HealthServicer()
+    server, port = await create_server(vault, settings, health_servicer=health_servicer)
+    await server.start()
+    _log.info(
+        "listening",
+        host=settings.grpc_host,
+        port=port,
+        tls=settings.tls_enabled,
+        mutual_tls=settings.tls_client_ca_file is not None,
+        malloc=allocator.applied() or None,
+    )
+    signalled = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, signalled.set)
+    try:
+        await signalled.wait()
+        _log.info("shutting down", grace_seconds=settings.shutdown_grace)
+        for signum in signals:  # a second signal: stop waiting for calls in flight
+            loop.add_signal_handler(signum, _cancel_calls, server)
+        await shutdown(server, health_servicer, settings.shutdown_grace)
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+    _log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def audit_sequencer(vault: Vault, settings: Settings) -> AsyncIterator[None]:
+    """Run the audit log's sequencer (integration, checkpoints, summaries of refused
+    attempts) in a background thread for the block; every service process runs one, and
+    replicas share the work (``reelvault.audit.log``)."""
+    stop = threading.Event()
+    thread = threading.Thread(
         target=vault.audit_log.run_sequencer,
-        args=(sequencer_stop,),
+        args=(stop,),
         kwargs={
             "interval": settings.audit_integrate_interval,
             "checkpoint_interval": settings.audit_checkpoint_interval,
@@ -214,38 +257,13 @@ async def serve(settings: Settings) -> None:
         name="reelvault-audit-sequencer",
         daemon=True,
     )
-    sequencer.start()
+    thread.start()
     try:
-        health_servicer = HealthServicer()
-        server, port = await create_server(vault, settings, health_servicer=health_servicer)
-        await server.start()
-        _log.info(
-            "listening",
-            host=settings.grpc_host,
-            port=port,
-            tls=settings.tls_enabled,
-            mutual_tls=settings.tls_client_ca_file is not None,
-            malloc=allocator.applied() or None,
-        )
-        signalled = asyncio.Event()
-        signals = (signal.SIGTERM, signal.SIGINT)
-        for signum in signals:
-            loop.add_signal_handler(signum, signalled.set)
-        try:
-            await signalled.wait()
-            _log.info("shutting down", grace_seconds=settings.shutdown_grace)
-            for signum in signals:  # a second signal: stop waiting for calls in flight
-                loop.add_signal_handler(signum, _cancel_calls, server)
-            await shutdown(server, health_servicer, settings.shutdown_grace)
-        finally:
-            for signum in signals:
-                loop.remove_signal_handler(signum)
-        _log.info("stopped")
+        yield
     finally:
-        sequencer_stop.set()
-        vault.audit_log.written.set()
-        await asyncio.to_thread(sequencer.join, 10.0)
-        vault.close()
+        stop.set()
+        vault.audit_log.written.set()  # wake it now
+        await asyncio.to_thread(thread.join, 30.0)
 
 
 def _cancel_calls(server: Any) -> None:
