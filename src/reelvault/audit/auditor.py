@@ -93,6 +93,7 @@ class Access:
     tenant_id: str | None = None  # the tenant whose data is touched, once known
     resources: list[Resource] = field(default_factory=list)
     kek_version: int | None = None
+    detail: dict[str, str | int] = field(default_factory=dict)
     released: bool = False  # an allowed event is durable
     concluded: bool = False
 
@@ -175,6 +176,7 @@ class Auditor:
         tenant_id: str | None = None,
         resource: Resource | None = None,
         kek_version: int | None = None,
+        detail: dict[str, str | int] | None = None,
     ) -> None:
         """Add what the domain knows to the current access (no-op outside one)."""
         current = _current.get()
@@ -190,6 +192,8 @@ class Auditor:
             current.resources.append(resource)
         if kek_version is not None:
             current.kek_version = kek_version
+        if detail:
+            current.detail.update(detail)
 
     def release(self) -> None:
         """Record the current access as allowed, durably, before the caller releases
@@ -267,6 +271,7 @@ class Auditor:
             request=access.request,
             resources=tuple(access.resources),
             kek_version=access.kek_version,
+            detail=dict(access.detail),
         )
 
     def _record_unauthenticated(self, event: AuditEvent) -> None:

@@ -256,12 +256,15 @@ class AuditLog:
         *,
         interval: float = 0.5,
         checkpoint_interval: float = 60.0,
+        purge_interval: float = 3600.0,
         on_round: Callable[[], None] | None = None,
+        purge: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         """The service's background loop until ``stop``: integrate what is pending (every
-        ``interval`` seconds, sooner after a write), run ``on_round``, and sign a
-        checkpoint of each grown log every ``checkpoint_interval`` seconds."""
-        last_checkpoints = self._clock.now()
+        ``interval`` seconds, sooner after a write), run ``on_round``, sign a checkpoint of
+        each grown log every ``checkpoint_interval`` seconds, and purge past retention
+        every ``purge_interval`` seconds (through ``purge``, which records it)."""
+        last_checkpoints = last_purge = self._clock.monotonic()
         while not stop.is_set():
             self.written.wait(interval)
             self.written.clear()
@@ -271,11 +274,16 @@ class AuditLog:
                 if on_round is not None:
                     on_round()
                 self.integrate_all()
-                if self._clock.now() - last_checkpoints >= checkpoint_interval:
-                    last_checkpoints = self._clock.now()
+                now = self._clock.monotonic()
+                if now - last_checkpoints >= checkpoint_interval:
+                    last_checkpoints = now
                     self.checkpoint_all()
-            except Exception:  # retried next round; the log is durable
-                _log_failure()
+                if now - last_purge >= purge_interval:
+                    last_purge = now
+                    for tenant_id, count in (purge or self.purge)().items():
+                        _log.info("audit events purged", tenant_id=tenant_id, count=count)
+            except Exception:  # retried next round; the events are durable already
+                _log.warning("audit sequencer round failed", exc_info=True)
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -524,7 +532,3 @@ def _decode_token(token: str, query_key: bytes) -> tuple[int, int]:
     if len(raw) != 28 or not hmac.compare_digest(raw[:12], query_key):
         raise InvalidArgument("page token is malformed or belongs to another query")
     return int.from_bytes(raw[12:20], "big", signed=True), int.from_bytes(raw[20:], "big")
-
-
-def _log_failure() -> None:
-    _log.warning("audit sequencer round failed", exc_info=True)

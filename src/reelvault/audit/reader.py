@@ -112,6 +112,19 @@ class AuditReader:
         self._auditor.release()
         return result
 
+    def purge(self) -> dict[str, int]:
+        """Drop event bodies past each tenant's retention (``AuditLog.purge``) and record
+        each purge in the tenant's log: tenant -> events purged."""
+        purged = self.log.purge()
+        for tenant_id, count in purged.items():
+            self._auditor.record(
+                "audit.purge",
+                tenant_id=tenant_id,
+                resources=[Resource("audit-log", tenant_id)],
+                detail={"purged": count},
+            )
+        return purged
+
     def set_retention(
         self, tenant_id: str, *, retention_days: int | None, legal_hold: bool
     ) -> RetentionPolicy:
@@ -121,7 +134,11 @@ class AuditReader:
             InvalidArgument: retention outside 1 to 36,500 days.
             NotFound: no such tenant.
         """
-        self._auditor.note(tenant_id=tenant_id, resource=Resource("tenant", tenant_id))
+        self._auditor.note(
+            tenant_id=tenant_id,
+            resource=Resource("tenant", tenant_id),
+            detail={"retention_days": retention_days or 0, "legal_hold": int(legal_hold)},
+        )
         if retention_days is not None and not 1 <= retention_days <= MAX_RETENTION_DAYS:
             raise InvalidArgument(f"retention must be 1 to {MAX_RETENTION_DAYS} days")
         self._auditor.release()

@@ -253,6 +253,7 @@ async def audit_sequencer(vault: Vault, settings: Settings) -> AsyncIterator[Non
             "interval": settings.audit_integrate_interval,
             "checkpoint_interval": settings.audit_checkpoint_interval,
             "on_round": vault.auditor.flush_summaries,
+            "purge": vault.audit.purge,
         },
         name="reelvault-audit-sequencer",
         daemon=True,
