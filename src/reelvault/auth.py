@@ -113,7 +113,7 @@ class Principal:
     """The authenticated caller: which key, for which tenant, in which role.
 
     Attributes:
-        tenant_id: None exactly for platform admins.
+        tenant_id: None exactly for platform keys (admin, auditor).
     """
 
     key_id: str
@@ -135,7 +135,7 @@ class ApiKeyInfo:
     """What may be shown about a key: never its secret, nor the secret's hash.
 
     Attributes:
-        tenant_id: None for platform-admin keys.
+        tenant_id: None for platform keys.
         revoked_at: None while the key is valid.
     """
 
@@ -186,7 +186,7 @@ class ApiKeys:
         """Create a key and return it with its token, which cannot be shown again.
 
         Raises:
-            InvalidArgument: unknown role; a tenant for a platform-admin key or none for
+            InvalidArgument: unknown role; a tenant for a platform key or none for
                 any other; a description longer than 256 characters or with anything but
                 printable characters.
             NotFound: the tenant does not exist.
@@ -231,7 +231,7 @@ class ApiKeys:
         return info
 
     def list(self, tenant_id: str | None) -> builtins.list[ApiKeyInfo]:
-        """A tenant's keys (None: the platform-admin keys), revoked ones included, oldest
+        """A tenant's keys (None: the platform keys), revoked ones included, oldest
         first. Raises NotFound for an unknown tenant."""
         if tenant_id is not None:
             _check_tenant_id(tenant_id)
@@ -355,7 +355,7 @@ def authorize(principal: Principal, action: Action) -> None:
 
 def require_tenant_access(principal: Principal, tenant_id: str | None) -> None:
     """Check that the principal may act within ``tenant_id`` (None: the platform scope,
-    that is platform-admin keys).
+    that is platform keys).
 
     Platform keys (admin, auditor) may act anywhere, within what :data:`PERMISSIONS`
     lets their role do at all; everyone else only within their own tenant.
@@ -371,12 +371,12 @@ def require_tenant_access(principal: Principal, tenant_id: str | None) -> None:
 def require_can_create_key(principal: Principal, *, tenant_id: str | None, role: Role) -> None:
     """Check that the principal may create a ``role`` key for ``tenant_id``.
 
-    Only platform admins create platform-admin keys; a tenant admin creates keys of the
+    Only platform admins create platform keys (admin, auditor); a tenant admin creates keys of the
     tenant roles, for its own tenant. (Which roles reach CreateApiKey at all is
     :data:`PERMISSIONS`.)
 
     Raises:
-        PermissionDenied: a platform-admin key requested by anyone but a platform admin.
+        PermissionDenied: a platform key requested by anyone but a platform admin.
         NotFound: another tenant (see :func:`require_tenant_access`).
     """
     if role in PLATFORM_ROLES and not principal.is_platform_admin:

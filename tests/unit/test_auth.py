@@ -1,4 +1,5 @@
-"""API keys, authentication without oracles, roles, tenant scope and the permission table."""
+"""API keys, authentication without oracles, roles, tenant scope, the permission table and
+the gRPC method -> action table."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import hmac
 import importlib
 import pathlib
+import pkgutil
 import re
 import secrets
 import string
@@ -18,9 +20,12 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 import reelvault.auth
+import reelvault.v1
 from reelvault import errors
 from reelvault.auth import (
     PERMISSIONS,
+    PLATFORM_ROLES,
+    Action,
     ApiKeyInfo,
     ApiKeys,
     Principal,
@@ -32,10 +37,11 @@ from reelvault.auth import (
 from reelvault.catalog import API_KEY_ROLES, ApiKeyRow, Database
 from reelvault.clock import FakeClock
 from reelvault.keys.tenant import TenantKeys
+from reelvault.rpc.actions import METHOD_ACTIONS, action_for
 
 API_DOC = pathlib.Path(__file__).parents[2] / "docs" / "api.md"
 TOKEN = re.compile(r"rvk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
-TENANT_ROLES = [role for role in Role if role is not Role.PLATFORM_ADMIN]
+TENANT_ROLES = [role for role in Role if role not in PLATFORM_ROLES]
 UNKNOWN_TENANT = "0" * 32
 TENANT_A = "a" * 32
 TENANT_B = "b" * 32
@@ -92,6 +98,28 @@ def _raw_rows(database: Database) -> list[tuple[object, ...]]:
 
 def test_roles_match_the_stored_values() -> None:
     assert tuple(role.value for role in Role) == API_KEY_ROLES
+    assert API_KEY_ROLES == (
+        "platform-admin",
+        "admin",
+        "ingest",
+        "renderer",
+        "distributor",
+        "auditor",
+        "privacy",
+        "platform-auditor",
+    )
+
+
+def test_the_platform_roles_are_the_admin_and_the_auditor() -> None:
+    assert {Role.PLATFORM_ADMIN, Role.PLATFORM_AUDITOR} == PLATFORM_ROLES
+    assert TENANT_ROLES == [
+        Role.ADMIN,
+        Role.INGEST,
+        Role.RENDERER,
+        Role.DISTRIBUTOR,
+        Role.AUDITOR,
+        Role.PRIVACY,
+    ]
 
 
 def test_public_surface_is_sorted_and_importable() -> None:
@@ -125,17 +153,20 @@ def test_a_tenant_key_authenticates_as_its_tenant_and_role(
     assert principal == Principal(key_id=info.id, tenant_id=tenant_id, role=role)
     assert principal.role is role
     assert not principal.is_platform_admin
+    assert not principal.is_platform
     assert api_keys.get(info.id) == info
 
 
 @pytest.mark.db
-def test_a_platform_admin_key_belongs_to_no_tenant(api_keys: ApiKeys) -> None:
-    info, token = api_keys.create(tenant_id=None, role=Role.PLATFORM_ADMIN)
+@pytest.mark.parametrize("role", sorted(PLATFORM_ROLES))
+def test_a_platform_key_belongs_to_no_tenant(api_keys: ApiKeys, role: Role) -> None:
+    info, token = api_keys.create(tenant_id=None, role=role)
     assert info.tenant_id is None
     assert info.description == ""
     principal = api_keys.authenticate(token)
-    assert principal == Principal(info.id, None, Role.PLATFORM_ADMIN)
-    assert principal.is_platform_admin
+    assert principal == Principal(info.id, None, role)
+    assert principal.is_platform
+    assert principal.is_platform_admin == (role is Role.PLATFORM_ADMIN)
 
 
 @pytest.mark.db
@@ -146,11 +177,12 @@ def test_every_key_gets_its_own_id_and_secret(api_keys: ApiKeys, tenant_id: str)
 
 
 @pytest.mark.db
-def test_platform_admin_keys_have_no_tenant_and_other_keys_need_one(
+def test_platform_keys_have_no_tenant_and_other_keys_need_one(
     api_keys: ApiKeys, database: Database, tenant_id: str
 ) -> None:
-    with pytest.raises(errors.InvalidArgument):
-        api_keys.create(tenant_id=tenant_id, role=Role.PLATFORM_ADMIN)
+    for role in PLATFORM_ROLES:
+        with pytest.raises(errors.InvalidArgument):
+            api_keys.create(tenant_id=tenant_id, role=role)
     for role in TENANT_ROLES:
         with pytest.raises(errors.InvalidArgument):
             api_keys.create(tenant_id=None, role=role)
@@ -483,12 +515,23 @@ def _row(**overrides: object) -> ApiKeyRow:
     [
         {"role": "root"},
         {"role": "platform-admin", "tenant_id": "tenant"},
+        {"role": "platform-auditor", "tenant_id": "tenant"},
         {"role": "admin", "tenant_id": None},
+        {"role": "auditor", "tenant_id": None},
         {"secret_hash": bytes(31)},
         {"secret_hash": bytes(33)},
         {"role": "admin", "tenant_id": UNKNOWN_TENANT},
     ],
-    ids=["role", "platform-with-tenant", "tenant-role-without", "short-hash", "long-hash", "fk"],
+    ids=[
+        "role",
+        "platform-admin-with-tenant",
+        "platform-auditor-with-tenant",
+        "tenant-role-without",
+        "tenant-auditor-without",
+        "short-hash",
+        "long-hash",
+        "fk",
+    ],
 )
 def test_the_schema_refuses_invalid_keys(
     database: Database, tenant_id: str, overrides: dict[str, object]
@@ -505,65 +548,95 @@ def test_the_schema_accepts_every_role_with_the_right_scope(
 ) -> None:
     with database.transaction() as session:
         for role in API_KEY_ROLES:
-            session.add(_row(role=role, tenant_id=None if role == "platform-admin" else tenant_id))
+            platform = Role(role) in PLATFORM_ROLES
+            session.add(_row(role=role, tenant_id=None if platform else tenant_id))
 
 
 # -- authorization -----------------------------------------------------------------------
 
 
 def _rpc_methods() -> set[str]:
+    """Every method of every service in the generated reelvault.v1 descriptors."""
+    modules = sorted(
+        module.name
+        for module in pkgutil.iter_modules(reelvault.v1.__path__)
+        if module.name.endswith("_pb2")
+    )
+    assert {"apikey_pb2", "asset_pb2", "audit_pb2", "tenant_pb2"} <= set(modules)
     methods: set[str] = set()
-    for name in ("apikey_pb2", "asset_pb2", "tenant_pb2"):
+    for name in modules:
         module = importlib.import_module(f"reelvault.v1.{name}")
         for service in module.DESCRIPTOR.services_by_name.values():
+            assert service.full_name.startswith("reelvault.v1."), service.full_name
             methods.update(f"/{service.full_name}/{method.name}" for method in service.methods)
     return methods
 
 
-def test_every_rpc_has_a_permission_entry_and_nothing_else_does() -> None:
+def test_every_rpc_has_an_action_and_nothing_else_does() -> None:
     methods = _rpc_methods()
-    assert len(methods) == 11
-    assert set(PERMISSIONS) == methods
-    for roles in PERMISSIONS.values():
-        assert roles
+    assert len(methods) == 17
+    assert set(METHOD_ACTIONS) == methods
+    for method, action in METHOD_ACTIONS.items():
+        assert isinstance(action, Action), method
+        assert action_for(method) is action
+
+
+def test_every_action_is_used_and_has_a_permission_entry() -> None:
+    assert set(METHOD_ACTIONS.values()) == set(Action)
+    assert set(PERMISSIONS) == set(Action)
+    for action, roles in PERMISSIONS.items():
+        assert isinstance(action, Action)
+        assert roles, action
         assert all(isinstance(role, Role) for role in roles)
 
 
-def test_the_permission_table_cannot_be_changed_at_run_time() -> None:
+def test_the_tables_cannot_be_changed_at_run_time() -> None:
     with pytest.raises(TypeError):
-        PERMISSIONS["/reelvault.v1.AssetService/Upload"] = frozenset(Role)  # type: ignore[index]
+        PERMISSIONS[Action.ASSET_WRITE] = frozenset(Role)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        METHOD_ACTIONS["/reelvault.v1.AssetService/Nope"] = Action.ASSET_READ  # type: ignore[index]
 
 
 def _principal(role: Role, tenant_id: str | None = TENANT_A) -> Principal:
-    return Principal("0123456789abcdef", None if role is Role.PLATFORM_ADMIN else tenant_id, role)
+    return Principal("0123456789abcdef", None if role in PLATFORM_ROLES else tenant_id, role)
 
 
-@pytest.mark.parametrize("method", sorted(PERMISSIONS))
+@pytest.mark.parametrize("action", list(Action))
 @pytest.mark.parametrize("role", list(Role))
-def test_authorize_follows_the_table(method: str, role: Role) -> None:
-    if role in PERMISSIONS[method]:
-        authorize(_principal(role), method)
+def test_authorize_follows_the_table(action: Action, role: Role) -> None:
+    if role in PERMISSIONS[action]:
+        authorize(_principal(role), action)
     else:
         with pytest.raises(errors.PermissionDenied):
-            authorize(_principal(role), method)
+            authorize(_principal(role), action)
 
 
-ASSET_METHODS = sorted(m for m in PERMISSIONS if m.startswith("/reelvault.v1.AssetService/"))
+ASSET_ACTIONS = [action for action in Action if action.value.startswith("asset.")]
 
 
-@pytest.mark.parametrize("method", ASSET_METHODS)
-def test_platform_admins_do_not_touch_assets(method: str) -> None:
+def test_asset_methods_are_asset_actions() -> None:
+    assert len(ASSET_ACTIONS) == 5
+    assert {
+        action
+        for method, action in METHOD_ACTIONS.items()
+        if method.startswith("/reelvault.v1.AssetService/")
+    } == set(ASSET_ACTIONS)
+
+
+@pytest.mark.parametrize("action", ASSET_ACTIONS)
+@pytest.mark.parametrize("role", sorted(PLATFORM_ROLES))
+def test_platform_keys_do_not_touch_assets(action: Action, role: Role) -> None:
     with pytest.raises(errors.PermissionDenied):
-        authorize(_principal(Role.PLATFORM_ADMIN), method)
+        authorize(_principal(role), action)
 
 
 def test_the_suggested_role_split() -> None:
     def allowed(method: str) -> set[str]:
-        return {role.value for role in PERMISSIONS[f"/reelvault.v1.{method}"]}
+        return {role.value for role in PERMISSIONS[METHOD_ACTIONS[f"/reelvault.v1.{method}"]]}
 
     assert allowed("TenantService/CreateTenant") == {"platform-admin"}
     assert allowed("TenantService/ListTenants") == {"platform-admin"}
-    assert allowed("TenantService/GetTenant") == set(API_KEY_ROLES)
+    assert allowed("TenantService/GetTenant") == set(API_KEY_ROLES) - {"platform-auditor"}
     for method in ("CreateApiKey", "ListApiKeys", "RevokeApiKey"):
         assert allowed(f"ApiKeyService/{method}") == {"platform-admin", "admin"}
     assert allowed("AssetService/Upload") == {"admin", "ingest"}
@@ -571,6 +644,25 @@ def test_the_suggested_role_split() -> None:
     assert allowed("AssetService/Download") == {"admin", "ingest", "renderer"}
     for method in ("StatAsset", "ListAssets"):
         assert allowed(f"AssetService/{method}") == {"admin", "ingest", "renderer", "distributor"}
+    for method in (
+        "ListAuditEvents",
+        "ExportAuditEvents",
+        "GetCheckpoint",
+        "GetInclusionProof",
+        "GetConsistencyProof",
+    ):
+        assert allowed(f"AuditService/{method}") == {"auditor", "platform-auditor"}
+    assert allowed("AuditService/SetAuditRetention") == {"platform-admin", "admin"}
+
+
+def test_auditors_read_the_log_and_nothing_else() -> None:
+    for role in (Role.AUDITOR, Role.PLATFORM_AUDITOR):
+        may = {action for action, roles in PERMISSIONS.items() if role in roles}
+        expected = {Action.AUDIT_READ}
+        if role is Role.AUDITOR:  # a tenant role reads its own tenant record
+            expected.add(Action.TENANT_READ)
+        assert may == expected, role
+    assert PERMISSIONS[Action.AUDIT_READ] == {Role.AUDITOR, Role.PLATFORM_AUDITOR}
 
 
 @pytest.mark.parametrize(
@@ -583,16 +675,21 @@ def test_the_suggested_role_split() -> None:
         "/reelvault.v1.AssetService/Upload/",
         "reelvault.v1.AssetService/Upload",
         "/reelvault.v2.TenantService/CreateTenant",
+        "/reelvault.v1.AuditService/DeleteAuditEvents",
         "/grpc.health.v1.Health/Check",
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     ],
 )
+def test_unknown_methods_have_no_action(method: str) -> None:
+    assert method not in METHOD_ACTIONS
+    assert action_for(method) is None
+
+
 @pytest.mark.parametrize("role", list(Role))
-def test_unknown_methods_are_denied_to_everyone(method: str, role: Role) -> None:
-    with pytest.raises(errors.PermissionDenied) as info:
-        authorize(_principal(role), method)
-    if method:
-        assert method not in str(info.value)
+def test_an_action_missing_from_the_table_is_denied_to_everyone(role: Role) -> None:
+    for action in ("", "asset.nope", "ASSET.WRITE", "/reelvault.v1.AssetService/Upload"):
+        with pytest.raises(errors.PermissionDenied):
+            authorize(_principal(role), action)  # type: ignore[arg-type]
 
 
 def test_tenant_principals_reach_only_their_own_tenant() -> None:
@@ -604,9 +701,10 @@ def test_tenant_principals_reach_only_their_own_tenant() -> None:
                 require_tenant_access(principal, elsewhere)
 
 
-def test_platform_admins_reach_every_tenant_and_the_platform() -> None:
+@pytest.mark.parametrize("role", sorted(PLATFORM_ROLES))
+def test_platform_keys_reach_every_tenant_and_the_platform(role: Role) -> None:
     for tenant in (TENANT_A, TENANT_B, None):
-        require_tenant_access(_principal(Role.PLATFORM_ADMIN), tenant)
+        require_tenant_access(_principal(role), tenant)
 
 
 def test_tenant_admins_create_tenant_keys_for_their_own_tenant_only() -> None:
@@ -616,52 +714,89 @@ def test_tenant_admins_create_tenant_keys_for_their_own_tenant_only() -> None:
         with pytest.raises(errors.NotFound):
             require_can_create_key(admin, tenant_id=TENANT_B, role=role)
     for tenant in (None, TENANT_A, TENANT_B):
-        with pytest.raises(errors.PermissionDenied):
-            require_can_create_key(admin, tenant_id=tenant, role=Role.PLATFORM_ADMIN)
+        for role in PLATFORM_ROLES:
+            with pytest.raises(errors.PermissionDenied, match="only platform admins"):
+                require_can_create_key(admin, tenant_id=tenant, role=role)
 
 
 def test_platform_admins_create_any_key() -> None:
     platform = _principal(Role.PLATFORM_ADMIN)
-    require_can_create_key(platform, tenant_id=None, role=Role.PLATFORM_ADMIN)
+    for role in PLATFORM_ROLES:
+        require_can_create_key(platform, tenant_id=None, role=role)
     for role in TENANT_ROLES:
         require_can_create_key(platform, tenant_id=TENANT_B, role=role)
 
 
-# -- the documented table ----------------------------------------------------------------
+def test_platform_auditors_create_no_keys() -> None:
+    auditor = _principal(Role.PLATFORM_AUDITOR)
+    for role in PLATFORM_ROLES:
+        with pytest.raises(errors.PermissionDenied, match="only platform admins"):
+            require_can_create_key(auditor, tenant_id=None, role=role)
+    for action in (Action.APIKEY_CREATE, Action.APIKEY_LIST, Action.APIKEY_REVOKE):
+        with pytest.raises(errors.PermissionDenied):
+            authorize(auditor, action)
 
 
-def _documented_permissions() -> tuple[list[str], dict[str, set[str]]]:
-    """Parse the permission table in docs/api.md: (role columns, method -> roles ticked)."""
-    text = API_DOC.read_text(encoding="utf-8")
-    section = text.split("## Authentication and permissions", 1)[1]
-    lines = [line.strip() for line in section.splitlines()]
-    start = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
+# -- the documented tables ---------------------------------------------------------------
+
+
+def _markdown_table(lines: list[str], header: str) -> list[list[str]]:
+    """The body rows of the table under ``header`` (its first line), as cells."""
 
     def cells(line: str) -> list[str]:
         assert line.startswith("|") and line.endswith("|"), line
         return [cell.strip() for cell in line[1:-1].split("|")]
 
-    header = cells(lines[start])
+    starts = [i for i, line in enumerate(lines) if line.replace(" ", "") == header.replace(" ", "")]
+    assert len(starts) == 1, header
+    start = starts[0]
+    columns = len(cells(lines[start]))
     assert set(cells(lines[start + 1])) == {"---"}
-    roles = header[1:]
-    table: dict[str, set[str]] = {}
+    rows = []
     for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
-        method, *ticks = cells(line)
-        assert len(ticks) == len(roles), line
-        assert set(ticks) <= {"✓", ""}, line
-        assert method.startswith("`") and method.endswith("`"), line
-        assert method not in table, line
-        table[method.strip("`")] = {role for role, tick in zip(roles, ticks, strict=True) if tick}
-    return roles, table
+        row = cells(line)
+        assert len(row) == columns, line
+        rows.append(row)
+    return rows
 
 
-def test_the_documented_permission_table_is_the_code() -> None:
-    roles, table = _documented_permissions()
+def _code(cell: str) -> str:
+    assert cell.startswith("`") and cell.endswith("`") and cell.count("`") == 2, cell
+    return cell.strip("`")
+
+
+def _documented_permissions() -> tuple[list[str], dict[str, list[str]], dict[str, str]]:
+    """Parse docs/api.md: (the roles described, action -> roles, method -> action)."""
+    text = API_DOC.read_text(encoding="utf-8")
+    section = text.split("## Authentication and permissions", 1)[1]
+    lines = [line.strip() for line in section.splitlines()]
+
+    roles = [_code(role) for role, _ in _markdown_table(lines, "| role | purpose |")]
+    permissions: dict[str, list[str]] = {}
+    for action, allowed in _markdown_table(lines, "| action | roles |"):
+        assert _code(action) not in permissions, action
+        permissions[_code(action)] = [_code(role) for role in allowed.split(", ")]
+    methods: dict[str, str] = {}
+    for method, action in _markdown_table(lines, "| method | action |"):
+        assert _code(method) not in methods, method
+        methods[_code(method)] = _code(action)
+    return roles, permissions, methods
+
+
+def test_the_documented_permission_tables_are_the_code() -> None:
+    roles, permissions, methods = _documented_permissions()
     assert roles == [role.value for role in Role]
-    assert table == {m: {r.value for r in allowed} for m, allowed in PERMISSIONS.items()}
-    assert list(table) == list(PERMISSIONS)
+    order = {role.value: i for i, role in enumerate(Role)}
+    for action, allowed in permissions.items():
+        assert allowed == sorted(allowed, key=order.__getitem__), action  # in Role order
+    assert {action: set(allowed) for action, allowed in permissions.items()} == {
+        action.value: {role.value for role in allowed} for action, allowed in PERMISSIONS.items()
+    }
+    assert list(permissions) == [action.value for action in PERMISSIONS]
+    assert methods == {method: action.value for method, action in METHOD_ACTIONS.items()}
+    assert list(methods) == list(METHOD_ACTIONS)
 
 
 def test_the_documented_token_example_has_the_documented_shape() -> None:

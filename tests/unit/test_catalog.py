@@ -40,6 +40,11 @@ TABLES = {
     "api_keys",
     "assets",
     "uploads",
+    "audit_events",
+    "audit_trees",
+    "audit_nodes",
+    "audit_checkpoints",
+    "audit_signing_keys",
 }
 
 

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from reelvault.auth import PERMISSIONS, ApiKeyInfo, ApiKeys, Principal, Role, authorize
+from reelvault.auth import ApiKeyInfo, ApiKeys, Principal, Role, authorize
 from reelvault.catalog import Database
 from reelvault.cli import apikey as apikey_commands
 from reelvault.cli import main
 from reelvault.clock import SystemClock
 from reelvault.errors import PermissionDenied, Unauthenticated
+from reelvault.rpc.actions import METHOD_ACTIONS
 
 TOKEN = re.compile(r"rvk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
 ERROR_PREFIX = "reelvault: error: "
@@ -428,11 +429,12 @@ def test_the_key_is_a_platform_admin_of_no_tenant_with_exactly_its_rights(
         "/reelvault.v1.TenantService/CreateTenant",
         "/reelvault.v1.ApiKeyService/CreateApiKey",
     ):
-        authorize(caller, method)
-    for method in PERMISSIONS:
-        if method.startswith("/reelvault.v1.AssetService/"):
-            with pytest.raises(PermissionDenied):
-                authorize(caller, method)
+        authorize(caller, METHOD_ACTIONS[method])
+    asset_methods = [m for m in METHOD_ACTIONS if m.startswith("/reelvault.v1.AssetService/")]
+    assert asset_methods
+    for method in asset_methods:
+        with pytest.raises(PermissionDenied):
+            authorize(caller, METHOD_ACTIONS[method])
 
 
 def test_bootstrap_into_a_live_catalog_leaves_existing_keys_alone(

@@ -235,8 +235,10 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
             "service: the signature under the pinned key, the numbering (deleted, "
             "inserted or reordered events), each event's record of the previous one's "
             "hash (edited events), and the Merkle root; with --previous, that an earlier "
-            "checkpoint is a prefix of the same log. Exit 0 when all hold; otherwise "
-            "exit 1 with the problems, naming the events."
+            "checkpoint is a prefix of the same log. Every log is signed with the same "
+            "key, so say which log you expect with --log (or read the log named in the "
+            "output). Exit 0 when all hold; otherwise exit 1 with the problems, naming "
+            "the events."
         ),
     )
     verify.add_argument("export", metavar="EXPORT", help="the JSON Lines file; - reads stdin")
@@ -251,6 +253,11 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
     )
     verify.add_argument(
         "--previous", type=Path, metavar="FILE", help="an earlier checkpoint of the same log"
+    )
+    verify.add_argument(
+        "--log",
+        metavar="ID",
+        help="the log the checkpoint must be of: a tenant id, or 'platform'",
     )
     verify.set_defaults(handler=_audit_verify)
 
@@ -374,6 +381,9 @@ def _audit_export(args: argparse.Namespace) -> Output:
         )
     if args.follow:
         return _export_follow(args)
+    out, note_out = args.out, args.checkpoint_out
+    if out is not None and note_out is not None and out.resolve() == note_out.resolve():
+        raise errors.InvalidArgument("--out and --checkpoint-out name the same file")
     start: int = args.start
     with _common.client() as client:
         checkpoint: AuditCheckpoint | None = None
@@ -390,8 +400,9 @@ def _audit_export(args: argparse.Namespace) -> Output:
             if checkpoint is None or start < end
             else iter(())
         )
+        written = _Written(start)
         with _destination(args.out) as file:
-            written = _write_records(records, file, start, flush=False)
+            _write_records(records, file, written, flush=False)
             if checkpoint is not None and written.end != checkpoint.size:
                 raise errors.IntegrityError(
                     f"the export ended at sequence {written.end}, before the checkpoint's "
@@ -415,7 +426,7 @@ def _export_follow(args: argparse.Namespace) -> Output:
         stack.callback(records.close)  # cancels the stream
         # Ctrl-C or SIGTERM is how a follow ends: whatever arrived is written.
         with contextlib.suppress(KeyboardInterrupt):
-            _write_records(records, file, args.start, flush=True, written=written)
+            _write_records(records, file, written, flush=True)
     return _export_output(args, written, None)
 
 
@@ -433,14 +444,9 @@ class _Written:
 
 
 def _write_records(
-    records: Iterator[AuditRecord],
-    file: IO[bytes],
-    start: int,
-    *,
-    flush: bool,
-    written: _Written | None = None,
-) -> _Written:
-    written = written if written is not None else _Written(start)
+    records: Iterator[AuditRecord], file: IO[bytes], written: _Written, *, flush: bool
+) -> None:
+    """Write each record's line; ``flush`` each one at once (a follower's reader)."""
     for record in records:
         if record.sequence != written.end:
             raise errors.IntegrityError(
@@ -452,7 +458,6 @@ def _write_records(
         written.end += 1
         written.purged += record.purged
     file.flush()
-    return written
 
 
 def export_line(record: AuditRecord) -> bytes:
@@ -579,14 +584,19 @@ def _audit_verify(args: argparse.Namespace) -> Output:
     previous = args.previous.read_bytes() if args.previous is not None else None
     with _export_lines(args.export) as lines:
         report = verify_export(lines, note, key, previous_note=previous)
-    if not report.ok:
-        raise errors.IntegrityError("the export does not verify: " + "; ".join(report.problems))
+    problems = list(report.problems)
     checkpoint = report.checkpoint
+    # The origin is <prefix>/<log id> (AuditLog.origin); the events name the same log.
+    log_id = checkpoint.origin.rsplit("/", 1)[-1] if checkpoint is not None else None
+    if args.log is not None and log_id is not None and log_id != args.log:
+        problems.append(f"the checkpoint is of log {log_id!r}, not of {args.log!r}")
+    if problems:
+        raise errors.IntegrityError("the export does not verify: " + "; ".join(problems))
     assert checkpoint is not None  # a report without problems has read its checkpoint
     purged = f" ({report.purged} purged)" if report.purged else ""
     text = (
         f"verified: {report.events} events{purged}, checkpoint size {checkpoint.size}, "
-        f"root {checkpoint.root_hash.hex()}"
+        f"root {checkpoint.root_hash.hex()}, log {log_id} ({checkpoint.origin})"
     )
     if previous is not None:
         text += ", consistent with the earlier checkpoint"
@@ -600,6 +610,7 @@ def _audit_verify(args: argparse.Namespace) -> Output:
             "verified": True,
             "events": report.events,
             "purged": report.purged,
+            "log_id": log_id,
             "checkpoint": {
                 "origin": checkpoint.origin,
                 "size": checkpoint.size,

@@ -18,14 +18,16 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from rpc_harness import MiB, Stubs, Tenancy, bearer, leftovers, wait_for
 from sqlalchemy import select
 
 from reelvault.app import Vault
-from reelvault.auth import PERMISSIONS, Role
+from reelvault.auth import PERMISSIONS, PLATFORM_ROLES, Role
 from reelvault.catalog.tables import AssetRow
+from reelvault.rpc.actions import METHOD_ACTIONS
 from reelvault.rpc.convert import ROLE_TO_PROTO
-from reelvault.v1 import apikey_pb2, asset_pb2, tenant_pb2
+from reelvault.v1 import apikey_pb2, asset_pb2, audit_pb2, audit_pb2_grpc, tenant_pb2
 
 pytestmark = pytest.mark.db
 
@@ -220,8 +222,10 @@ def test_a_huge_authorization_header_is_refused_without_echo(api: Stubs):
 
 
 def _calls(api: Stubs, md: Metadata, tenant_id: str, tag: str) -> dict[str, Callable[[], Any]]:
-    """One harmless call per method in the permission table."""
+    """One harmless call per method of the method -> action table."""
     svc = "/reelvault.v1."
+    audit = audit_pb2_grpc.AuditServiceStub(api.channel)
+    start, end = Timestamp(seconds=0), Timestamp(seconds=2**33)
     return {
         f"{svc}TenantService/CreateTenant": lambda: api.tenants.CreateTenant(
             tenant_pb2.CreateTenantRequest(name=f"made by {tag}"), metadata=md
@@ -257,20 +261,50 @@ def _calls(api: Stubs, md: Metadata, tenant_id: str, tag: str) -> dict[str, Call
         f"{svc}AssetService/DeleteAsset": lambda: api.assets.DeleteAsset(
             asset_pb2.DeleteAssetRequest(asset_id="0" * 32), metadata=md
         ),
+        f"{svc}AuditService/ListAuditEvents": lambda: audit.ListAuditEvents(
+            audit_pb2.ListAuditEventsRequest(tenant_id=tenant_id, start_time=start, end_time=end),
+            metadata=md,
+        ),
+        f"{svc}AuditService/ExportAuditEvents": lambda: list(
+            audit.ExportAuditEvents(
+                audit_pb2.ExportAuditEventsRequest(tenant_id=tenant_id), metadata=md
+            )
+        ),
+        f"{svc}AuditService/GetCheckpoint": lambda: audit.GetCheckpoint(
+            audit_pb2.GetCheckpointRequest(tenant_id=tenant_id), metadata=md
+        ),
+        f"{svc}AuditService/GetInclusionProof": lambda: audit.GetInclusionProof(
+            audit_pb2.GetInclusionProofRequest(tenant_id=tenant_id, sequence=0, tree_size=1),
+            metadata=md,
+        ),
+        f"{svc}AuditService/GetConsistencyProof": lambda: audit.GetConsistencyProof(
+            audit_pb2.GetConsistencyProofRequest(tenant_id=tenant_id, old_size=1, new_size=1),
+            metadata=md,
+        ),
+        f"{svc}AuditService/SetAuditRetention": lambda: audit.SetAuditRetention(
+            audit_pb2.SetAuditRetentionRequest(tenant_id=tenant_id, retention_days=7),
+            metadata=md,
+        ),
     }
 
 
 def test_every_role_gets_exactly_the_permission_table_over_the_wire(
     api: Stubs, vault, acme, platform_token
 ):
-    tokens = {**acme.tokens, Role.PLATFORM_ADMIN: platform_token}
+    platform_auditor = vault.api_keys.create(tenant_id=None, role=Role.PLATFORM_AUDITOR)[1]
+    tokens = {
+        **acme.tokens,
+        Role.PLATFORM_ADMIN: platform_token,
+        Role.PLATFORM_AUDITOR: platform_auditor,
+    }
+    assert set(tokens) == set(Role)
     refused = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
     for role, token in tokens.items():
         calls = _calls(api, bearer(token), acme.id, role.value)
-        assert set(calls) == set(PERMISSIONS)
+        assert set(calls) == set(METHOD_ACTIONS)
         for method, call in calls.items():
             code = outcome(call)
-            if role in PERMISSIONS[method]:
+            if role in PERMISSIONS[METHOD_ACTIONS[method]]:
                 assert code not in refused, (role, method, code)
             else:
                 assert code == grpc.StatusCode.PERMISSION_DENIED, (role, method, code)
@@ -281,15 +315,14 @@ def test_every_role_gets_exactly_the_permission_table_over_the_wire(
     assert roles.count("renderer") == 3  # acme's own, + one each by admin and platform admin
 
 
+@pytest.mark.parametrize("role", sorted(PLATFORM_ROLES))
 @pytest.mark.parametrize("target", ["own", "empty", "other", "missing"])
-def test_a_tenant_admin_never_mints_a_platform_admin_key(api: Stubs, vault, acme, globex, target):
+def test_a_tenant_admin_never_mints_a_platform_key(api: Stubs, vault, acme, globex, target, role):
     tenant_id = {"own": acme.id, "empty": "", "other": globex.id, "missing": "f" * 32}[target]
     before = vault.api_keys.list(None)
     error = rpc_error(
         lambda: api.keys.CreateApiKey(
-            apikey_pb2.CreateApiKeyRequest(
-                tenant_id=tenant_id, role=apikey_pb2.ROLE_PLATFORM_ADMIN
-            ),
+            apikey_pb2.CreateApiKeyRequest(tenant_id=tenant_id, role=ROLE_TO_PROTO[role]),
             metadata=acme.md(Role.ADMIN),
         )
     )
@@ -297,7 +330,7 @@ def test_a_tenant_admin_never_mints_a_platform_admin_key(api: Stubs, vault, acme
     assert vault.api_keys.list(None) == before
 
 
-@pytest.mark.parametrize("role", [r for r in Role if r is not Role.PLATFORM_ADMIN])
+@pytest.mark.parametrize("role", [r for r in Role if r not in PLATFORM_ROLES])
 def test_a_tenant_admin_mints_no_key_in_another_tenant(api: Stubs, vault, acme, globex, role):
     before = vault.api_keys.list(globex.id)
     answers = set()

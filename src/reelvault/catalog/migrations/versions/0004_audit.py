@@ -115,6 +115,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The old role checks cannot hold platform-auditor keys: revoke and delete those first.
     op.drop_table("audit_signing_keys")
     op.drop_table("audit_checkpoints")
     op.drop_table("audit_nodes")
