@@ -40,7 +40,8 @@ class VerifyReport:
     """What verification found. ``problems`` is empty exactly when everything verified."""
 
     checkpoint: Checkpoint | None = None
-    events: int = 0
+    events: int = 0  # every event read, including those past the checkpoint
+    beyond_checkpoint: int = 0  # events past the checkpoint: chained, but no root covers them
     purged: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -114,6 +115,7 @@ def verify_export(
             uids[entry.seq] = entry.uid
     report.events = len(leaves)
     checkpoint = report.checkpoint
+    report.beyond_checkpoint = max(0, len(leaves) - checkpoint.size)
     if len(leaves) < checkpoint.size:
         tail = f"after event {last.uid} (sequence {last.seq})" if last else "from sequence 0"
         report.problems.append(
@@ -151,7 +153,7 @@ def _parse(
 ) -> tuple[_Leaf, bytes | None, str | None] | None:
     try:
         value: Any = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         report.problems.append(f"line {number}: not a JSON object")
         return None
     if not isinstance(value, dict):
@@ -164,7 +166,7 @@ def _parse(
             seq = value["sequence"]
             if len(leaf) != merkle.HASH_LEN or not isinstance(seq, int):
                 raise ValueError
-            return _Leaf(seq, f"(purged, sequence {seq})", leaf), None, None
+            return _Leaf(seq, "(purged)", leaf), None, None
         metadata = value["metadata"]
         seq = metadata["sequence"]
         uid = metadata["uid"]

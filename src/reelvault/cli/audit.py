@@ -666,7 +666,7 @@ def _audit_purge(args: argparse.Namespace) -> Output:
     settings = Settings.load(config_file=args.config)
     vault = Vault.from_settings(settings)
     try:
-        purged = vault.audit_log.purge()
+        purged = vault.audit.purge()
     finally:
         vault.close()
     total = sum(purged.values())
