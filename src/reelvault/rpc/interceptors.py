@@ -50,7 +50,7 @@ from typing import Any, Final
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import structlog
 
-from reelvault.audit import Access, Actor, Auditor, RequestInfo
+from reelvault.audit import Access, Actor, Auditor, RequestInfo, Resource
 from reelvault.auth import ApiKeys, Principal, authorize
 from reelvault.errors import (
     IntegrityError,
@@ -188,7 +188,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
             call = _Call(method)
             try:
                 with call.scope():
-                    await self._admit(call, context)
+                    await self._admit(call, context, request, decode)
                     request = decode(request)
                 with call.scope():
                     result = await behaviour(request, context)
@@ -214,7 +214,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
             stream: AsyncGenerator[Any, None] | None = None
             try:
                 with call.scope():
-                    await self._admit(call, context)
+                    await self._admit(call, context, request, decode)
                     request = decode(request)
                 stream = behaviour(request, context)
                 while True:
@@ -242,7 +242,9 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
 
         return handle
 
-    async def _admit(self, call: _Call, context: Any) -> None:
+    async def _admit(
+        self, call: _Call, context: Any, raw: Any, decode: Callable[[Any], Any]
+    ) -> None:
         """Request id, authentication, authorization: everything before the servicer."""
         # Read what the log needs now: asking a finished call for its peer crashes grpcio.
         call.peer = context.peer()
@@ -279,7 +281,11 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
         )
         if action is None:
             raise PermissionDenied("no role may call this method")
-        authorize(principal, action)
+        try:
+            authorize(principal, action)
+        except PermissionDenied:
+            _note_requested_resource(call.access, raw, decode)
+            raise
 
     async def _conclude(self, call: _Call, code: Any) -> None:
         """Have the auditor record the call's outcome, durably, before the answer goes
@@ -368,6 +374,26 @@ def _request_id(metadata: Sequence[tuple[str, Any]]) -> str:
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
     return secrets.token_hex(16)
+
+
+# Request fields that name what a refused caller was after, for the audit record.
+_RESOURCE_FIELDS: Final = (("asset_id", "asset"), ("api_key_id", "apikey"), ("tenant_id", "tenant"))
+
+
+def _note_requested_resource(access: Access, raw: Any, decode: Callable[[Any], Any]) -> None:
+    """A refused call never reaches the domain, which would name its resource; name the
+    one the (unary) request asks for, so that security teams find attempts on it."""
+    if not isinstance(raw, bytes):
+        return  # a stream: nothing read yet, and nothing worth reading for a refusal
+    try:
+        request = decode(raw)
+    except InvalidArgument:
+        return
+    for name, kind in _RESOURCE_FIELDS:
+        value = getattr(request, name, "")
+        if isinstance(value, str) and value:
+            access.resources.append(Resource(kind, value[:64]))
+            return
 
 
 def _user_agent(metadata: Sequence[tuple[str, Any]]) -> str:

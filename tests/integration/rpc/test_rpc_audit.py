@@ -143,6 +143,8 @@ def test_denied_failed_and_unauthenticated_calls_are_recorded_without_secrets(
         ("asset.delete", "denied", "PERMISSION_DENIED"),
         ("asset.stat", "failed", "NOT_FOUND"),
     ]
+    # The refused call never reached the domain; the record still names its target.
+    assert tenant_log[-2].resource_id == asset.id
     (refused,) = events(vault, PLATFORM_LOG, outcomes=["denied"])
     assert (refused.action, refused.status, refused.actor_key_id) == (
         "asset.stat",
