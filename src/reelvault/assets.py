@@ -358,12 +358,14 @@ class Assets:
         self, tenant_id: str, *, prefix: str = "", page_size: int = 0, page_token: str = ""
     ) -> tuple[list[AssetInfo], str]:
         """One page of the tenant's assets in path order, and the next page's token."""
-        self._audit.note(tenant_id=tenant_id, resource=Resource("asset-list", None, prefix or None))
+        self._audit.note(tenant_id=tenant_id)
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page size must be 0 to {MAX_PAGE_SIZE}")
         size = page_size or DEFAULT_PAGE_SIZE
         if not _plausible_path(prefix):
             raise InvalidArgument("prefix must be at most 1024 bytes of UTF-8 without controls")
+        # Noted once checked: a refused prefix must not reach the audit record.
+        self._audit.note(resource=Resource("asset-list", None, prefix or None))
         after = _decode_token(page_token, prefix) if page_token else None
         query = select(AssetRow).where(AssetRow.tenant_id == tenant_id)
         if prefix:

@@ -226,9 +226,7 @@ class ApiKeys:
     def get(self, key_id: str) -> ApiKeyInfo:
         """Raises NotFound for an unknown key."""
         with self._db.transaction(readonly=True) as session:
-            info = _info(_key_row(session, key_id))
-        self._audit.note(tenant_id=info.tenant_id, resource=Resource("apikey", key_id))
-        return info
+            return _info(_key_row(session, key_id))
 
     def list(self, tenant_id: str | None) -> builtins.list[ApiKeyInfo]:
         """A tenant's keys (None: the platform keys), revoked ones included, oldest
@@ -252,6 +250,11 @@ class ApiKeys:
         Raises:
             NotFound: unknown key.
         """
+        with self._db.transaction(readonly=True) as session:
+            owner = _key_row(session, key_id).tenant_id
+        # Noted only here, after the edge checked the caller's scope: an attempt on another
+        # tenant's key stays in the caller's log (and so tells nothing about that tenant).
+        self._audit.note(tenant_id=owner, resource=Resource("apikey", key_id))
         with self._db.transaction() as session:
             row = _key_row(session, key_id, lock=True)
             if row.revoked_at is None:

@@ -16,12 +16,14 @@ the worker thread that runs the domain. Domain code called with no access open (
 operator command such as ``reelvault gc``, a test) records as the local operator.
 
 Unauthenticated attempts go to the platform log through a per-peer limiter: past
-``unauthenticated_burst`` events per peer per window they are counted, and the count is
+``unauthenticated_burst`` events per peer (an IPv4 address, an IPv6 /64) per window, or
+1,000 per window from all peers together, they are counted, and each peer's count is
 recorded as one summary event, so a flood of bad tokens cannot grow the log without bound.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -29,6 +31,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
+from urllib.parse import unquote
 
 from reelvault.audit.events import (
     PLATFORM_LOG,
@@ -46,6 +49,7 @@ __all__ = ["Access", "AuditSink", "Auditor", "MemoryAuditSink", "NullAuditSink"]
 _OPERATOR: Final = Actor(operator=True)
 _LOCAL: Final = RequestInfo()
 _MAX_PEERS: Final = 10_000  # limiter entries; beyond, peers share one counter
+_MAX_UNAUTHENTICATED: Final = 1_000  # individual events per window, all peers together
 _OVERFLOW_PEER: Final = "*"
 
 
@@ -126,6 +130,9 @@ class Auditor:
         self._limiter_lock = threading.Lock()
         # peer -> [window start, events recorded in the window, attempts suppressed]
         self._peers: OrderedDict[str, list[float]] = OrderedDict()
+        # A global cap on individual events, whatever the number of peers.
+        self._window_start = clock.now()
+        self._window_events = 0
 
     # -- for the edges ----------------------------------------------------------------
 
@@ -291,9 +298,12 @@ class Auditor:
                 state = [now, 0.0, 0.0]
                 self._peers[peer] = state
             self._peers.move_to_end(peer)
-            allowed = state[1] < self._burst
+            if now - self._window_start >= self._window:
+                self._window_start, self._window_events = now, 0
+            allowed = state[1] < self._burst and self._window_events < _MAX_UNAUTHENTICATED
             if allowed:
                 state[1] += 1
+                self._window_events += 1
             else:
                 state[2] += 1
         events = ([summary] if summary is not None else []) + ([event] if allowed else [])
@@ -319,10 +329,16 @@ class Auditor:
 
 
 def _peer_host(peer: str) -> str:
-    """The peer without its port: a client opening new connections is still one peer."""
-    kind, _, rest = peer.partition(":")
+    """The peer the limiter counts: the address without its port (a client opening new
+    connections is still one peer), and for IPv6 its /64 (one host usually holds a whole
+    /64, and must not get a burst per address)."""
+    kind, _, rest = unquote(peer).partition(":")
     if kind == "ipv4":
         return "ipv4:" + rest.rpartition(":")[0]
-    if kind == "ipv6" and "]:" in rest:
-        return "ipv6:" + rest.rpartition(":")[0]
-    return peer
+    if kind == "ipv6" and rest.startswith("[") and "]" in rest:
+        try:
+            address = ipaddress.IPv6Address(rest[1 : rest.index("]")].split("%")[0])
+        except ValueError:
+            return peer[:64]
+        return f"ipv6:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return peer[:64]

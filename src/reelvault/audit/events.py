@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
+from urllib.parse import unquote
 
 __all__ = [
     "OCSF_VERSION",
@@ -35,6 +36,7 @@ __all__ = [
     "RequestInfo",
     "Resource",
     "canonical_json",
+    "cap",
     "new_event_id",
     "render",
     "seal_record",
@@ -192,11 +194,11 @@ def render(event: AuditEvent) -> dict[str, Any]:
         ocsf["count"] = event.count
     if event.log_id != PLATFORM_LOG:
         ocsf["metadata"]["tenant_uid"] = event.log_id
-    endpoint = _endpoint(event.request.peer)
+    endpoint = _endpoint(cap(event.request.peer, MAX_FIELD))
     if endpoint:
         ocsf["src_endpoint"] = endpoint
     if event.request.user_agent:
-        ocsf["http_request"] = {"user_agent": event.request.user_agent}
+        ocsf["http_request"] = {"user_agent": cap(event.request.user_agent, MAX_FIELD)}
     return ocsf
 
 
@@ -231,21 +233,34 @@ def _actor(actor: Actor, outcome: Outcome) -> dict[str, Any]:
 
 
 def _api(request: RequestInfo, status: str) -> dict[str, Any]:
-    api: dict[str, Any] = {"operation": request.operation or "-"}
-    if request.operation.startswith("/") and request.operation.count("/") == 2:
-        api["service"] = {"name": request.operation.split("/")[1]}
+    operation = cap(request.operation, MAX_FIELD)
+    api: dict[str, Any] = {"operation": operation or "-"}
+    if operation.startswith("/") and operation.count("/") == 2:
+        api["service"] = {"name": operation.split("/")[1]}
     if request.request_id:
-        api["request"] = {"uid": request.request_id}
+        api["request"] = {"uid": cap(request.request_id, MAX_FIELD)}
     api["response"] = {"code": 0 if status == "OK" else 1, "error": status}
     return api
 
 
+def cap(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, without NULs: no caller-supplied string may make
+    an event too large to store, list or export, or unstorable (PostgreSQL text refuses NUL)."""
+    text = text.replace("\x00", "")
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+MAX_ID: Final = 64
+MAX_NAME: Final = 1024
+MAX_FIELD: Final = 256
+
+
 def _resource(resource: Resource) -> dict[str, Any]:
-    result: dict[str, Any] = {"type": resource.type}
+    result: dict[str, Any] = {"type": cap(resource.type, MAX_ID)}
     if resource.id is not None:
-        result["uid"] = resource.id
+        result["uid"] = cap(resource.id, MAX_ID)
     if resource.path is not None:
-        result["name"] = resource.path
+        result["name"] = cap(resource.path, MAX_NAME)
     return result
 
 
@@ -271,8 +286,9 @@ def _unmapped(event: AuditEvent) -> dict[str, Any]:
 
 
 def _endpoint(peer: str) -> dict[str, Any]:
-    """gRPC peers look like ``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000`` or ``unix:...``."""
-    kind, _, rest = peer.partition(":")
+    """gRPC peers look like ``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000`` (newer grpcio
+    percent-encodes the brackets: ``ipv6:%5B::1%5D:5000``) or ``unix:...``."""
+    kind, _, rest = unquote(peer).partition(":")
     if kind == "ipv4" and rest.count(":") == 1:
         host, _, port = rest.partition(":")
     elif kind == "ipv6" and rest.startswith("[") and "]:" in rest:

@@ -38,7 +38,7 @@ from typing import Any, Final
 import structlog
 
 from reelvault.audit import merkle
-from reelvault.audit.events import AuditEvent, canonical_json, render, seal_record
+from reelvault.audit.events import AuditEvent, canonical_json, cap, render, seal_record
 from reelvault.audit.note import Checkpoint, encode_verifier_key, sign_note
 from reelvault.catalog import Database
 from reelvault.catalog.audit import AuditFilter, AuditRepository
@@ -61,6 +61,7 @@ _log = structlog.get_logger("reelvault.audit")
 MAX_PAGE_SIZE: Final = 1000
 DEFAULT_PAGE_SIZE: Final = 100
 _INTEGRATE_BATCH: Final = 5000
+_MAX_TIME_US: Final = 253_402_300_800 * 1_000_000  # 9999-12-31 (protobuf's Timestamp range)
 _SIGNING_CONTEXT: Final = {"purpose": "audit-checkpoint"}
 
 
@@ -171,14 +172,14 @@ class AuditLog:
                     batch.append(taken)
                     count += len(taken.rows)
                 self._cond.release()
-                error: BaseException | None = None
+                errors: list[BaseException | None] = [Unavailable("audit write interrupted")] * len(
+                    batch
+                )
                 try:
-                    self._commit([row for taken in batch for row in taken.rows])
-                except BaseException as exc:  # every waiter of this batch must hear of it
-                    error = exc
+                    errors = self._commit_batch(batch)
                 finally:
                     self._cond.acquire()
-                    for taken in batch:
+                    for taken, error in zip(batch, errors, strict=True):
                         taken.done, taken.error = True, error
                     self._writing = False
                     self._cond.notify_all()
@@ -187,6 +188,24 @@ class AuditLog:
                 raise Unavailable("audit log unavailable") from slot.error
             raise Unavailable("audit log unavailable") from slot.error
         self.written.set()
+
+    def _commit_batch(self, batch: list[_Slot]) -> list[BaseException | None]:
+        """Commit a batch; if that fails, each caller's events alone, so one bad event
+        cannot fail the others' calls. Returns each slot's error (None: durable)."""
+        try:
+            self._commit([row for taken in batch for row in taken.rows])
+            return [None] * len(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+        errors: list[BaseException | None] = []
+        for taken in batch:
+            try:
+                self._commit(taken.rows)
+                errors.append(None)
+            except Exception as exc:
+                errors.append(exc)
+        return errors
 
     def _commit(self, rows: list[dict[str, Any]]) -> None:
         try:
@@ -426,6 +445,9 @@ class AuditLog:
         """
         if end_us <= start_us:
             raise InvalidArgument("a time range (start before end) is required")
+        # Beyond what any event can carry: the same answer, and no overflow in SQL.
+        start_us = max(-_MAX_TIME_US, min(start_us, _MAX_TIME_US))
+        end_us = max(-_MAX_TIME_US, min(end_us, _MAX_TIME_US))
         if not 0 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument(f"page size must be 0 to {MAX_PAGE_SIZE}")
         size = page_size or DEFAULT_PAGE_SIZE
@@ -466,9 +488,15 @@ class AuditLog:
         with self._db.transaction(readonly=True) as session:
             policies = AuditRepository(session).retention_policies()
         purged: dict[str, int] = {}
-        for tenant_id, days in policies:
+        for tenant_id, _ in policies:
             with self._db.transaction() as session:
-                count = AuditRepository(session).purge(tenant_id, now_us - days * 86_400_000_000)
+                repository = AuditRepository(session)
+                # Read again under the tenant's lock: a hold set (or a retention lengthened)
+                # since the list above wins.
+                days = repository.retention_for_purge(tenant_id)
+                if days is None:
+                    continue
+                count = repository.purge(tenant_id, now_us - days * 86_400_000_000)
             if count:
                 purged[tenant_id] = count
         return purged
@@ -484,13 +512,13 @@ def _row(event: AuditEvent) -> dict[str, Any]:
         "log_id": event.log_id,
         "seq": None,
         "time_us": event.time_us,
-        "action": event.action,
+        "action": cap(event.action, 48),
         "outcome": event.outcome.value,
         "status": event.status,
-        "method": event.request.operation[:128],
+        "method": cap(event.request.operation, 128),
         "actor_key_id": event.actor.key_id,
-        "resource_type": resource.type if resource else None,
-        "resource_id": resource.id if resource else None,
+        "resource_type": cap(resource.type, 16) if resource else None,
+        "resource_id": cap(resource.id, 64) if resource and resource.id else None,
         "body": canonical_json(render(event)).decode("ascii"),
         "leaf_hash": None,
     }
@@ -531,4 +559,8 @@ def _decode_token(token: str, query_key: bytes) -> tuple[int, int]:
         raw = b""
     if len(raw) != 28 or not hmac.compare_digest(raw[:12], query_key):
         raise InvalidArgument("page token is malformed or belongs to another query")
-    return int.from_bytes(raw[12:20], "big", signed=True), int.from_bytes(raw[20:], "big")
+    time_us = int.from_bytes(raw[12:20], "big", signed=True)
+    row_id = int.from_bytes(raw[20:], "big")
+    if abs(time_us) > _MAX_TIME_US or row_id >= 2**63:
+        raise InvalidArgument("page token is malformed or belongs to another query")
+    return time_us, row_id

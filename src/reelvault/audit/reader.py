@@ -41,6 +41,12 @@ class AuditReader:
         self._auditor = auditor
 
     def _touch(self, log_id: str) -> None:
+        """Note the log read. A tenant that does not exist has no log (NotFound), and the
+        attempt stays in the caller's own log."""
+        if log_id != PLATFORM_LOG:
+            with self._db.transaction(readonly=True) as session:
+                if session.get(TenantRow, log_id) is None:
+                    raise NotFound("audit log not found")
         self._auditor.note(
             tenant_id=None if log_id == PLATFORM_LOG else log_id,
             resource=Resource("audit-log", log_id),
@@ -134,13 +140,16 @@ class AuditReader:
             InvalidArgument: retention outside 1 to 36,500 days.
             NotFound: no such tenant.
         """
+        if retention_days is not None and not 1 <= retention_days <= MAX_RETENTION_DAYS:
+            raise InvalidArgument(f"retention must be 1 to {MAX_RETENTION_DAYS} days")
+        with self._db.transaction(readonly=True) as session:
+            if session.get(TenantRow, tenant_id) is None:
+                raise NotFound("tenant not found")
         self._auditor.note(
             tenant_id=tenant_id,
             resource=Resource("tenant", tenant_id),
             detail={"retention_days": retention_days or 0, "legal_hold": int(legal_hold)},
         )
-        if retention_days is not None and not 1 <= retention_days <= MAX_RETENTION_DAYS:
-            raise InvalidArgument(f"retention must be 1 to {MAX_RETENTION_DAYS} days")
         self._auditor.release()
         with self._db.transaction() as session:
             row = session.scalars(

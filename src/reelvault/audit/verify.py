@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reelvault.audit import merkle
+from reelvault.audit.events import PLATFORM_LOG
 from reelvault.audit.note import Checkpoint, NoteError, open_note, parse_checkpoint
 
 __all__ = ["VerifyReport", "verify_export"]
@@ -91,6 +92,11 @@ def verify_export(
         if parsed is None:
             return report
         entry, recorded_previous, log_name = parsed
+        if log_name is None and expected_log == PLATFORM_LOG:
+            report.problems.append(
+                f"line {number}: a purged event in the platform log, which is never purged"
+            )
+            return report
         if log_name is not None and log_name != expected_log:
             report.problems.append(
                 f"event {entry.uid} (sequence {entry.seq}) belongs to log {log_name!r}, not "

@@ -231,6 +231,16 @@ class AuditRepository:
         )
         return [(tenant_id, int(days or 0)) for tenant_id, days in self._session.execute(query)]
 
+    def retention_for_purge(self, tenant_id: str) -> int | None:
+        """The tenant's retention in days, with its row locked until commit; None when it
+        keeps everything or is on legal hold."""
+        row = self._session.scalars(
+            select(TenantRow).where(TenantRow.id == tenant_id).with_for_update()
+        ).one_or_none()
+        if row is None or row.legal_hold or row.audit_retention_days is None:
+            return None
+        return int(row.audit_retention_days)
+
     def purge(self, log_id: str, before_us: int) -> int:
         """Drop the bodies of integrated events older than ``before_us``; the leaf hashes
         stay. Returns how many were dropped."""

@@ -594,21 +594,23 @@ def _audit_verify(args: argparse.Namespace) -> Output:
         raise errors.IntegrityError("the export does not verify: " + "; ".join(problems))
     assert checkpoint is not None  # a report without problems has read its checkpoint
     purged = f" ({report.purged} purged)" if report.purged else ""
+    covered = report.events - report.beyond_checkpoint
     text = (
-        f"verified: {report.events} events{purged}, checkpoint size {checkpoint.size}, "
+        f"verified: {covered} events{purged}, checkpoint size {checkpoint.size}, "
         f"root {checkpoint.root_hash.hex()}, log {log_id} ({checkpoint.origin})"
     )
     if previous is not None:
         text += ", consistent with the earlier checkpoint"
-    if report.events > checkpoint.size:
+    if report.beyond_checkpoint:
         text += (
-            f"\nnote: the events from sequence {checkpoint.size} on are not covered by the "
-            "checkpoint (only chained; the last one not even that)"
+            f"\nnote: {report.beyond_checkpoint} events from sequence {checkpoint.size} on are "
+            "not covered by the checkpoint and not verified (only chained)"
         )
     return Output(
         data={
             "verified": True,
-            "events": report.events,
+            "events": covered,
+            "beyond_checkpoint": report.beyond_checkpoint,
             "purged": report.purged,
             "log_id": log_id,
             "checkpoint": {

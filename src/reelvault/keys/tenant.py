@@ -255,9 +255,11 @@ class TenantKeys:
     def get_tenant(self, tenant_id: str) -> Tenant:
         """Raises NotFound for an unknown tenant."""
         _check_tenant_id(tenant_id)
-        self._audit.note(tenant_id=tenant_id, resource=Resource("tenant", tenant_id))
         with self._db.transaction(readonly=True) as session:
-            return _tenant(TenantRepository(session).tenant(tenant_id))
+            tenant = _tenant(TenantRepository(session).tenant(tenant_id))
+        # Noted once found: a tenant that does not exist gets no log.
+        self._audit.note(tenant_id=tenant_id, resource=Resource("tenant", tenant_id))
+        return tenant
 
     def list_tenants(self) -> list[Tenant]:
         """All tenants, by name."""

@@ -376,8 +376,13 @@ def _request_id(metadata: Sequence[tuple[str, Any]]) -> str:
     return secrets.token_hex(16)
 
 
-# Request fields that name what a refused caller was after, for the audit record.
-_RESOURCE_FIELDS: Final = (("asset_id", "asset"), ("api_key_id", "apikey"), ("tenant_id", "tenant"))
+# Request fields that name what a refused caller was after, for the audit record, with the
+# form an id must have to be recorded (anything else is the caller's noise, not an id).
+_RESOURCE_FIELDS: Final = (
+    ("asset_id", "asset", re.compile(r"[0-9a-f]{32}")),
+    ("api_key_id", "apikey", re.compile(r"[0-9a-f]{16}")),
+    ("tenant_id", "tenant", re.compile(r"[0-9a-f]{32}")),
+)
 
 
 def _note_requested_resource(access: Access, raw: Any, decode: Callable[[Any], Any]) -> None:
@@ -389,10 +394,10 @@ def _note_requested_resource(access: Access, raw: Any, decode: Callable[[Any], A
         request = decode(raw)
     except InvalidArgument:
         return
-    for name, kind in _RESOURCE_FIELDS:
+    for name, kind, form in _RESOURCE_FIELDS:
         value = getattr(request, name, "")
-        if isinstance(value, str) and value:
-            access.resources.append(Resource(kind, value[:64]))
+        if isinstance(value, str) and form.fullmatch(value):
+            access.resources.append(Resource(kind, value))
             return
 
 

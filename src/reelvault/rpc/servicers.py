@@ -24,7 +24,7 @@ from reelvault.assets import MAX_CHUNK, AssetInfo, AssetUpload
 from reelvault.audit import PLATFORM_LOG
 from reelvault.auth import Principal
 from reelvault.crypto.names import valid_tenant_id
-from reelvault.errors import InvalidArgument, NotFound, PermissionDenied
+from reelvault.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from reelvault.rpc import convert
 from reelvault.rpc.interceptors import check_deadline, current_principal
 from reelvault.v1 import (
@@ -292,6 +292,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc, 
 
     def __init__(self, vault: Vault) -> None:
         self._audit = vault.audit
+        self._api_keys = vault.api_keys
 
     async def ListAuditEvents(  # noqa: N802 - gRPC method names
         self, request: audit_pb2.ListAuditEventsRequest, context: Any
@@ -330,8 +331,12 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc, 
         if end is None and not request.follow:
             end = await asyncio.to_thread(self._audit.log.tree_size, log_id)
         position = request.from_sequence
+        key_id = current_principal().key_id
         while end is None or position < end:
             check_deadline(context)
+            # A stream can outlive its key: one revoked since the call began stops here.
+            if (await asyncio.to_thread(self._api_keys.get, key_id)).revoked_at is not None:
+                raise Unauthenticated("invalid API key")
             limit = self._EXPORT_BATCH if end is None else min(self._EXPORT_BATCH, end - position)
             events = await asyncio.to_thread(self._audit.export_batch, log_id, position, limit)
             for event in events:

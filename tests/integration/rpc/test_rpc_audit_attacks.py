@@ -1,10 +1,8 @@
 """Attacks on the access audit log over a real gRPC server (security review).
 
-Each test either shows an attack that is already defeated (a plain test), or demonstrates
-a finding of the review (``xfail(strict=True)``, with the finding's number in the reason):
-once the code is fixed the test passes, the strict mark turns that into a failure, and
-the mark is removed. The attacks: reading another log (tenant id spellings, roles),
-releases without an event, poisoning the log with what a caller controls, keeping a
+Each test shows an attack defeated: some from the start, the others findings of the review
+that were fixed (findings 1-6 and 12). The attacks: reading another log (tenant id
+spellings, roles), releases without an event, poisoning the log with what a caller controls, keeping a
 follow stream after revocation, placing events in other tenants' logs, page tokens and
 numeric extremes, secrets in records and service logs, and the unauthenticated limiter.
 """
@@ -251,14 +249,6 @@ def test_a_tenant_admin_mints_no_platform_auditor_and_no_other_tenants_auditor(
 # -- findings: what a caller can make the log hold, or where ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 1: ListAssets notes the request's prefix before validating it, so a "
-        "refused prefix of any size (up to the 16 MiB message limit, controls escaped 6x "
-        "by the canonical JSON) becomes an audit record too large to list or export"
-    ),
-)
 def test_a_listing_prefix_cannot_poison_the_log(api: Stubs, audit, vault: Vault, acme: Tenancy):
     poison = "\x01" * (3 * MiB)  # a distributor's key is enough
     refused = rpc_error(
@@ -281,13 +271,6 @@ def test_a_listing_prefix_cannot_poison_the_log(api: Stubs, audit, vault: Vault,
     assert largest < 64 * 1024, f"an audit record of {largest} bytes"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 3: a follow export authenticates once; after its auditor key is revoked "
-        "it keeps streaming the tenant's new events"
-    ),
-)
 def test_a_revoked_auditor_key_stops_receiving_followed_events(
     api: Stubs, audit, vault: Vault, acme: Tenancy
 ):
@@ -320,15 +303,6 @@ def test_a_revoked_auditor_key_stops_receiving_followed_events(
     assert "asset.write" not in leaked, leaked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 4: RevokeApiKey notes the key's tenant before the access check, so a "
-        "tenant admin's attempt on another tenant's key id is written to that tenant's log "
-        "(with the caller's tenant, key id, address and user agent, unthrottled) and "
-        "missing from the caller's own log: a cross-tenant write and an existence oracle"
-    ),
-)
 def test_an_attempt_on_another_tenants_key_is_recorded_in_the_callers_log(
     api: Stubs, vault: Vault, acme: Tenancy, globex: Tenancy
 ):
@@ -351,14 +325,6 @@ def test_an_attempt_on_another_tenants_key_is_recorded_in_the_callers_log(
     assert len(events(vault, globex.id)) == globex_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 5: a platform key naming a tenant that does not exist gets a log made for "
-        "it: a signed checkpoint of a phantom log, and its own refused calls filed there "
-        "instead of in the platform log"
-    ),
-)
 def test_a_tenant_that_does_not_exist_has_no_log(
     api: Stubs, audit, vault: Vault, platform_token: str, platform_auditor: str
 ):
@@ -390,15 +356,6 @@ def test_a_tenant_that_does_not_exist_has_no_log(
     assert phantom == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 12: a call refused by authorization has the resource id its request "
-        "names noted unvalidated (interceptors._note_requested_resource); a NUL in it "
-        "cannot be stored in a PostgreSQL varchar, so the group commit carrying that "
-        "event fails, and every other caller in the batch, of any tenant, gets UNAVAILABLE"
-    ),
-)
 def test_a_refused_request_cannot_fail_the_audit_write_of_others(
     api: Stubs, vault: Vault, acme: Tenancy, globex: Tenancy, monkeypatch: pytest.MonkeyPatch
 ):
@@ -461,14 +418,6 @@ def _token(log_id: str, start_us: int, end_us: int, time_us: int, row_id: int) -
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 6: a time range or page-token position outside 64-bit microseconds / row "
-        "ids reaches the database and ends as INTERNAL (a logged traceback) instead of "
-        "INVALID_ARGUMENT"
-    ),
-)
 @pytest.mark.parametrize(
     "case",
     ["huge-end", "huge-negative-start", "huge-both", "token-row-2^64-1", "token-row-2^63"],
@@ -852,14 +801,6 @@ def ipv6_server(vault: Vault) -> Iterator[ServerThread]:
         thread.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 2: over IPv6 grpcio reports the peer as 'ipv6:%5B::1%5D:port', which the "
-        "limiter does not strip of its port: a client that reconnects is a new peer each "
-        "time and every bad-token attempt is written to the platform log"
-    ),
-)
 def test_an_ipv6_client_reconnecting_gets_one_burst(ipv6_server: ServerThread, vault: Vault):
     attempts = 25
     for _ in range(attempts):

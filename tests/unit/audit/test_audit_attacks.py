@@ -1,10 +1,8 @@
 """Attacks on the audit log's building blocks: the unauthenticated-attempt limiter, the
 offline verifier, the signed-note parser and the sequencer's lock.
 
-Each test either shows an attack that is already defeated (a plain test), or demonstrates
-a finding of the security review (``xfail(strict=True)``, with the finding's number in the
-reason): once the code is fixed the test passes, the strict mark turns that into a failure,
-and the mark is removed.
+Each test shows an attack defeated: some from the start, the others findings of the
+security review that were fixed (findings 2, 7, 9 and 11).
 """
 
 from __future__ import annotations
@@ -63,14 +61,6 @@ def _knock(auditor: Auditor, peer: str) -> None:
     auditor.conclude(_unauthenticated(peer), "UNAUTHENTICATED", denied=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 2: grpcio reports IPv6 peers percent-encoded ('ipv6:%5B::1%5D:port'); "
-        "_peer_host only strips the port of 'ipv6:[...]:port', so every new connection of "
-        "an IPv6 client is a new limiter peer with a burst of its own"
-    ),
-)
 def test_an_ipv6_client_opening_new_connections_is_one_peer():
     sink = MemoryAuditSink()
     auditor = Auditor(sink, FakeClock())
@@ -90,14 +80,6 @@ def test_an_ipv4_client_opening_new_connections_is_one_peer():
     assert len(sink.events) == BURST
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 2: IPv6 peers are keyed by their full /128 address; one host owning a "
-        "/64 gets up to 10,000 limiter entries (a burst each) and then pushes every other "
-        "unauthenticated peer into the shared '*' counter"
-    ),
-)
 def test_one_ipv6_prefix_cannot_multiply_its_burst():
     sink = MemoryAuditSink()
     auditor = Auditor(sink, FakeClock())
@@ -304,14 +286,6 @@ def test_events_past_the_checkpoint_are_reported_apart(acme: _Log):
     assert not report.ok or report.beyond_checkpoint == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 7: 'reelvault audit verify --json' says verified: true with events "
-        "counting the lines past the checkpoint, which nothing authenticates (a forger "
-        "appends any), and does not give their number; scripts read the JSON"
-    ),
-)
 def test_the_cli_json_does_not_count_forged_tail_events_as_verified(
     acme: _Log, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
@@ -335,13 +309,6 @@ def test_deeply_nested_json_is_a_reported_problem(acme: _Log, line: bytes):
     assert not report.ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 9: the platform log is never purged, yet verify_export accepts a purged "
-        "line in it, so whoever handles a platform export can blank any event unnoticed"
-    ),
-)
 def test_a_purged_line_in_the_platform_log_is_refused(seed: bytes):
     log = _build("platform", 4, seed)
     lines = list(log.lines)
@@ -493,14 +460,6 @@ def test_integrating_again_adds_nothing(
 
 
 @pytest.mark.db
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding 11: AuditLog.purge reads every tenant's policy in one transaction and "
-        "purges each tenant later in another, without re-checking: a legal hold set (or a "
-        "retention lengthened) in between is ignored and the bodies are dropped"
-    ),
-)
 def test_a_legal_hold_set_while_a_purge_runs_is_honoured(
     database: Database,
     root_provider: FakeRootKeyProvider,
