@@ -3,8 +3,9 @@
 Each test shows an attack defeated: some from the start, the others findings of the review
 that were fixed (findings 1-6 and 12). The attacks: reading another log (tenant id
 spellings, roles), releases without an event, poisoning the log with what a caller
-controls, keeping a follow stream after revocation, placing events in other tenants' logs, page tokens and
-numeric extremes, secrets in records and service logs, and the unauthenticated limiter.
+controls, keeping a follow stream after revocation, placing events in other tenants'
+logs, page tokens and numeric extremes, secrets in records and service logs, and the
+unauthenticated limiter.
 """
 
 from __future__ import annotations
