@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from rpc_harness import CHANNEL_OPTIONS, Stubs, bearer
+from serve_process import SERVE, Process, serve_environment
 
 from reelvault.allocator import SETTINGS
 from reelvault.app import Vault
@@ -31,68 +30,12 @@ from reelvault.v1 import apikey_pb2, asset_pb2, tenant_pb2
 
 pytestmark = pytest.mark.db
 
-SERVE = "import asyncio; from reelvault.config import Settings; from reelvault.rpc import serve; "
-SERVE += "asyncio.run(serve(Settings.load()))"
-
-
-class Process:
-    """The service as a child process, with its JSON log lines collected as they come."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, "-c", SERVE],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[dict] = []
-        self.raw: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self.raw.append(line)
-            with contextlib.suppress(ValueError):  # not every line is ours (warnings)
-                self.lines.append(json.loads(line))
-
-    def wait_for_event(self, event: str, timeout: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if line.get("event") == event:
-                    return line
-            if self.popen.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no {event!r} log line; stderr:\n{''.join(self.raw)}")
-
 
 @pytest.fixture
 def environment(database, seaweed: SeaweedServer, tmp_path: Path) -> dict[str, str]:
     keyring = tmp_path / "keyring.json"
     init_keyring(keyring)
-    seaweed.object_store("reelvault-serve", create=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REELVAULT_")}
-    env.update(
-        {
-            "REELVAULT_DATA_DIR": str(tmp_path / "data"),
-            "REELVAULT_DATABASE_URL": database.engine.url.render_as_string(hide_password=False),
-            "REELVAULT_KEYRING": str(keyring),
-            "REELVAULT_S3_ENDPOINT_URL": seaweed.endpoint_url,
-            "REELVAULT_S3_BUCKET": "reelvault-serve",
-            "REELVAULT_S3_REGION": seaweed.region,
-            "REELVAULT_S3_ACCESS_KEY_ID": seaweed.access_key,
-            "REELVAULT_S3_SECRET_ACCESS_KEY": seaweed.secret_key,
-            "REELVAULT_S3_PART_SIZE": "5MiB",
-            "REELVAULT_GRPC_PORT": "0",
-            "REELVAULT_SHUTDOWN_GRACE": "5",
-            "REELVAULT_LOG_FORMAT": "json",
-        }
-    )
-    return env
+    return serve_environment(database, seaweed, keyring, tmp_path / "data", "reelvault-serve")
 
 
 @pytest.fixture
