@@ -263,7 +263,6 @@ async def audit_sequencer(vault: Vault, settings: Settings) -> AsyncIterator[Non
         yield
     finally:
         stop.set()
-        vault.audit_log.written.set()  # wake it now
         await asyncio.to_thread(thread.join, 30.0)
 
 
