@@ -5,10 +5,12 @@ tenant never queue on one row lock:
 
 1. **Durable first.** :meth:`AuditLog.write` (the :class:`~reelvault.audit.AuditSink`) puts
    events in ``audit_events`` with no sequence number. Concurrent writers share a group
-   commit: the first caller to find no write in progress becomes the leader, takes every
-   event queued so far (up to ``max_batch``) and commits them in one transaction; the
-   others wait for the batch that carries theirs. One caller alone pays one transaction
-   and no added wait. If the commit fails, every caller of that batch gets ``Unavailable``.
+   commit: a caller that finds fewer than ``max_in_flight`` commits running (1 on SQLite,
+   which has one writer at a time) becomes a leader, takes every event queued so far (up
+   to ``max_batch``) and commits them in one transaction; the others wait for the batch
+   that carries theirs. One caller alone pays one transaction and no added wait. If a
+   batch fails, each caller's events are committed alone, so that one bad event fails
+   only its own caller (``Unavailable``).
 2. **Integrated in batches.** :meth:`AuditLog.integrate` (the sequencer, run by every
    service process in the background and before any proof or checkpoint is served) locks
    one log's tree row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: another replica already
@@ -30,6 +32,7 @@ import hashlib
 import hmac
 import json
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +42,7 @@ import structlog
 from sqlalchemy import insert
 
 from reelvault.audit import merkle
-from reelvault.audit.events import AuditEvent, canonical_json, cap, render, seal_record
+from reelvault.audit.events import AuditEvent, cap, render, seal_record
 from reelvault.audit.note import Checkpoint, encode_verifier_key, sign_note
 from reelvault.catalog import Database
 from reelvault.catalog.audit import AuditFilter, AuditRepository
@@ -106,12 +109,17 @@ class CheckpointInfo:
 
 
 class _Slot:
-    __slots__ = ("done", "error", "rows")
+    """One caller's events waiting for a group commit. Each has its own wake-up, so a
+    commit wakes exactly the callers it concerns (and the next leader), not every waiter."""
+
+    __slots__ = ("done", "error", "rows", "taken", "wake")
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
+        self.taken = False  # in a batch being committed
         self.done = False
         self.error: BaseException | None = None
+        self.wake = threading.Event()
 
 
 class AuditLog:
@@ -135,6 +143,7 @@ class AuditLog:
         origin_prefix: str = "reelvault.local/audit",
         key_name: str = "reelvault-audit",
         max_batch: int = 1000,
+        max_in_flight: int = 2,
     ) -> None:
         self._db = database
         self._root = root
@@ -142,9 +151,12 @@ class AuditLog:
         self._origin_prefix = origin_prefix
         self._key_name = key_name
         self._max_batch = max_batch
-        self._cond = threading.Condition()
-        self._queue: list[_Slot] = []
-        self._writing = False
+        self._lock = threading.Lock()
+        self._queue: deque[_Slot] = deque()
+        self._in_flight = 0
+        # Commits in flight at once: PostgreSQL flushes the WAL of concurrent commits
+        # together; SQLite has one writer at a time, so more would only queue on its lock.
+        self._max_in_flight = 1 if database.dialect_name == "sqlite" else max_in_flight
         self._signer_lock = threading.Lock()
         self._signer: tuple[bytes, bytes] | None = None  # (private seed, public key)
 
@@ -159,35 +171,49 @@ class AuditLog:
         if not events:
             return
         slot = _Slot([_row(event) for event in events])
-        with self._cond:
+        with self._lock:
             self._queue.append(slot)
-            while not slot.done:
-                if self._writing:
-                    self._cond.wait()
-                    continue
-                self._writing = True
+        while True:
+            with self._lock:
+                if slot.done:
+                    break
                 batch: list[_Slot] = []
-                count = 0
-                while self._queue and (
-                    not batch or count + len(self._queue[0].rows) <= self._max_batch
-                ):
-                    taken = self._queue.pop(0)
-                    batch.append(taken)
-                    count += len(taken.rows)
-                self._cond.release()
-                errors: list[BaseException | None] = [Unavailable("audit write interrupted")] * len(
-                    batch
-                )
-                try:
-                    errors = self._commit_batch(batch)
-                finally:
-                    self._cond.acquire()
+                if not slot.taken and self._in_flight < self._max_in_flight:
+                    self._in_flight += 1
+                    batch = self._take()
+            if not batch:
+                # Woken when our batch is durable, or when we may lead the next one.
+                slot.wake.wait()
+                slot.wake.clear()
+                continue
+            errors: list[BaseException | None] = [Unavailable("audit write interrupted")] * len(
+                batch
+            )
+            try:
+                errors = self._commit_batch(batch)
+            finally:
+                with self._lock:
                     for taken, error in zip(batch, errors, strict=True):
                         taken.done, taken.error = True, error
-                    self._writing = False
-                    self._cond.notify_all()
+                    self._in_flight -= 1
+                    head = self._queue[0] if self._queue else None
+                for taken in batch:
+                    taken.wake.set()
+                if head is not None:
+                    head.wake.set()  # it leads the next batch
         if slot.error is not None:
             raise Unavailable("audit log unavailable") from slot.error
+
+    def _take(self) -> list[_Slot]:
+        """The next batch from the front of the queue (the lock held)."""
+        batch: list[_Slot] = []
+        count = 0
+        while self._queue and (not batch or count + len(self._queue[0].rows) <= self._max_batch):
+            taken = self._queue.popleft()
+            taken.taken = True
+            batch.append(taken)
+            count += len(taken.rows)
+        return batch
 
     def _commit_batch(self, batch: list[_Slot]) -> list[BaseException | None]:
         """Commit a batch; if that fails, each caller's events alone, so one bad event
@@ -517,7 +543,9 @@ def _row(event: AuditEvent) -> dict[str, Any]:
         "actor_key_id": event.actor.key_id,
         "resource_type": cap(resource.type, 16) if resource else None,
         "resource_id": cap(resource.id, 64) if resource and resource.id else None,
-        "body": canonical_json(render(event)).decode("ascii"),
+        # Not canonical yet (no sorting, which costs a third of this function): the
+        # sequencer seals the canonical leaf bytes from it (events.seal_record).
+        "body": json.dumps(render(event), separators=(",", ":")),
         "leaf_hash": None,
     }
 
