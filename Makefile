@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test test-postgres lint format protos check-protos bench-crypto bench lock clean
+.PHONY: venv run test test-postgres lint format protos check-protos bench-crypto bench bench-audit lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench-crypto: $(STAMP)
 ## make bench: the service end to end (1 GiB up/down, ranges, server RSS) vs boto3 on SeaweedFS
 bench: $(STAMP)
 	$(PY) -m bench.service_bench --json bench/results/service.json
+
+## make bench-audit: what the audit log costs (StatAsset audited vs no-op, write rate, queries, verification)
+bench-audit: $(STAMP)
+	$(PY) -m bench.audit_bench --json bench/results/audit.json
 
 ## make lock: re-resolve and pin every dependency (then review the diff)
 lock:
