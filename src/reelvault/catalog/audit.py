@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -140,16 +140,25 @@ class AuditRepository:
             )
 
     def nodes(self, log_id: str, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        keys = sorted(set(wanted))
+        by_level: dict[int, list[int]] = {}
+        for level, index in set(wanted):
+            by_level.setdefault(level, []).append(index)
         found: dict[tuple[int, int], bytes] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            query = select(AuditNodeRow.level, AuditNodeRow.index, AuditNodeRow.hash).where(
-                AuditNodeRow.log_id == log_id,
-                tuple_(AuditNodeRow.level, AuditNodeRow.index).in_(chunk),
-            )
-            for level, index, digest in self._session.execute(query):
-                found[(level, index)] = digest
+        if not by_level:
+            return found
+        # One (level, index IN ...) term per level: both backends answer each from the
+        # primary key, which a row-value IN does not get on SQLite.
+        query = select(AuditNodeRow.level, AuditNodeRow.index, AuditNodeRow.hash).where(
+            AuditNodeRow.log_id == log_id,
+            or_(
+                *(
+                    and_(AuditNodeRow.level == level, AuditNodeRow.index.in_(sorted(indexes)))
+                    for level, indexes in by_level.items()
+                )
+            ),
+        )
+        for level, index, digest in self._session.execute(query):
+            found[(level, index)] = digest
         return found
 
     # -- checkpoints and keys ----------------------------------------------------------
@@ -195,11 +204,10 @@ class AuditRepository:
         )
         if after is not None:
             time_us, row_id = after
+            # The first condition alone bounds the index range; the OR alone would not.
             query = query.where(
-                or_(
-                    AuditEventRow.time_us > time_us,
-                    and_(AuditEventRow.time_us == time_us, AuditEventRow.id > row_id),
-                )
+                AuditEventRow.time_us >= time_us,
+                or_(AuditEventRow.time_us > time_us, AuditEventRow.id > row_id),
             )
         query = query.order_by(AuditEventRow.time_us, AuditEventRow.id).limit(limit)
         return list(self._session.scalars(query))

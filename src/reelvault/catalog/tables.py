@@ -272,8 +272,23 @@ class AuditEventRow(Base):
     __table_args__ = (
         UniqueConstraint("log_id", "seq"),
         Index("ix_audit_events_log_id_time_us_id", "log_id", "time_us", "id"),
-        Index("ix_audit_events_log_id_actor_key_id_time_us", "log_id", "actor_key_id", "time_us"),
-        Index("ix_audit_events_log_id_resource_id_time_us", "log_id", "resource_id", "time_us"),
+        # Each filter a security team pages through by time: the filtered column, then the
+        # page order (time, id), so that a page is one index range.
+        Index(
+            "ix_audit_events_log_id_actor_key_id_time_us_id",
+            "log_id",
+            "actor_key_id",
+            "time_us",
+            "id",
+        ),
+        Index(
+            "ix_audit_events_log_id_resource_id_time_us_id",
+            "log_id",
+            "resource_id",
+            "time_us",
+            "id",
+        ),
+        Index("ix_audit_events_log_id_action_time_us_id", "log_id", "action", "time_us", "id"),
         Index(
             "ix_audit_events_pending",
             "log_id",

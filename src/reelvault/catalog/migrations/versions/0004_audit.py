@@ -60,16 +60,12 @@ def upgrade() -> None:
     op.create_index(
         "ix_audit_events_log_id_time_us_id", "audit_events", ["log_id", "time_us", "id"]
     )
-    op.create_index(
-        "ix_audit_events_log_id_actor_key_id_time_us",
-        "audit_events",
-        ["log_id", "actor_key_id", "time_us"],
-    )
-    op.create_index(
-        "ix_audit_events_log_id_resource_id_time_us",
-        "audit_events",
-        ["log_id", "resource_id", "time_us"],
-    )
+    for column in ("actor_key_id", "resource_id", "action"):
+        op.create_index(
+            f"ix_audit_events_log_id_{column}_time_us_id",
+            "audit_events",
+            ["log_id", column, "time_us", "id"],
+        )
     op.create_index(
         "ix_audit_events_pending",
         "audit_events",
@@ -121,8 +117,8 @@ def downgrade() -> None:
     op.drop_table("audit_nodes")
     op.drop_table("audit_trees")
     op.drop_index("ix_audit_events_pending", table_name="audit_events")
-    op.drop_index("ix_audit_events_log_id_resource_id_time_us", table_name="audit_events")
-    op.drop_index("ix_audit_events_log_id_actor_key_id_time_us", table_name="audit_events")
+    for column in ("action", "resource_id", "actor_key_id"):
+        op.drop_index(f"ix_audit_events_log_id_{column}_time_us_id", table_name="audit_events")
     op.drop_index("ix_audit_events_log_id_time_us_id", table_name="audit_events")
     op.drop_table("audit_events")
     with op.batch_alter_table("api_keys") as batch:
