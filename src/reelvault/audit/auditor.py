@@ -43,6 +43,7 @@ from reelvault.audit.events import (
     new_event_id,
 )
 from reelvault.clock import Clock
+from reelvault.errors import Unavailable
 
 __all__ = ["Access", "AuditSink", "Auditor", "MemoryAuditSink", "NullAuditSink"]
 
@@ -72,8 +73,6 @@ class MemoryAuditSink:
         self._lock = threading.Lock()
 
     def write(self, events: Sequence[AuditEvent]) -> None:
-        from reelvault.errors import Unavailable  # noqa: PLC0415 - keep the fake tiny
-
         if self.unavailable:
             raise Unavailable("audit log unavailable")
         with self._lock:
