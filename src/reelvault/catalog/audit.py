@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -199,11 +199,8 @@ class AuditRepository:
         )
         if after is not None:
             time_us, row_id = after
-            # The first condition alone bounds the index range; the OR alone would not.
-            query = query.where(
-                AuditEventRow.time_us >= time_us,
-                or_(AuditEventRow.time_us > time_us, AuditEventRow.id > row_id),
-            )
+            # A row-value comparison: both backends turn it into one index range.
+            query = query.where(tuple_(AuditEventRow.time_us, AuditEventRow.id) > (time_us, row_id))
         query = query.order_by(AuditEventRow.time_us, AuditEventRow.id).limit(limit)
         return list(self._session.scalars(query))
 
