@@ -309,7 +309,8 @@ class AuditLog:
         ``interval`` seconds), run ``on_round``, sign a checkpoint of
         each grown log every ``checkpoint_interval`` seconds, and purge past retention
         every ``purge_interval`` seconds (through ``purge``, which records it)."""
-        last_checkpoints = last_purge = self._clock.monotonic()
+        last_checkpoints = self._clock.monotonic()
+        last_purge = last_checkpoints - purge_interval  # purge and analyze in the first round
         # Rounds at a fixed pace rather than after each write: a round per write would make
         # every audited call pay for an integration (and, on SQLite, wait for its lock).
         while not stop.wait(interval):
@@ -325,8 +326,20 @@ class AuditLog:
                     last_purge = now
                     for tenant_id, count in (purge or self.purge)().items():
                         _log.info("audit events purged", tenant_id=tenant_id, count=count)
+                    self.analyze()
             except Exception:  # retried next round; the events are durable already
                 _log.warning("audit sequencer round failed", exc_info=True)
+
+    def analyze(self) -> None:
+        """Refresh SQLite's planner statistics of the audit tables (PostgreSQL's autovacuum
+        does this by itself). Without them SQLite pages a filtered query along the time
+        index and scans: a later page of one key's denied events over 300k events took
+        35 ms, 5 ms after. ``analysis_limit`` keeps it to a sample, so it is quick."""
+        if self._db.dialect_name != "sqlite":
+            return
+        with self._db.engine.begin() as connection:
+            connection.exec_driver_sql("PRAGMA analysis_limit=1000")
+            connection.exec_driver_sql("ANALYZE audit_events")
 
     # -- checkpoints --------------------------------------------------------------------
 

@@ -259,3 +259,14 @@ def test_a_failed_commit_fails_every_waiter_and_nothing_is_half_written(
     monkeypatch.undo()
     log.integrate(tenant)
     assert log.tree_size(tenant) == before
+
+
+def test_sqlite_gets_planner_statistics_for_the_audit_tables(
+    database: Database, log: AuditLog, auditor: Auditor, tenant: str
+):
+    _record(auditor, tenant, 3)
+    log.analyze()  # a no-op on PostgreSQL, whose autovacuum keeps statistics
+    if database.dialect_name == "sqlite":
+        with database.engine.connect() as connection:
+            tables = {row[0] for row in connection.exec_driver_sql("SELECT tbl FROM sqlite_stat1")}
+        assert "audit_events" in tables
