@@ -41,9 +41,9 @@ suite's database ``test`` is never touched). Each part starts on a fresh, migrat
    page tokens) run ``--query-runs`` times, interleaved, after an untimed warm-up pass;
    p50 and p90 are reported. Queries whose filter no index of ``audit_events`` leads
    with (read from the schema) are marked so and run after the others, by themselves,
-   since their scans evict the others' pages from the database's cache. On PostgreSQL
-   the table is vacuumed and analyzed first (what autovacuum does to a table in
-   service); SQLite gets no ANALYZE, since the service never runs one.
+   since their scans evict the others' pages from the database's cache. Planner
+   statistics are refreshed first as in service: on PostgreSQL ``VACUUM (ANALYZE)``
+   (what autovacuum does), on SQLite ``AuditLog.analyze`` (what the sequencer runs).
 4. **Verification and proofs** on the same log: the export (``AuditLog.export``, written
    as JSON Lines to a file), ``verify_export`` reading that file against a fresh
    checkpoint, and ``--proofs`` inclusion and consistency proofs at the full tree size
