@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -264,4 +265,6 @@ class AuditRepository:
         self._session.execute(insert(table).values(**values).on_conflict_do_nothing())
 
 
-_EMPTY_ROOT = bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+# RFC 6962's root of the empty tree, SHA-256 of nothing (audit.merkle.EMPTY_ROOT; the
+# catalog does not import the layer above it).
+_EMPTY_ROOT = hashlib.sha256(b"").digest()
