@@ -258,13 +258,15 @@ class Assets:
         kek = self._keys.encryption_kek(tenant_id)
         asset_id = secrets.token_hex(16)
         object_key = f"t/{tenant_id}/{secrets.token_hex(16)}"
+        now = self._now()
         with self._db.transaction() as session:
             session.add(
                 UploadRow(
                     object_key=object_key,
                     tenant_id=tenant_id,
                     asset_id=asset_id,
-                    started_at=self._now(),
+                    started_at=now,
+                    refreshed_at=now,
                 )
             )
         try:

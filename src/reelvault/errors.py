@@ -14,6 +14,7 @@ origin) translate by class, never by matching message strings::
     ├── PermissionDenied                PERMISSION_DENIED   403
     ├── Unauthenticated                 UNAUTHENTICATED     401
     ├── Unavailable                     UNAVAILABLE         503
+    ├── ResourceExhausted               RESOURCE_EXHAUSTED  503 (+ Retry-After)
     ├── ConfigurationError              INTERNAL            500
     └── IntegrityError                  DATA_LOSS           500
         └── DecryptionError             DATA_LOSS           500
@@ -43,6 +44,7 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "ReelvaultError",
+    "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
 ]
@@ -129,6 +131,24 @@ class Unavailable(ReelvaultError):
     grpc_status = "UNAVAILABLE"
     http_status = 503
     default_message = "service unavailable"
+
+
+class ResourceExhausted(ReelvaultError):
+    """Admission control refused the call: too many of its kind are running (in this
+    process or for this tenant). Nothing was started; retry after ``retry_after`` seconds.
+
+    The gRPC edge sends the hint as ``retry-after`` trailing metadata (seconds, like
+    HTTP's header); the HTTP origin as a ``Retry-After`` header with a 503 (S3's
+    ``SlowDown`` convention: a CDN retries a 503, while a 429 is often passed through).
+    """
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+    http_status = 503
+    default_message = "too many concurrent calls; retry later"
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ConfigurationError(ReelvaultError):

@@ -246,7 +246,9 @@ class AssetRow(Base):
 
 class UploadRow(Base):
     """An upload in flight: the object key it writes, so garbage collection can tell an
-    object still being written (or committed a moment ago) from one a crash left behind."""
+    object still being written (or committed a moment ago) from one a crash left behind.
+    A running upload refreshes ``refreshed_at`` (its heartbeat); gc only removes rows
+    whose heartbeat stopped."""
 
     __tablename__ = "uploads"
 
@@ -254,6 +256,7 @@ class UploadRow(Base):
     tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"))
     asset_id: Mapped[str] = mapped_column(String(32))
     started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    refreshed_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
 
 # -- the access audit log (reelvault.audit; docs/audit.md) ----------------------------
