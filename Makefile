@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test test-postgres lint format protos check-protos bench-crypto bench bench-audit lock clean
+.PHONY: venv run test test-postgres test-faults lint format protos check-protos bench-crypto bench bench-audit lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 test-postgres: $(STAMP)
 	REELVAULT_TEST_DATABASE_URL=$${REELVAULT_TEST_DATABASE_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test} \
 		$(PY) -m pytest -m db
+
+## make test-faults: the fault suite (real SeaweedFS, a private PostgreSQL, killed and restarted)
+test-faults: $(STAMP)
+	$(PY) -m pytest -m faults tests/faults
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

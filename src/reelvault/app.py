@@ -24,7 +24,9 @@ from reelvault.auth import ApiKeys
 from reelvault.catalog import Database
 from reelvault.clock import Clock, SystemClock
 from reelvault.config import Settings
+from reelvault.deadline import bound_botocore
 from reelvault.errors import ConfigurationError
+from reelvault.instrument import InstrumentedKeyProvider, InstrumentedStore, instrument_catalog
 from reelvault.keys import KmsRootKeyProvider, LocalKeyring, RootKeyProvider, TenantKeys
 from reelvault.storage import ObjectStore, S3ObjectStore
 
@@ -84,27 +86,35 @@ class Vault:
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
         """Open the catalog (migrating it to the newest schema), the root key provider and
-        the object store named by ``settings``.
+        the object store named by ``settings``, each measured for the metrics endpoint
+        (:mod:`reelvault.instrument`).
 
         Raises:
             ConfigurationError: a keyring file that is missing or unsafe, a bad store
                 setting, missing AWS credentials or region.
             Unavailable: the catalog cannot be reached.
         """
-        database = Database(settings.resolved_database_url)
+        database = Database(settings.resolved_database_url, timeout=settings.catalog_timeout)
         try:
+            instrument_catalog(database)
             database.migrate()
             return cls.from_parts(
                 database=database,
-                root=_root_provider(settings),
-                store=S3ObjectStore(
-                    settings.s3_bucket,
-                    endpoint_url=settings.s3_endpoint_url,
-                    region=settings.s3_region,
-                    access_key=settings.s3_access_key_id,
-                    secret_key=settings.s3_secret_access_key,
-                    part_size=settings.s3_part_size,
-                    max_in_flight=settings.s3_max_in_flight,
+                root=InstrumentedKeyProvider(_root_provider(settings)),
+                store=InstrumentedStore(
+                    S3ObjectStore(
+                        settings.s3_bucket,
+                        endpoint_url=settings.s3_endpoint_url,
+                        region=settings.s3_region,
+                        access_key=settings.s3_access_key_id,
+                        secret_key=settings.s3_secret_access_key,
+                        part_size=settings.s3_part_size,
+                        max_in_flight=settings.s3_max_in_flight,
+                        connect_timeout=settings.s3_connect_timeout,
+                        read_timeout=settings.s3_read_timeout,
+                        max_attempts=settings.s3_max_attempts,
+                        operation_timeout=settings.s3_operation_timeout,
+                    )
                 ),
                 clock=SystemClock(),
                 key_cache_ttl=settings.key_cache_ttl,
@@ -118,9 +128,10 @@ class Vault:
     def close(self) -> None:
         """Release connections: the catalog's pool and the object store's HTTP client."""
         self.database.dispose()
-        if isinstance(self.store, S3ObjectStore):
+        store = self.store.inner if isinstance(self.store, InstrumentedStore) else self.store
+        if isinstance(store, S3ObjectStore):
             with contextlib.suppress(Exception):  # best effort at shutdown
-                self.store.client.close()
+                store.client.close()
 
 
 def _root_provider(settings: Settings) -> RootKeyProvider:
@@ -131,7 +142,17 @@ def _root_provider(settings: Settings) -> RootKeyProvider:
                 "kms",
                 region_name=settings.kms_region,
                 endpoint_url=settings.kms_endpoint_url,
-                config=Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=30),
+                config=Config(
+                    retries={"mode": "standard", "total_max_attempts": 3},
+                    connect_timeout=min(3.0, settings.kms_timeout),
+                    read_timeout=settings.kms_timeout,
+                ),
+            )
+            bound_botocore(
+                client,
+                budget=settings.kms_timeout,
+                attempt=min(3.0, settings.kms_timeout) + settings.kms_timeout,
+                name="key provider",
             )
         except BotoCoreError as exc:  # no region, a malformed endpoint URL, ...
             raise ConfigurationError(

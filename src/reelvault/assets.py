@@ -29,6 +29,7 @@ import hashlib
 import json
 import re
 import secrets
+import threading
 import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,9 +37,11 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Final
 
+import structlog
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
+from reelvault import deadline
 from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import Database
 from reelvault.catalog.tables import AssetRow, UploadRow
@@ -68,6 +71,8 @@ from reelvault.storage import ObjectStore, Upload
 
 __all__ = [
     "MAX_CHUNK",
+    "MIN_GC_AGE",
+    "UPLOAD_HEARTBEAT",
     "AssetInfo",
     "AssetUpload",
     "Assets",
@@ -77,11 +82,18 @@ __all__ = [
 ]
 
 MAX_CHUNK: Final = 1024 * 1024
+UPLOAD_HEARTBEAT: Final = 30.0
+"""Seconds between refreshes of a running upload's row (:meth:`Assets.refresh_uploads`)."""
+MIN_GC_AGE: Final = 4 * UPLOAD_HEARTBEAT
+"""The shortest age threshold ``gc`` accepts: a running upload's row is never older than
+one heartbeat interval, so four of them leave room for a slow or briefly stalled beat."""
 MAX_PATH_BYTES: Final = 1024
 MAX_LABELS: Final = 64
 MAX_PAGE_SIZE: Final = 1000
 DEFAULT_PAGE_SIZE: Final = 100
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
+
+_log = structlog.get_logger("reelvault.assets")
 
 _ID = re.compile(r"[0-9a-f]{32}")
 _LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
@@ -231,6 +243,8 @@ class Assets:
         self._clock = clock
         self._audit = auditor if auditor is not None else Auditor(NullAuditSink(), clock)
         self._frame_length = frame_length
+        # object keys of the uploads running in this process, for their heartbeat
+        self._live: dict[str, None] = {}
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.now(), UTC)
@@ -269,10 +283,12 @@ class Assets:
                     refreshed_at=now,
                 )
             )
+        self._live[object_key] = None
         try:
             sealer = Sealer(kek, _context(tenant_id, asset_id), frame_length=self._frame_length)
             target = self._store.begin(object_key)
         except BaseException:
+            self._live.pop(object_key, None)
             self._forget_upload(object_key)
             raise
         return AssetUpload(
@@ -333,7 +349,38 @@ class Assets:
                 info = _info(row)
         except SqlIntegrityError:
             raise AlreadyExists("an asset with this path already exists") from None
+        self._live.pop(upload.object_key, None)
         return info
+
+    def refresh_uploads(self) -> int:
+        """Refresh the rows of every upload running in this process (their heartbeat),
+        so that ``gc`` can tell them from a dead process's leftovers however long they
+        run or idle. Returns how many rows were refreshed. :meth:`run_heartbeat` calls
+        it every :data:`UPLOAD_HEARTBEAT` seconds."""
+        keys = list(self._live)
+        now = self._now()
+        refreshed = 0
+        for start in range(0, len(keys), 500):
+            batch = keys[start : start + 500]
+            with self._db.transaction() as session:
+                result = session.execute(
+                    update(UploadRow)
+                    .where(UploadRow.object_key.in_(batch))
+                    .values(refreshed_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                refreshed += result.rowcount  # type: ignore[attr-defined]
+        return refreshed
+
+    def run_heartbeat(self, stop: threading.Event, *, interval: float = UPLOAD_HEARTBEAT) -> None:
+        """Call :meth:`refresh_uploads` every ``interval`` seconds until ``stop`` is set
+        (a background thread of every service process). A failed beat is logged and the
+        next one tried: gc's threshold leaves room for several."""
+        while not stop.wait(interval):
+            try:
+                self.refresh_uploads()
+            except Exception:
+                _log.warning("upload heartbeat failed", exc_info=True)
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -523,17 +570,27 @@ class Assets:
     def gc(self, *, older_than_seconds: float = 3600.0) -> GcReport:
         """Remove what crashes and failed deletes left behind.
 
-        - upload rows older than the threshold (their process died): the multipart upload
-          is aborted, any object deleted, the row removed;
+        - upload rows whose heartbeat stopped longer ago than the threshold (their process
+          died): the multipart upload is aborted, any object deleted, the row removed;
         - multipart uploads older than the threshold that no live upload row owns;
         - objects under ``t/`` with neither an asset row nor an upload row.
+
+        A running upload refreshes its row every :data:`UPLOAD_HEARTBEAT` seconds, so it
+        is never taken for a leftover, however long it runs.
+
+        Raises:
+            InvalidArgument: a threshold below :data:`MIN_GC_AGE`, which could catch a
+                running upload between two heartbeats.
         """
-        if older_than_seconds < 0:
-            raise InvalidArgument("the age threshold must not be negative")
+        if older_than_seconds < MIN_GC_AGE:
+            raise InvalidArgument(
+                f"the age threshold must be at least {MIN_GC_AGE:.0f} seconds: running "
+                f"uploads refresh their rows every {UPLOAD_HEARTBEAT:.0f} seconds"
+            )
         cutoff = self._now() - timedelta(seconds=older_than_seconds)
         with self._db.transaction(readonly=True) as session:
             stale = list(
-                session.scalars(select(UploadRow.object_key).where(UploadRow.started_at < cutoff))
+                session.scalars(select(UploadRow.object_key).where(UploadRow.refreshed_at < cutoff))
             )
         stale_set = set(stale)
         aborted = 0
@@ -665,19 +722,22 @@ class AssetUpload:
         return info
 
     def abort(self) -> None:
-        """Leave nothing behind. Idempotent; safe to call from any failure path."""
+        """Leave nothing behind. Idempotent; safe to call from any failure path. Not bound
+        by the caller's deadline (:mod:`reelvault.deadline`): it is what runs after one."""
         if self._state != "open":
             return
         self._state = "aborted"
+        self._assets._live.pop(self.object_key, None)
         store = self._assets._store
-        try:
-            if self._object_completed:
-                store.delete(self.object_key)
-            else:
-                self._target.abort()
-        finally:
-            # Only once storage is clean: if a crash comes first, gc sees the row.
-            self._assets._forget_upload(self.object_key)
+        with deadline.bound(None):
+            try:
+                if self._object_completed:
+                    store.delete(self.object_key)
+                else:
+                    self._target.abort()
+            finally:
+                # Only once storage is clean: if a crash comes first, gc sees the row.
+                self._assets._forget_upload(self.object_key)
 
     def _check_open(self) -> None:
         if self._state != "open":

@@ -35,7 +35,6 @@ import io
 import os
 import secrets
 import stat
-import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -508,11 +507,8 @@ class Client:
                 metadata.expected_size = size
             requests = _UploadRequests(metadata, chunks, progress)
             future = self._assets.Upload.future(iter(requests), metadata=self._metadata)
-            requests.attach(future)
             try:
                 reply = future.result()
-            except grpc.FutureCancelledError:
-                raise requests.error or errors.ReelvaultError("upload cancelled") from None
             except grpc.RpcError as exc:
                 if requests.error is not None:
                     raise requests.error from None
@@ -934,12 +930,11 @@ class DownloadStream:
 
 
 class _UploadRequests:
-    """The request stream of an upload: metadata, then chunks.
+    """The request stream of an upload: metadata, chunks, then the end message.
 
-    It runs in a gRPC thread. If reading the source fails there, the call must be
-    cancelled rather than ended: ending it would make the server commit whatever arrived
-    as a complete asset (when the size was not announced). So the error is kept, the call
-    cancelled, and :meth:`Client.upload` re-raises the error in the caller's thread.
+    It runs in a gRPC thread. If reading the source fails there, the stream ends without
+    its end message, so the server commits nothing and refuses the upload; the error is
+    kept, and :meth:`Client.upload` re-raises it in the caller's thread.
     """
 
     def __init__(
@@ -951,13 +946,7 @@ class _UploadRequests:
         self._metadata = metadata
         self._chunks = chunks
         self._progress = progress
-        self._future: Any = None
-        self._attached = threading.Event()
         self.error: BaseException | None = None
-
-    def attach(self, future: Any) -> None:
-        self._future = future
-        self._attached.set()
 
     def __iter__(self) -> Iterator[asset_pb2.UploadRequest]:
         yield asset_pb2.UploadRequest(metadata=self._metadata)
@@ -972,8 +961,8 @@ class _UploadRequests:
                         self._progress(sent)
         except Exception as exc:  # re-raised by Client.upload in the caller's thread
             self.error = exc
-            self._attached.wait()
-            self._future.cancel()
+            return
+        yield asset_pb2.UploadRequest(end=asset_pb2.UploadEnd(size=sent))
 
 
 @contextlib.contextmanager

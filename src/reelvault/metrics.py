@@ -8,13 +8,25 @@ docs/operations.md can list them all from this file.
 Label values are bounded sets (method names, status codes, dependency and operation
 names, admission kinds): never a tenant id, asset id or path, which would grow the series
 without bound and put identifiers in a monitoring system that is not access-audited.
+
+:func:`serve_metrics` exposes the registry over HTTP on a port of its own (``GET
+/metrics``), served by prometheus-client's threaded WSGI server: scrapes never run on the
+event loop, and a slow scraper holds only its own thread.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
 
-from prometheus_client import Counter, Gauge, Histogram
+import structlog
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from reelvault.errors import ConfigurationError
 
 __all__ = [
     "ADMISSION_REJECTIONS",
@@ -23,6 +35,7 @@ __all__ = [
     "DEPENDENCY_DURATION",
     "DEPENDENCY_ERRORS",
     "IN_FLIGHT",
+    "MetricsServer",
     "READY",
     "REQUESTS",
     "REQUEST_DURATION",
@@ -30,6 +43,8 @@ __all__ = [
     "SCRUB_DAMAGED",
     "SCRUB_LAST_PASS",
     "SCRUB_OBJECTS",
+    "serve_metrics",
+    "start_metrics_server",
 ]
 
 _LATENCY_BUCKETS: Final = (
@@ -69,12 +84,12 @@ IN_FLIGHT: Final = Gauge(
 )
 BYTES_RECEIVED: Final = Counter(
     "reelvault_received_bytes",
-    "Plaintext bytes received from clients (uploads), by method.",
+    "Request message bytes received from clients, by method (uploads dominate).",
     ("method",),
 )
 BYTES_SENT: Final = Counter(
     "reelvault_sent_bytes",
-    "Plaintext bytes sent to clients (downloads), by method.",
+    "Response message bytes sent to clients, by method (downloads dominate).",
     ("method",),
 )
 ADMISSION_REJECTIONS: Final = Counter(
@@ -101,7 +116,8 @@ READY: Final = Gauge(
 )
 SCRUB_OBJECTS: Final = Counter(
     "reelvault_scrub_objects",
-    "Stored objects the integrity scrub has checked, by result (ok, damaged).",
+    "Stored objects the integrity scrub has checked, by result (ok, damaged; skipped: the"
+    " KEK may not decrypt; unchecked: the store did not answer).",
     ("result",),
 )
 SCRUB_BYTES: Final = Counter(
@@ -110,10 +126,85 @@ SCRUB_BYTES: Final = Counter(
 )
 SCRUB_DAMAGED: Final = Gauge(
     "reelvault_scrub_damaged_objects",
-    "Damaged objects found by the most recent complete scrub pass (or the current one"
-    " so far).",
+    "Damaged objects found by the most recent complete scrub pass (or the current one so far).",
 )
 SCRUB_LAST_PASS: Final = Gauge(
     "reelvault_scrub_last_pass_completed_timestamp_seconds",
     "Unix time at which the last complete scrub pass finished (0: none yet).",
 )
+
+
+_log = structlog.get_logger("reelvault.metrics")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsServer:
+    """A running metrics endpoint; :meth:`close` stops it.
+
+    Attributes:
+        host: the address it listens on.
+        port: the bound port (the real one when 0 was asked for).
+    """
+
+    host: str
+    port: int
+    _server: Any
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        """Where a scraper on this machine fetches the metrics."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(  # noqa: S104
+            self.host, self.host
+        )
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and release the port; waits up to half a second (the server's
+        poll interval) for its loop to notice."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def start_metrics_server(host: str, port: int) -> MetricsServer:
+    """Serve the default registry at ``http://host:port/metrics`` from background threads.
+
+    Args:
+        host: the listen address (``127.0.0.1`` keeps it local to the machine).
+        port: 0 picks a free port.
+
+    Raises:
+        ConfigurationError: the address cannot be resolved or bound (say, the port is in
+            use).
+    """
+    try:
+        server, thread = start_http_server(port, addr=host)
+    except OSError as exc:  # EADDRINUSE, EACCES, an unresolvable host
+        raise ConfigurationError(
+            f"cannot serve metrics on {host}:{port} (REELVAULT_METRICS_HOST, "
+            f"REELVAULT_METRICS_PORT): {exc.strerror or exc}"
+        ) from None
+    thread.name = "reelvault-metrics"
+    return MetricsServer(host, int(server.server_port), server, thread)
+
+
+@contextlib.asynccontextmanager
+async def serve_metrics(host: str, port: int | None) -> AsyncIterator[MetricsServer | None]:
+    """Run the metrics endpoint for the block; nothing when ``port`` is None (metrics
+    off). Starting and stopping run in a worker thread, off the event loop.
+
+    Raises:
+        ConfigurationError: as :func:`start_metrics_server`.
+    """
+    if port is None:
+        yield None
+        return
+    server = await asyncio.to_thread(start_metrics_server, host, port)
+    _log.info("metrics listening", url=server.url)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.close)

@@ -45,6 +45,8 @@ TABLES = {
     "audit_nodes",
     "audit_checkpoints",
     "audit_signing_keys",
+    "scrub_passes",
+    "scrub_findings",
 }
 
 

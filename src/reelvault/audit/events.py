@@ -77,6 +77,7 @@ _CLASSES: Final[Mapping[str, tuple[tuple[int, str], int, str]]] = {
     "key.set-min-decryption-version": (_API_ACTIVITY, 3, "Update"),
     "audit.purge": (_DATASTORE_ACTIVITY, 7, "Delete"),
     "asset.gc": (_DATASTORE_ACTIVITY, 7, "Delete"),
+    "asset.scrub": (_DATASTORE_ACTIVITY, 1, "Read"),
 }
 
 

@@ -23,7 +23,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from alembic import command
 from alembic.config import Config
@@ -34,6 +34,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from reelvault._files import ensure_private
 from reelvault.errors import ConfigurationError, IntegrityError, Unavailable
 
 __all__ = ["DEFAULT_URL", "Database", "head_revision"]
@@ -57,11 +58,21 @@ class Database:
             created if missing.
         busy_timeout: seconds a SQLite writer waits for another writer's lock before
             giving up with :class:`~reelvault.errors.Unavailable`.
+        timeout: on PostgreSQL, the bound of each wait in seconds: opening a connection,
+            waiting for a pooled one or a lock (a statement gets three times as long;
+            migrations are not bounded); past it the call fails with
+            :class:`~reelvault.errors.Unavailable`. (A server that stops answering on an
+            open connection is bounded by TCP keepalives, not by this.)
         echo: log every statement (debugging only: statements include bound values).
     """
 
     def __init__(
-        self, url: str | URL = DEFAULT_URL, *, busy_timeout: float = 5.0, echo: bool = False
+        self,
+        url: str | URL = DEFAULT_URL,
+        *,
+        busy_timeout: float = 5.0,
+        timeout: float = 10.0,
+        echo: bool = False,
     ) -> None:
         try:
             self._url = make_url(url)
@@ -70,7 +81,13 @@ class Database:
                 self._engine = _sqlite_engine(self._url, busy_timeout=busy_timeout, echo=echo)
             elif backend == "postgresql":
                 # pre_ping: replicas outlive database restarts and failovers.
-                self._engine = create_engine(self._url, pool_pre_ping=True, echo=echo)
+                self._engine = create_engine(
+                    self._url,
+                    pool_pre_ping=True,
+                    pool_timeout=timeout,
+                    connect_args=_postgres_timeouts(timeout),
+                    echo=echo,
+                )
             else:
                 raise ConfigurationError(f"unsupported catalog database backend {backend!r}")
         except ArgumentError:  # malformed URL, unknown driver (NoSuchModuleError)
@@ -164,6 +181,10 @@ def head_revision() -> str:
 def _upgrade(connection: Connection) -> None:
     with connection.begin():
         if connection.dialect.name == "postgresql":
+            # A migration may rewrite large tables and wait for another replica's: it is
+            # not bound by the service's statement and lock timeouts.
+            connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+            connection.exec_driver_sql("SET LOCAL lock_timeout = 0")
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
             )
@@ -185,10 +206,26 @@ def _alembic_config() -> Config:
     return config
 
 
+def _postgres_timeouts(timeout: float) -> dict[str, Any]:
+    """libpq connection parameters bounding each wait on the server (``timeout`` s)."""
+    millis = max(1, int(timeout * 1000))
+    return {
+        "connect_timeout": max(1, round(timeout)),
+        # statements get a wider bound than waits: a long audit query is not a stall
+        "options": f"-c statement_timeout={millis * 3} -c lock_timeout={millis}"
+        f" -c idle_in_transaction_session_timeout={millis * 6}",
+        # a dead peer (host gone, network cut) is noticed within about 3 x timeout
+        "keepalives": 1,
+        "keepalives_idle": max(1, round(timeout)),
+        "keepalives_interval": max(1, round(timeout / 3)),
+        "keepalives_count": 3,
+    }
+
+
 def _sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> Engine:
     database = url.database
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        ensure_private(Path(database))  # 0600 before SQLite makes it 0644 (and its -wal)
     engine = create_engine(url, echo=echo)
     timeout_ms = int(busy_timeout * 1000)
 

@@ -53,6 +53,9 @@ __all__ = [
     "Base",
     "KEK_STATES",
     "NAMING_CONVENTION",
+    "SCRUB_RESULTS",
+    "ScrubFindingRow",
+    "ScrubPassRow",
     "TenantKeyVersionRow",
     "TenantRow",
     "UploadRow",
@@ -364,3 +367,88 @@ class AuditSigningKeyRow(Base):
     root_key_id: Mapped[str] = mapped_column(String(512))
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# -- the integrity scrub (reelvault.scrub; docs/operations.md) --------------------------
+
+SCRUB_RESULTS: Final = ("damaged", "skipped", "unchecked")
+"""Stored values of ``scrub_findings.result``: the object failed a check; it could not be
+checked because its KEK may not decrypt (crypto-shredded, disabled); the store did not
+answer for it."""
+
+_RESULT_IN = "result IN ({})".format(", ".join(f"'{result}'" for result in SCRUB_RESULTS))
+
+
+class ScrubPassRow(Base):
+    """One pass of the integrity scrub over every asset (``scope`` ``all``) or one
+    tenant's (``scope`` = the tenant id), in asset id order; ``number`` counts the scope's
+    passes.
+
+    ``last_asset_id`` is the cursor: every asset up to it has been checked, so an
+    interrupted pass resumes after it. ``completed_at`` is NULL while the pass is open; at
+    most one pass per scope is open (a partial unique index), so replicas that start one
+    at the same moment cannot both succeed. ``claimed_by`` and ``claimed_until`` are the
+    lease of the scrubber working on the pass, renewed as it goes; another scrubber may take
+    the pass over only once the lease has run out.
+    """
+
+    __tablename__ = "scrub_passes"
+    __table_args__ = (
+        UniqueConstraint("scope", "number"),
+        Index(
+            "uq_scrub_passes_one_open",
+            "scope",
+            unique=True,
+            sqlite_where=text("completed_at IS NULL"),
+            postgresql_where=text("completed_at IS NULL"),
+        ),
+        CheckConstraint(
+            "assets_checked >= 0 AND bytes_checked >= 0 AND damaged >= 0 AND skipped >= 0"
+            " AND unchecked >= 0",
+            name="counts_not_negative",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(32))
+    number: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_asset_id: Mapped[str | None] = mapped_column(String(32))
+    assets_checked: Mapped[int] = mapped_column(BigInteger)
+    bytes_checked: Mapped[int] = mapped_column(BigInteger)
+    damaged: Mapped[int] = mapped_column(BigInteger)
+    skipped: Mapped[int] = mapped_column(BigInteger)
+    unchecked: Mapped[int] = mapped_column(BigInteger)
+    claimed_by: Mapped[str | None] = mapped_column(String(32))
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ScrubFindingRow(Base):
+    """One problem the scrub found with one asset in one pass (an asset can have several:
+    a stored header that differs from the catalog's copy and a damaged frame).
+
+    ``frame`` is the sequence number of the first frame that failed, ``byte_offset`` where
+    the problem sits in the stored object (that frame's offset, or the first byte where the
+    stored header differs), ``frames`` how many frames failed. ``detail`` is one line for
+    operators, never key material or plaintext. No foreign key to ``assets``: a finding
+    outlives the asset it names (deleting a damaged asset must not erase the report).
+    """
+
+    __tablename__ = "scrub_findings"
+    __table_args__ = (CheckConstraint(_RESULT_IN, name="result"),)
+
+    pass_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("scrub_passes.id"), primary_key=True
+    )
+    asset_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    problem: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    object_key: Mapped[str] = mapped_column(String(128))
+    result: Mapped[str] = mapped_column(String(16))
+    frame: Mapped[int | None] = mapped_column(BigInteger)
+    byte_offset: Mapped[int | None] = mapped_column(BigInteger)
+    frames: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(String(256))
+    found_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -1,8 +1,8 @@
 """The ``reelvault`` command.
 
 Each command group is one module of this package (:mod:`.service`, :mod:`.tenant`,
-:mod:`.apikey`, :mod:`.asset`, :mod:`.audit`, :mod:`.gc`, :mod:`.keyring`) with an
-``add_commands(groups, common)`` function: it adds its subparsers, each with ``common``
+:mod:`.apikey`, :mod:`.asset`, :mod:`.audit`, :mod:`.gc`, :mod:`.scrub`, :mod:`.keyring`)
+with an ``add_commands(groups, common)`` function: it adds its subparsers, each with ``common``
 (:mod:`._common`'s parent parser) among its parents, and sets a handler on each leaf. A
 handler takes the parsed arguments and returns an :class:`Output` (JSON-able data plus its
 text rendering); everything common to every command (``--json``, error reporting, exit
@@ -13,13 +13,14 @@ with ``add_commands`` and one line in :func:`build_parser`.
 Groups: ``serve`` and ``dev`` run the service; ``tenant``, ``apikey``, ``asset`` and
 ``audit`` call a running one through :class:`reelvault.client.Client` (``$REELVAULT_ADDR``,
 ``$REELVAULT_TOKEN``); ``keyring``, ``gc``, ``apikey bootstrap`` and ``audit purge`` work
-on local files and the configured database and store directly, and ``audit verify`` on
-files alone. Modules only some commands need (the key hierarchy, the domain, the gRPC
-server) are imported in those handlers, so that the client commands, run often from
-scripts, start quickly.
+on local files and the configured database and store directly (so does ``scrub``), and
+``audit verify`` on files alone. Modules only some commands need (the key hierarchy, the
+domain, the gRPC server) are imported in those handlers, so that the client commands, run
+often from scripts, start quickly.
 
 Exit codes: 0 success, 1 a reelvault error (or a local file that cannot be read or
-written), 2 a usage error, 130 interrupted. Errors are reported as one
+written), 2 a usage error, 130 interrupted; ``scrub`` adds 3 (damage found) and 4 (the
+pass is not complete). Errors are reported as one
 ``reelvault: error: ...`` line on stderr (with or without ``--json``; scripts read the exit
 code), never as a traceback.
 """
@@ -31,10 +32,9 @@ import json
 from collections.abc import Sequence
 
 from reelvault import errors
-from reelvault.cli import apikey, asset, audit, gc, keyring, service, tenant
+from reelvault.cli import apikey, asset, audit, gc, keyring, scrub, service, tenant
 from reelvault.cli._common import (
     EXIT_INTERRUPTED,
-    EXIT_OK,
     EXIT_USAGE,
     Handler,
     Output,
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(output.data, indent=2))
     elif output.text:
         print(output.text)
-    return EXIT_OK
+    return output.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,5 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     asset.add_commands(groups, common)
     audit.add_commands(groups, common)
     gc.add_commands(groups, common)
+    scrub.add_commands(groups, common)
     keyring.add_commands(groups, common)
     return parser

@@ -55,10 +55,13 @@ class Output:
     Attributes:
         data: printed as JSON with ``--json``; the stable, scriptable form.
         text: printed otherwise; for people, free to change.
+        exit_code: what the command exits with once the output is printed (a command
+            whose result is a verdict, such as ``scrub``, says it here).
     """
 
     data: dict[str, Any]
     text: str
+    exit_code: int = EXIT_OK
 
 
 Handler = Callable[[argparse.Namespace], Output]

@@ -29,7 +29,10 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
         type=float,
         default=3600.0,
         metavar="SECONDS",
-        help="only leftovers older than this; keep it above the longest upload (default 3600)",
+        help=(
+            "only leftovers older than this (default 3600; at least 120: running uploads "
+            "refresh their rows every 30 s, so any threshold allowed is safe for them)"
+        ),
     )
     gc.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
     gc.set_defaults(handler=_gc)

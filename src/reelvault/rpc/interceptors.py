@@ -30,14 +30,19 @@ call, in order:
    denied and failed calls included, unauthenticated ones through its per-peer limiter.
    If that record cannot be made durable, the caller gets ``UNAVAILABLE`` instead of the
    answer. The interceptor only reports the outcome; the event is the domain's.
-7. **Operational log.** One ``rpc`` line per call: method, status, duration, request id,
-   peer, tenant and key id. Never the token.
+7. **Operational log and metrics.** One ``rpc`` line per call: method, status, duration,
+   request id, peer, tenant and key id, never the token. The same call is counted in
+   :mod:`reelvault.metrics` by method and status, with its duration; calls in flight are a
+   gauge, and message bytes are counted as they cross the wire (requests before they are
+   parsed, responses as they are serialized), by method. Health and reflection calls are
+   counted too. The method label is bounded: only registered methods reach the wrapper.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import re
 import secrets
 import time
@@ -50,6 +55,7 @@ from typing import Any, Final
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import structlog
 
+from reelvault import deadline, metrics
 from reelvault.audit import Access, Actor, Auditor, RequestInfo, Resource
 from reelvault.auth import ApiKeys, Principal, authorize
 from reelvault.errors import (
@@ -57,6 +63,7 @@ from reelvault.errors import (
     InvalidArgument,
     PermissionDenied,
     ReelvaultError,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
@@ -66,12 +73,15 @@ __all__ = [
     "DeadlineExceeded",
     "PUBLIC_METHOD_PREFIXES",
     "REQUEST_ID_KEY",
+    "RETRY_AFTER_KEY",
     "VaultInterceptor",
     "check_deadline",
     "current_principal",
 ]
 
 REQUEST_ID_KEY: Final = "x-request-id"
+RETRY_AFTER_KEY: Final = "retry-after"
+"""Trailing metadata of a RESOURCE_EXHAUSTED answer: whole seconds to wait before retrying."""
 PUBLIC_METHOD_PREFIXES: Final = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
@@ -114,11 +124,33 @@ def check_deadline(context: Any) -> None:
         raise DeadlineExceeded
 
 
+@dataclass(frozen=True, slots=True)
+class _Meters:
+    """One method's metric series, looked up once (``labels`` takes a lock)."""
+
+    method: str
+    duration: Any
+    in_flight: Any
+    received: Any
+    sent: Any
+
+    @classmethod
+    def of(cls, method: str) -> _Meters:
+        return cls(
+            method,
+            metrics.REQUEST_DURATION.labels(method),
+            metrics.IN_FLIGHT.labels(method),
+            metrics.BYTES_RECEIVED.labels(method),
+            metrics.BYTES_SENT.labels(method),
+        )
+
+
 @dataclass
 class _Call:
     """What the interceptor knows about one call, for its steps and its log line."""
 
     method: str
+    meters: _Meters
     request_id: str = ""
     peer: str = ""
     deadline: float | None = None  # on time.monotonic()
@@ -139,7 +171,7 @@ class _Call:
             fields["tenant_id"] = self.principal.tenant_id
             fields["key_id"] = self.principal.key_id
         try:
-            with structlog.contextvars.bound_contextvars(**fields):
+            with structlog.contextvars.bound_contextvars(**fields), deadline.bound(self.deadline):
                 if self.access is None:
                     yield
                 else:
@@ -160,6 +192,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
     def __init__(self, api_keys: ApiKeys, auditor: Auditor) -> None:
         self._api_keys = api_keys
         self._auditor = auditor
+        self._meters: dict[str, _Meters] = {}
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
@@ -168,24 +201,30 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
         if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
             return None
         method: str = handler_call_details.method
-        decode = _decoder(handler.request_deserializer, handler.request_streaming)
-        return _rewrap(handler, lambda behaviour: self._wrap(method, behaviour, decode))
+        meters = self._meters.get(method)
+        if meters is None:
+            meters = self._meters[method] = _Meters.of(method)
+        decode = _decoder(handler.request_deserializer, handler.request_streaming, meters.received)
+        return _rewrap(
+            handler, lambda behaviour: self._wrap(meters, behaviour, decode), meters.sent
+        )
 
     def _wrap(
-        self, method: str, behaviour: Callable[..., Any], decode: Callable[[Any], Any]
+        self, meters: _Meters, behaviour: Callable[..., Any], decode: Callable[[Any], Any]
     ) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behaviour):
-            return self._wrap_stream(method, behaviour, decode)
-        return self._wrap_call(method, behaviour, decode)
+            return self._wrap_stream(meters, behaviour, decode)
+        return self._wrap_call(meters, behaviour, decode)
 
     def _wrap_call(
-        self, method: str, behaviour: Callable[..., Any], decode: Callable[[Any], Any]
+        self, meters: _Meters, behaviour: Callable[..., Any], decode: Callable[[Any], Any]
     ) -> Callable[..., Any]:
         """Handlers that are coroutines: unary responses, and streams written with
         ``context.write`` (the health service's Watch)."""
 
         async def handle(request: Any, context: Any) -> Any:
-            call = _Call(method)
+            call = _Call(meters.method, meters)
+            _started(call, request)
             try:
                 with call.scope():
                     await self._admit(call, context, request, decode)
@@ -199,19 +238,20 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
                 with call.scope():
                     await self._fail(call, context, exc)
             finally:
-                _access_log(call)
+                _finished(call)
 
         return handle
 
     def _wrap_stream(
-        self, method: str, behaviour: Callable[..., Any], decode: Callable[[Any], Any]
+        self, meters: _Meters, behaviour: Callable[..., Any], decode: Callable[[Any], Any]
     ) -> Callable[..., Any]:
         """Handlers that are async generators (server streaming). Each step of the inner
         generator runs inside the call's scope, whichever task drives it."""
 
         async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
-            call = _Call(method)
+            call = _Call(meters.method, meters)
             stream: AsyncGenerator[Any, None] | None = None
+            _started(call, request)
             try:
                 with call.scope():
                     await self._admit(call, context, request, decode)
@@ -238,7 +278,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
                 if stream is not None:
                     with call.scope():
                         await stream.aclose()
-                _access_log(call)
+                _finished(call)
 
         return handle
 
@@ -328,13 +368,17 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
         await _fail(call, context, exc)
 
 
-def _decoder(deserialize: Callable[[bytes], Any] | None, streaming: bool) -> Callable[[Any], Any]:
+def _decoder(
+    deserialize: Callable[[bytes], Any] | None, streaming: bool, received: Any
+) -> Callable[[Any], Any]:
     """The request parser the wrapped handler applies itself, after admission.
 
     gRPC would parse a request before any interceptor code runs, so a malformed body
     (bad UTF-8 in a string, a truncated field) would end the call as UNKNOWN and be parsed
     for callers that never authenticated. Registered without a deserializer, the handler
-    gets raw bytes and parses them here, refusing garbage as INVALID_ARGUMENT.
+    gets raw bytes and parses them here, refusing garbage as INVALID_ARGUMENT. A stream's
+    messages are counted in ``received`` as they arrive (a unary request is counted when
+    the call starts: :func:`_started`).
     """
     if deserialize is None:
         return lambda request: request
@@ -350,15 +394,18 @@ def _decoder(deserialize: Callable[[bytes], Any] | None, streaming: bool) -> Cal
 
     async def parse_stream(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
         async for raw in requests:
+            received.inc(len(raw))
             yield parse(raw)
 
     return parse_stream
 
 
-def _rewrap(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
+def _rewrap(
+    handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]], sent: Any
+) -> Any:
     serializers = {
         "request_deserializer": None,  # parsed by the wrapper, after admission (_decoder)
-        "response_serializer": handler.response_serializer,
+        "response_serializer": _counting(handler.response_serializer, sent),
     }
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **serializers)
@@ -367,6 +414,17 @@ def _rewrap(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **serializers)
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **serializers)
+
+
+def _counting(serialize: Callable[[Any], bytes] | None, sent: Any) -> Callable[[Any], bytes]:
+    """The response serializer, counting the bytes it produces in ``sent``."""
+
+    def serialize_and_count(message: Any) -> bytes:
+        data = message if serialize is None else serialize(message)
+        sent.inc(len(data))
+        return data
+
+    return serialize_and_count
 
 
 def _request_id(metadata: Sequence[tuple[str, Any]]) -> str:
@@ -454,7 +512,10 @@ async def _fail(call: _Call, context: Any, exc: BaseException) -> None:
     else:  # KeyboardInterrupt, SystemExit: not ours to translate
         raise exc
     call.status = code
-    await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, call.request_id),))
+    trailing: tuple[tuple[str, str], ...] = ((REQUEST_ID_KEY, call.request_id),)
+    if isinstance(exc, ResourceExhausted):  # when to try again, in seconds (like HTTP's)
+        trailing += ((RETRY_AFTER_KEY, str(max(1, math.ceil(exc.retry_after)))),)
+    await context.abort(code, message, trailing_metadata=trailing)
 
 
 def _map_error(exc: ReelvaultError) -> tuple[Any, str]:
@@ -474,14 +535,28 @@ def _map_error(exc: ReelvaultError) -> tuple[Any, str]:
     return code, exc.message
 
 
-def _access_log(call: _Call) -> None:
+def _started(call: _Call, request: Any) -> None:
+    """Count the call in flight, and its request's bytes if it is one message."""
+    meters = call.meters
+    meters.in_flight.inc()
+    if isinstance(request, bytes):
+        meters.received.inc(len(request))
+
+
+def _finished(call: _Call) -> None:
+    """The call's metrics and its ``rpc`` log line (module docstring, step 7)."""
     principal = call.principal
     status = call.status if call.status is not None else grpc.StatusCode.UNKNOWN
+    duration = time.monotonic() - call.started
+    meters = call.meters
+    meters.in_flight.dec()
+    meters.duration.observe(duration)
+    metrics.REQUESTS.labels(call.method, status.name).inc()
     _log.info(
         "rpc",
         method=call.method,
         status=status.name,
-        duration_ms=round((time.monotonic() - call.started) * 1000, 3),
+        duration_ms=round(duration * 1000, 3),
         request_id=call.request_id,
         peer=call.peer,
         tenant_id=principal.tenant_id if principal else None,

@@ -35,11 +35,14 @@ from grpc_health.v1 import (  # type: ignore[import-untyped, unused-ignore]
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped, unused-ignore]
 
 from reelvault import allocator
+from reelvault.admission import Admission
 from reelvault.app import Vault
 from reelvault.config import Settings
 from reelvault.errors import ConfigurationError
 from reelvault.logging import configure_logging
+from reelvault.metrics import serve_metrics
 from reelvault.rpc import convert
+from reelvault.rpc.bulkhead import StorePool
 from reelvault.rpc.interceptors import VaultInterceptor
 from reelvault.rpc.servicers import ApiKeyServicer, AssetServicer, AuditServicer, TenantServicer
 from reelvault.v1 import (
@@ -58,6 +61,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "SERVICE_NAMES",
     "audit_sequencer",
+    "background",
     "create_server",
     "serve",
     "shutdown",
@@ -74,8 +78,8 @@ SERVICE_NAMES: Final = (
 )
 """reelvault's own services, as health checks and reflection name them."""
 
-# Worker threads for the domain's blocking calls. asyncio's default (cores + 4) would let a
-# handful of uploads waiting on S3 backpressure stall every other call's catalog lookup.
+# Worker threads for the domain's catalog-bound calls (authentication, metadata, the audit
+# log). Store-bound calls have threads of their own (reelvault.rpc.bulkhead).
 _WORKER_THREADS: Final = 64
 
 # How long shutdown waits for cancelled calls to clean up (an S3 abort is one request).
@@ -114,10 +118,12 @@ async def create_server(
             ("grpc.so_reuseport", 0),
         ],
     )
+    admission = Admission.from_settings(settings)
+    assets = AssetServicer(vault, admission=admission, store_pool=StorePool(admission))
     registrations: tuple[tuple[Callable[[Any, Any], None], Any], ...] = (
         (tenant_pb2_grpc.add_TenantServiceServicer_to_server, TenantServicer(vault)),
         (apikey_pb2_grpc.add_ApiKeyServiceServicer_to_server, ApiKeyServicer(vault)),
-        (_add_asset_service, AssetServicer(vault)),
+        (_add_asset_service, assets),
         (audit_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(vault)),
     )
     for register, servicer in registrations:
@@ -204,7 +210,10 @@ async def serve(settings: Settings) -> None:
     )
     vault = await asyncio.to_thread(Vault.from_settings, settings)
     try:
-        async with audit_sequencer(vault, settings):
+        async with (
+            serve_metrics(settings.metrics_host, settings.metrics_port),
+            background(vault, settings),
+        ):
             await _serve_until_signalled(vault, settings)
     finally:
         vault.close()
@@ -238,6 +247,27 @@ async def _serve_until_signalled(vault: Vault, settings: Settings) -> None:
         for signum in signals:
             loop.remove_signal_handler(signum)
     _log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def background(vault: Vault, settings: Settings) -> AsyncIterator[None]:
+    """Everything a service process runs beside its calls, for the block: the audit
+    sequencer (:func:`audit_sequencer`) and the heartbeat of running uploads
+    (:meth:`~reelvault.assets.Assets.run_heartbeat`)."""
+    stop = threading.Event()
+    heartbeat = threading.Thread(
+        target=vault.assets.run_heartbeat,
+        args=(stop,),
+        name="reelvault-upload-heartbeat",
+        daemon=True,
+    )
+    heartbeat.start()
+    try:
+        async with audit_sequencer(vault, settings):
+            yield
+    finally:
+        stop.set()
+        await asyncio.to_thread(heartbeat.join, 30.0)
 
 
 @contextlib.asynccontextmanager

@@ -14,18 +14,22 @@ aborted and a download's chunk iterator is closed before the call is over.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
-from reelvault import auth
+from reelvault import auth, deadline
+from reelvault.admission import Admission
 from reelvault.app import Vault
 from reelvault.assets import MAX_CHUNK, AssetInfo, AssetUpload
 from reelvault.audit import PLATFORM_LOG
 from reelvault.auth import Principal
+from reelvault.config import Settings
 from reelvault.crypto.names import valid_tenant_id
 from reelvault.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from reelvault.rpc import convert
+from reelvault.rpc import bulkhead, convert
+from reelvault.rpc.bulkhead import StorePool, admitted, bind_pool
 from reelvault.rpc.interceptors import check_deadline, current_principal
 from reelvault.v1 import (
     apikey_pb2,
@@ -142,12 +146,31 @@ def _tenant_scope(principal: Principal, requested: str) -> str | None:
 class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, unused-ignore]
     """Assets of the caller's tenant, taken from its API key, never from the request."""
 
-    def __init__(self, vault: Vault) -> None:
+    def __init__(
+        self,
+        vault: Vault,
+        *,
+        admission: Admission | None = None,
+        store_pool: StorePool | None = None,
+    ) -> None:
         self._assets = vault.assets
+        if admission is None:
+            admission = Admission.from_settings(Settings())
+        self._admission = admission
+        self._store_pool = store_pool  # None: asyncio's default executor (unit tests)
 
+    @admitted("upload", lambda: _caller_tenant())  # noqa: PLW0108 - defined below
     async def Upload(  # noqa: N802 - gRPC method names
         self, request_iterator: AsyncIterator[asset_pb2.UploadRequest], context: Any
     ) -> asset_pb2.Asset:
+        """Metadata, chunks, then the end message; the upload commits only once the
+        stream has closed after it.
+
+        grpc.aio ends the request stream of a cancelled call (client cancel, lost
+        connection, shutdown) exactly as it ends one the client closed, so the stream's end
+        alone says nothing about whether the client finished: only the end message does.
+        A stream that ends without it is aborted, never committed.
+        """
         tenant_id = _caller_tenant()
         messages = aiter(request_iterator)
         first = await anext(messages, None)
@@ -163,13 +186,31 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
             return completed[0]
 
         try:
+            end: asset_pb2.UploadEnd | None = None
             async for message in messages:
                 check_deadline(context)
-                if message.WhichOneof("payload") != "chunk":
+                kind = message.WhichOneof("payload")
+                if kind == "end":
+                    end = message.end
+                    break
+                if kind != "chunk":
                     raise InvalidArgument(
-                        "after the metadata, every upload message must carry a chunk"
+                        "after the metadata, every upload message must carry a chunk or the end"
                     )
                 await _run_locked(lock, upload.write, message.chunk)
+            if end is None:
+                raise InvalidArgument("the upload stream ended without its end message")
+            if await anext(messages, None) is not None:
+                raise InvalidArgument("no upload message may follow the end message")
+            if end.HasField("size") and end.size != upload.size:
+                raise InvalidArgument("the upload's size differs from its end message")
+            if end.sha256:
+                promised = upload.spec.expected_sha256
+                if promised is not None and promised != end.sha256:
+                    raise InvalidArgument("the end message's SHA-256 differs from the metadata's")
+                # complete() checks the plaintext's digest against the spec, as it does for
+                # an expected_sha256 given up front.
+                upload.spec = dataclasses.replace(upload.spec, expected_sha256=end.sha256)
             check_deadline(context)
             info = await _run_locked(lock, complete)
         except BaseException:
@@ -182,25 +223,34 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
         """Leave nothing of a failed upload behind: abort it or, if it completed after
         all, delete the asset it made.
 
-        The second case is real: grpc.aio ends the request stream of a cancelled call
-        (client cancel, lost connection, shutdown) exactly as it ends one the client
-        closed, so the handler can go on to complete an upload that the client never
-        finished. The cancellation reaches the handler a moment later, while completing;
-        the client is told CANCELLED, so the asset must not stay.
+        The second case is real, though only after the end message: a call cancelled
+        once the client sent it ends its request stream just as a close would, so the
+        handler goes on to complete. The cancellation reaches the handler a moment later,
+        while completing; the client is told CANCELLED, so the asset must not stay.
+
+        Cleanup is not bound by the call's deadline: it runs after a deadline has passed.
         """
-        if completed:
-            self._assets.delete(upload.tenant_id, completed[0].id)
-        else:
-            upload.abort()
+        with deadline.bound(None):
+            if completed:
+                self._assets.delete(upload.tenant_id, completed[0].id)
+            else:
+                upload.abort()
 
     async def Download(  # noqa: N802 - gRPC method names
         self, request: asset_pb2.DownloadRequest, context: Any
     ) -> AsyncIterator[asset_pb2.DownloadResponse | bytes]:
         tenant_id = _caller_tenant()
+        with self._admission.acquire("download", tenant_id), bind_pool(self._store_pool):
+            async for message in self._download(tenant_id, request, context):
+                yield message
+
+    async def _download(
+        self, tenant_id: str, request: asset_pb2.DownloadRequest, context: Any
+    ) -> AsyncIterator[asset_pb2.DownloadResponse | bytes]:
         # Everything refusable (range, missing asset, key state, a tampered header, and a
         # tampered final frame if the range reaches it) is refused here, before the first
         # message, as a plain status.
-        download = await asyncio.to_thread(
+        download = await bulkhead.run(
             self._assets.open_download,
             tenant_id,
             request.asset_id,
@@ -250,7 +300,9 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
     async def DeleteAsset(  # noqa: N802 - gRPC method names
         self, request: asset_pb2.DeleteAssetRequest, context: Any
     ) -> asset_pb2.DeleteAssetResponse:
-        await asyncio.to_thread(self._assets.delete, _caller_tenant(), request.asset_id)
+        tenant_id = _caller_tenant()
+        with self._admission.acquire("delete", tenant_id), bind_pool(self._store_pool):
+            await bulkhead.run(self._assets.delete, tenant_id, request.asset_id)
         return asset_pb2.DeleteAssetResponse()
 
 
@@ -280,7 +332,7 @@ async def _run_locked(lock: threading.Lock, function: Callable[..., _T], *args: 
         with lock:
             return function(*args)
 
-    return await asyncio.to_thread(locked)
+    return await bulkhead.run(locked)  # the store pool within store-bound calls
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc, unused-ignore]

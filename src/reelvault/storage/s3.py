@@ -11,7 +11,8 @@ Errors are translated by botocore exception type and S3 error code, never by mes
 and the store's own messages are kept out of ours (they stay on ``__cause__`` for server
 logs). In particular, a missing object is ``NotFound``, an unsatisfiable range is
 ``OutOfRange``, and connection failures, timeouts, throttling and 5xx answers are
-``Unavailable`` once botocore's retries (standard mode) have given up.
+``Unavailable`` once botocore's retries (standard mode) have given up, which happens
+within ``operation_timeout`` per request (:mod:`reelvault.deadline`).
 
 Permissions: grant ``s3:ListBucket`` besides the object actions. Without it, S3 answers a
 GET of a missing key with 403 instead of 404, and it would surface as a configuration
@@ -39,6 +40,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from reelvault.deadline import bound_botocore
 from reelvault.errors import (
     ConfigurationError,
     NotFound,
@@ -160,9 +162,16 @@ class S3ObjectStore:
         max_in_flight: parts one upload sends at once. Memory per upload is about
             ``(max_in_flight + 1) * part_size``.
         connect_timeout: seconds to open a connection.
-        read_timeout: seconds to wait for the next bytes of an answer.
+        read_timeout: seconds to wait for the next bytes of an answer (or to send the
+            next bytes of a part).
+        max_attempts: attempts per request, the first included (botocore's standard
+            retry mode, for throttling, 5xx answers and connection errors).
+        operation_timeout: seconds one request (one part, one range, one delete) may
+            take across all its attempts; a retry that could not finish within it is not
+            started, and the caller gets ``Unavailable`` (:mod:`reelvault.deadline`).
+            The caller's deadline, where one is bound, stops retries earlier.
         client: a ready boto3 S3 client (tests, custom sessions); the endpoint, region,
-            credential and timeout arguments are then unused.
+            credential, timeout and retry arguments are then unused.
     """
 
     def __init__(
@@ -175,8 +184,10 @@ class S3ObjectStore:
         secret_key: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 60.0,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        max_attempts: int = 3,
+        operation_timeout: float = 30.0,
         client: S3Client | None = None,
     ) -> None:
         if not bucket:
@@ -187,6 +198,8 @@ class S3ObjectStore:
             raise ConfigurationError("object store parts in flight must be at least 1")
         if (access_key is None) != (secret_key is None):
             raise ConfigurationError("give both the object store access key and secret key")
+        if min(connect_timeout, read_timeout, operation_timeout) <= 0 or max_attempts < 1:
+            raise ConfigurationError("object store timeouts and attempts must be positive")
         self._bucket = bucket
         self._part_size = part_size
         self._max_in_flight = max_in_flight
@@ -199,6 +212,13 @@ class S3ObjectStore:
                 max_in_flight=max_in_flight,
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
+                max_attempts=max_attempts,
+            )
+            bound_botocore(
+                client,
+                budget=operation_timeout,
+                attempt=connect_timeout + read_timeout,
+                name="object store",
             )
         self._client = client
         self._sink = _S3Sink(client, bucket)
@@ -368,13 +388,14 @@ def _make_client(
     max_in_flight: int,
     connect_timeout: float,
     read_timeout: float,
+    max_attempts: int,
 ) -> S3Client:
     third_party = endpoint_url is not None
     if third_party and region is None:
         region = "us-east-1"
     config = Config(
         signature_version="s3v4",
-        retries={"mode": "standard", "total_max_attempts": 5},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         # Parts in flight for a few concurrent uploads, plus the readers beside them.

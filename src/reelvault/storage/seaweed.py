@@ -26,6 +26,25 @@ server: one static binary, no containers.
   ``ListBuckets`` succeeds; :meth:`SeaweedServer.stop` sends SIGTERM (SeaweedFS flushes and
   exits in a few seconds), then SIGKILL if it must, and always waits for the process. An
   ``atexit`` hook stops a server its owner forgot.
+* **No orphans.** An owner killed outright (``kill -9``) runs no ``atexit`` hook. On Linux
+  the kernel then kills ``weed`` too: it runs with a parent-death signal (SIGKILL), set by
+  a short ``python -c`` that calls ``prctl(PR_SET_PDEATHSIG)`` through ctypes and execs
+  ``weed`` (a ``preexec_fn`` would do the same but is unsafe once the owner has threads,
+  and restarts happen on one). The signal follows the *thread* that forked the child, so
+  every ``weed`` is forked by the server's keeper thread, which outlives it. Elsewhere, or
+  should a ``weed`` survive anyway, the next start on the data directory finds it through
+  the pid it recorded (``reelvault-weed.pid``) and stops it, once its command line proves
+  it is ``weed`` on this directory; :func:`stop_orphan` does the same on its own.
+* **One owner per data directory.** A server holds a ``flock`` on ``reelvault.lock`` in
+  its data directory while it runs, so a second one there is refused and a lock is never
+  stale: it dies with its process.
+* **Restarts.** With ``max_restarts``, the keeper restarts a ``weed`` that dies (on the same
+  ports, after 0.5, 1, 2, ... seconds), logging each death at error level; after that
+  many deaths in a row it gives up and calls ``on_failure``. A ``weed`` that ran for a
+  minute before dying starts a new row.
+* **Private files.** The data directory and ``weed``'s directories in it are mode 0700
+  (``weed`` runs with umask 077) and our files (log, pid, ports, lock) 0600, so nothing
+  there is readable by other users, not even the volume files ``weed`` makes 0644.
 
 For a development server: ``python -m reelvault.storage.seaweed --dir .seaweed``.
 """
@@ -37,9 +56,11 @@ import atexit
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import random
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -49,20 +70,22 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final, Self
+from typing import Any, Final, Self
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from reelvault._files import append_private, lock_holder, replace_private, try_lock
 from reelvault.errors import ConfigurationError, Unavailable
 from reelvault.storage.s3 import S3ObjectStore
 
-__all__ = ["SeaweedPorts", "SeaweedServer", "find_weed", "main"]
+__all__ = ["SeaweedPorts", "SeaweedServer", "find_weed", "main", "stop_orphan"]
 
 GRPC_PORT_OFFSET: Final = 10_000
 _HOST: Final = "127.0.0.1"
@@ -70,6 +93,27 @@ _SOCKET_PATH_MAX: Final = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 _START_ATTEMPTS: Final = 3
 _DEV_ACCESS_KEY: Final = "reelvault-dev"
 _DEV_SECRET_KEY: Final = "reelvault-dev-secret"  # noqa: S105 - a local development server's
+_LOCK_FILE: Final = "reelvault.lock"
+_PID_FILE: Final = "reelvault-weed.pid"
+_FIRST_RESTART_DELAY: Final = 0.5
+_MAX_RESTART_DELAY: Final = 10.0
+_STABLE_SECONDS: Final = 60.0  # a weed that ran this long before dying starts a new row
+_ORPHAN_GRACE: Final = 10.0  # seconds an orphaned weed gets to exit on SIGTERM
+
+# ``python -I -S -c _DIE_WITH_PARENT OWNER_PID WEED ARGS...``: have the kernel SIGKILL this
+# process when the thread that forked it ends (PR_SET_PDEATHSIG, kept across exec), unless
+# the owner already went, then become weed. Linux only; see the module docstring.
+_DIE_WITH_PARENT: Final = """\
+import ctypes, os, signal, sys
+PR_SET_PDEATHSIG = 1
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0):
+    sys.exit("prctl(PR_SET_PDEATHSIG): " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("its owner exited before weed started")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +211,7 @@ class SeaweedServer:
 
     Args:
         data_dir: where SeaweedFS keeps its data, its log (``weed.log``) and sockets.
-            Reuse it to keep objects across restarts.
+            Reuse it to keep objects across restarts; one server at a time uses it.
         s3_port: the S3 port; ``None`` picks a free one. The other components always get
             free ports.
         access_key: the S3 identity's access key; with ``secret_key``. Both ``None``
@@ -175,6 +219,9 @@ class SeaweedServer:
         secret_key: see ``access_key``.
         binary: the ``weed`` executable; default :func:`find_weed`.
         startup_timeout: seconds to wait for the S3 endpoint to answer.
+        max_restarts: how many times in a row a ``weed`` that dies is restarted; 0 never.
+        on_failure: called (on the keeper thread) with the error once a ``weed`` that
+            died is not restarted; the owner should then :meth:`stop` the server.
     """
 
     region: Final = "us-east-1"
@@ -188,6 +235,8 @@ class SeaweedServer:
         secret_key: str | None = None,
         binary: str | os.PathLike[str] | None = None,
         startup_timeout: float = 60.0,
+        max_restarts: int = 0,
+        on_failure: Callable[[Unavailable], object] | None = None,
     ) -> None:
         if (access_key is None) != (secret_key is None):
             raise ConfigurationError("give both the access key and the secret key")
@@ -197,10 +246,15 @@ class SeaweedServer:
         self._secret_key = secret_key or secrets.token_urlsafe(30)
         self._binary = Path(binary) if binary is not None else None
         self._startup_timeout = startup_timeout
+        self._max_restarts = max_restarts
+        self._on_failure = on_failure
         self._process: subprocess.Popen[bytes] | None = None
         self._ports: SeaweedPorts | None = None
-        self._log: IO[bytes] | None = None
+        self._log_fd: int | None = None
+        self._lock_fd: int | None = None
         self._scratch: Path | None = None
+        self._keeper: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
 
     # -- what clients need ----------------------------------------------------------------
@@ -229,10 +283,12 @@ class SeaweedServer:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        process = self._process
+        return process.pid if process is not None else None
 
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        process = self._process
+        return process is not None and process.poll() is None
 
     def object_store(self, bucket: str, *, create: bool = True, **options: Any) -> S3ObjectStore:
         """An :class:`S3ObjectStore` on this server; ``options`` go to its constructor."""
@@ -265,16 +321,24 @@ class SeaweedServer:
         """Start the server and wait until S3 answers a signed request.
 
         Raises:
+            ConfigurationError: another server uses the data directory.
             Unavailable: it exited or did not answer in time (see :attr:`log_path`).
         """
         with self._lock:
-            if self._process is not None:
+            if self._keeper is not None:
                 raise Unavailable("SeaweedFS is already started")
             binary = self._binary or find_weed()
-            self._data_dir.mkdir(parents=True, exist_ok=True)
+            self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._claim()
+            self._stopping.clear()
+            ready: Future[bool] = Future()
+            self._keeper = threading.Thread(
+                target=self._keep, args=(binary, ready), name="seaweedfs-keeper", daemon=True
+            )
             atexit.register(self.stop)
+            self._keeper.start()
         try:
-            started = self._start(binary)
+            started = ready.result()
         except BaseException:
             self.stop()  # an interrupted start leaves no process behind either
             raise
@@ -283,38 +347,145 @@ class SeaweedServer:
             raise Unavailable(f"SeaweedFS did not start; see {self.log_path}")
         return self
 
-    def _start(self, binary: Path) -> bool:
-        rng = secrets.SystemRandom()
-        with self._lock:
-            for _ in range(_START_ATTEMPTS):
-                self._ports = _choose_ports(self._s3_port, rng, self._ports_file)
-                self._spawn(binary, self._ports)
-                if self._wait_ready():
-                    self._ports_file.write_text(json.dumps(dataclasses.asdict(self._ports)))
-                    return True
-                exited = not self.running()
-                self._terminate()
-                if not exited:
-                    return False  # it ran but never answered: new ports will not help
-        return False
-
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout`` seconds) and wait for
         it. Idempotent."""
+        self._stopping.set()  # first: the keeper starts nothing new, and stops waiting
         with self._lock:
             self._terminate(timeout)
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+            keeper, self._keeper = self._keeper, None
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+                self._log_fd = None
             if self._scratch is not None:
                 shutil.rmtree(self._scratch, ignore_errors=True)
                 self._scratch = None
             self._ports = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
             atexit.unregister(self.stop)
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join()
 
-    def _spawn(self, binary: Path, ports: SeaweedPorts) -> None:
-        if self._log is None:
-            self._log = self.log_path.open("ab")
+    def _claim(self) -> None:
+        """Take the data directory's lock, then stop a ``weed`` a crashed owner left."""
+        lock = try_lock(self._data_dir / _LOCK_FILE)
+        if lock is None:
+            raise _in_use(self._data_dir)
+        self._lock_fd = lock
+        orphan = _stop_orphan(self._data_dir)
+        if orphan is not None:
+            _log.warning(
+                "stopped SeaweedFS (weed pid %d) left running on %s by an owner that died",
+                orphan,
+                self._data_dir,
+            )
+
+    # -- the keeper thread ----------------------------------------------------------------
+
+    def _keep(self, binary: Path, ready: Future[bool]) -> None:
+        """Start ``weed``, then restart it whenever it dies, until stopped or given up.
+
+        This thread forks every ``weed`` and returns only once the last has exited: the
+        parent-death signal would kill one whose forking thread ended first.
+        """
+        try:
+            process = self._start_first(binary)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(process is not None)
+        if process is not None:
+            self._supervise(binary, process)
+
+    def _start_first(self, binary: Path) -> subprocess.Popen[bytes] | None:
+        rng = secrets.SystemRandom()
+        with self._lock:
+            try:
+                for _ in range(_START_ATTEMPTS):
+                    self._ports = _choose_ports(self._s3_port, rng, self._ports_file)
+                    process = self._spawn(binary, self._ports)
+                    if self._wait_ready():
+                        ports = json.dumps(dataclasses.asdict(self._ports))
+                        replace_private(self._ports_file, ports)
+                        return process
+                    exited = not self.running()
+                    self._terminate()
+                    if not exited or self._stopping.is_set():
+                        return None  # it ran but never answered: new ports will not help
+            except BaseException:
+                self._terminate()
+                raise
+        return None
+
+    def _supervise(self, binary: Path, process: subprocess.Popen[bytes] | None) -> None:
+        failures = 0
+        started = time.monotonic()
+        while True:
+            if process is not None:
+                status = process.wait()  # also returns when stop() ends it
+            if self._stopping.is_set():
+                return
+            if process is None:
+                what = "SeaweedFS did not come back up"
+            else:
+                what = f"SeaweedFS (weed pid {process.pid}) exited with status {status}"
+                if time.monotonic() - started >= _STABLE_SECONDS:
+                    failures = 0
+            failures += 1
+            if failures > self._max_restarts:
+                self._give_up(what)
+                return
+            delay = min(_FIRST_RESTART_DELAY * 2 ** (failures - 1), _MAX_RESTART_DELAY)
+            _log.error(
+                "%s; restarting it in %.1f s (restart %d of at most %d in a row); see %s",
+                what,
+                delay,
+                failures,
+                self._max_restarts,
+                self.log_path,
+            )
+            if self._stopping.wait(delay):
+                return
+            process = self._restart(binary)
+            started = time.monotonic()
+
+    def _restart(self, binary: Path) -> subprocess.Popen[bytes] | None:
+        """A new ``weed`` on the ports of the last (clients hold the S3 endpoint), once it
+        answers; None if it could not be started."""
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            self._terminate()  # reaps the dead one, removes its pid file and sockets
+            try:
+                process = self._spawn(binary, self.ports)
+            except OSError as exc:
+                _log.error("SeaweedFS could not be started again: %s", exc)
+                return None
+            if self._wait_ready():
+                _log.info("SeaweedFS is back (weed pid %d)", process.pid)
+                return process
+            self._terminate()
+            return None
+
+    def _give_up(self, what: str) -> None:
+        if self._max_restarts:
+            why = f"after {self._max_restarts} restarts in a row"
+        else:
+            why = "restarts are off"
+        error = Unavailable(f"{what}; not restarted ({why}); see {self.log_path}")
+        _log.error("%s", error)
+        with self._lock:
+            self._terminate()
+        if self._on_failure is not None:
+            self._on_failure(error)
+
+    # -- the process ----------------------------------------------------------------------
+
+    def _spawn(self, binary: Path, ports: SeaweedPorts) -> subprocess.Popen[bytes]:
+        if self._log_fd is None:
+            self._log_fd = append_private(self.log_path)
         command = [
             str(binary),
             "mini",
@@ -329,6 +500,9 @@ class SeaweedServer:
             "-volume.preStopSeconds=0",
             *ports.flags(),
         ]
+        if sys.platform == "linux":
+            owner = str(os.getpid())
+            command = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, owner, *command]
         env = {
             "PATH": os.environ.get("PATH", os.defpath),
             "HOME": str(self._data_dir),
@@ -341,19 +515,22 @@ class SeaweedServer:
             cwd=self._data_dir,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=self._log,
+            stdout=self._log_fd,
             stderr=subprocess.STDOUT,
             # Its own session: a Ctrl-C meant for the test run reaches the server only
             # through stop(), in order, instead of racing it.
             start_new_session=True,
+            umask=0o077,
         )
+        replace_private(self._pid_file, f"{self._process.pid}\n")
+        return self._process
 
     def _socket_dir(self) -> Path:
         """Where SeaweedFS puts its unix sockets (its TMPDIR): inside the data directory
         when the paths fit in a socket address, else a scratch directory of our own."""
         run = self._data_dir / "run"
         if len(str(run)) + len("/seaweedfs-filer-grpc-65535.sock") <= _SOCKET_PATH_MAX:
-            run.mkdir(exist_ok=True)
+            run.mkdir(mode=0o700, exist_ok=True)
             return run
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="rv-weed-"))
@@ -374,13 +551,13 @@ class SeaweedServer:
             ),
         )
         deadline = time.monotonic() + self._startup_timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._stopping.is_set():
             if not self.running():
                 return False
             try:
                 client.list_buckets()
             except (BotoCoreError, ClientError):
-                time.sleep(0.1)
+                self._stopping.wait(0.1)
             else:
                 return True
         return False
@@ -388,6 +565,10 @@ class SeaweedServer:
     @property
     def _ports_file(self) -> Path:
         return self._data_dir / "reelvault-ports.json"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self._data_dir / _PID_FILE
 
     def _terminate(self, timeout: float = 20.0) -> None:
         process, self._process = self._process, None
@@ -400,8 +581,90 @@ class SeaweedServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self._pid_file.unlink(missing_ok=True)
         if self._ports is not None:
             _remove_sockets(self._ports)
+
+
+def stop_orphan(data_dir: str | os.PathLike[str]) -> int | None:
+    """Stop a ``weed`` left running on ``data_dir`` by a :class:`SeaweedServer` whose
+    process died without stopping it, as :meth:`SeaweedServer.start` does.
+
+    For a caller that must free the ports before it starts a server. Only a process
+    recorded in the directory whose command line is ``weed`` with this ``-dir`` is
+    signalled (SIGTERM, then SIGKILL); Linux only, elsewhere nothing is stopped.
+
+    Returns:
+        The process id stopped, or None.
+
+    Raises:
+        ConfigurationError: a running server uses the directory.
+    """
+    data_dir = Path(data_dir).resolve()
+    if not (data_dir / _PID_FILE).exists():
+        return None
+    lock = try_lock(data_dir / _LOCK_FILE)
+    if lock is None:
+        raise _in_use(data_dir)
+    try:
+        return _stop_orphan(data_dir)
+    finally:
+        os.close(lock)
+
+
+def _in_use(data_dir: Path) -> ConfigurationError:
+    holder = lock_holder(data_dir / _LOCK_FILE)
+    by = f"process {holder}" if holder is not None else "another process"
+    return ConfigurationError(f"SeaweedFS data directory {data_dir} is in use by {by}")
+
+
+def _stop_orphan(data_dir: Path) -> int | None:
+    """:func:`stop_orphan`, with the directory's lock held."""
+    pid_file = data_dir / _PID_FILE
+    try:
+        pid = int(pid_file.read_text(encoding="ascii"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        pid = 0
+    stopped = pid if pid > 0 and _stop_weed(pid, data_dir) else None
+    if stopped is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            ports = json.loads((data_dir / "reelvault-ports.json").read_text())
+            _remove_sockets(SeaweedPorts(**ports))
+    pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _stop_weed(pid: int, data_dir: Path) -> bool:
+    """Stop process ``pid`` if it is ``weed`` on ``data_dir``; whether it was."""
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        # The pidfd pins the process: the check and the signals reach it or nothing, even
+        # if it exits and its pid is reused meanwhile.
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # gone already (or a kernel before 5.3)
+        return False
+    try:
+        if not _is_weed_on(pid, data_dir):
+            return False
+        for number in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, number)
+            if select.select([pidfd], [], [], _ORPHAN_GRACE)[0]:  # readable: it exited
+                break
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def _is_weed_on(pid: int, data_dir: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return Path(os.fsdecode(argv[0])).name == "weed" and os.fsencode(f"-dir={data_dir}") in argv
 
 
 def _remove_sockets(ports: SeaweedPorts) -> None:

@@ -60,12 +60,22 @@ class AssetMetadata(_message.Message):
     def __init__(self, path: _Optional[str] = ..., content_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., expected_size: _Optional[int] = ..., expected_sha256: _Optional[bytes] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
-    __slots__ = ("metadata", "chunk")
+    __slots__ = ("metadata", "chunk", "end")
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
     metadata: AssetMetadata
     chunk: bytes
-    def __init__(self, metadata: _Optional[_Union[AssetMetadata, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+    end: UploadEnd
+    def __init__(self, metadata: _Optional[_Union[AssetMetadata, _Mapping]] = ..., chunk: _Optional[bytes] = ..., end: _Optional[_Union[UploadEnd, _Mapping]] = ...) -> None: ...
+
+class UploadEnd(_message.Message):
+    __slots__ = ("size", "sha256")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    sha256: bytes
+    def __init__(self, size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class ByteRange(_message.Message):
     __slots__ = ("offset", "length")

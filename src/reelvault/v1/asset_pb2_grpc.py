@@ -69,9 +69,13 @@ class AssetServiceServicer:
     """
 
     def Upload(self, request_iterator, context):
-        """Client streaming: the first message carries metadata, every later one a chunk of at most
-        1 MiB. The asset becomes visible only when the last byte is stored and its row commits;
-        a cancelled or failed upload leaves nothing behind.
+        """Client streaming: the metadata, then chunks of at most 1 MiB, then exactly one end
+        message, after which the client closes its side of the stream. The server answers once
+        the stream has closed after the end message; the asset becomes visible only then, when
+        the last byte is stored and its row commits. A stream that ends without its end message
+        (closed early, cancelled, the connection lost) is aborted and refused with
+        INVALID_ARGUMENT, as is any message after the end message; a cancelled or failed upload
+        leaves nothing behind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

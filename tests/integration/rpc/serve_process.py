@@ -17,14 +17,16 @@ from reelvault.storage.seaweed import SeaweedServer
 
 SERVE = "import asyncio; from reelvault.config import Settings; from reelvault.rpc import serve; "
 SERVE += "asyncio.run(serve(Settings.load()))"
+TUNED_SERVE = "from reelvault import allocator; allocator.tune(); " + SERVE
+"""As ``reelvault serve`` runs: with its malloc settings (memory measurements need them)."""
 
 
 class Process:
     """The service as a child process, with its JSON log lines collected as they come."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], code: str = SERVE) -> None:
         self.popen = subprocess.Popen(
-            [sys.executable, "-c", SERVE],
+            [sys.executable, "-c", code],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -92,8 +92,13 @@ def chunk(data: bytes) -> asset_pb2.UploadRequest:
     return asset_pb2.UploadRequest(chunk=data)
 
 
+def finish() -> asset_pb2.UploadRequest:
+    return asset_pb2.UploadRequest(end=asset_pb2.UploadEnd())
+
+
 def upload(api: Stubs, tenant: Tenancy, data: bytes, path: str = "p") -> asset_pb2.Asset:
     messages = [meta(path)] + [chunk(data[i : i + MiB]) for i in range(0, len(data), MiB)]
+    messages.append(finish())
     return api.assets.Upload(iter(messages), metadata=tenant.md(Role.INGEST))
 
 
@@ -247,7 +252,7 @@ def _calls(api: Stubs, md: Metadata, tenant_id: str, tag: str) -> dict[str, Call
             apikey_pb2.RevokeApiKeyRequest(api_key_id="0" * 16), metadata=md
         ),
         f"{svc}AssetService/Upload": lambda: api.assets.Upload(
-            iter([meta(f"by/{tag}"), chunk(tag.encode())]), metadata=md
+            iter([meta(f"by/{tag}"), chunk(tag.encode()), finish()]), metadata=md
         ),
         f"{svc}AssetService/Download": lambda: list(
             api.assets.Download(asset_pb2.DownloadRequest(asset_id="0" * 32), metadata=md)
@@ -438,7 +443,7 @@ def test_a_corrupt_upload_message_is_an_invalid_argument_and_leaves_nothing(chan
         pytest.param([meta(content_type="a/" + "b" * 254)], id="long content type"),
         pytest.param([meta(expected_size=-1)], id="negative size"),
         pytest.param([meta(expected_size=INT64_MIN)], id="int64 min size"),
-        pytest.param([meta(expected_size=INT64_MAX), chunk(b"a")], id="int64 max size"),
+        pytest.param([meta(expected_size=INT64_MAX), chunk(b"a"), finish()], id="int64 max size"),
         pytest.param([meta(expected_sha256=b"\0" * 33)], id="33-byte sha"),
         pytest.param([meta(), meta("other")], id="metadata twice, no chunk"),
     ],
@@ -454,7 +459,7 @@ def test_hostile_upload_streams_are_invalid_arguments_and_leave_nothing(
 
 def test_a_chunk_of_exactly_one_mib_and_empty_chunks_are_accepted(api: Stubs, acme):
     data = os.urandom(MiB)
-    messages = [meta("edge"), chunk(b""), chunk(data), chunk(b""), chunk(b"")]
+    messages = [meta("edge"), chunk(b""), chunk(data), chunk(b""), chunk(b""), finish()]
     asset = api.assets.Upload(iter(messages), metadata=acme.md(Role.INGEST))
     assert asset.size == MiB
     received, error = download(api, acme.md(), asset.id)
@@ -476,6 +481,7 @@ def test_two_uploads_racing_for_one_path_leave_exactly_one_asset(api: Stubs, vau
         yield chunk(data)
         # finish only once the server has begun both uploads (both checked the path)
         assert wait_for(begun, count=1)
+        yield finish()
 
     futures = [
         api.assets.Upload.future(messages(data), metadata=acme.md(Role.INGEST)) for data in contents

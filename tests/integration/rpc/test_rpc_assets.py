@@ -33,6 +33,7 @@ def requests(
     yield asset_pb2.UploadRequest(metadata=asset_pb2.AssetMetadata(path=path, **metadata))
     for at in range(0, len(data), chunk):
         yield asset_pb2.UploadRequest(chunk=data[at : at + chunk])
+    yield asset_pb2.UploadRequest(end=asset_pb2.UploadEnd())
 
 
 def upload(api: Stubs, tenant: Tenancy, data: bytes, **kwargs) -> asset_pb2.Asset:
@@ -226,6 +227,10 @@ def chunk(data: bytes) -> asset_pb2.UploadRequest:
     return asset_pb2.UploadRequest(chunk=data)
 
 
+def end() -> asset_pb2.UploadRequest:
+    return asset_pb2.UploadRequest(end=asset_pb2.UploadEnd())
+
+
 @pytest.mark.parametrize(
     "messages",
     [
@@ -241,9 +246,9 @@ def chunk(data: bytes) -> asset_pb2.UploadRequest:
         pytest.param([meta(path="a//b")], id="empty segment"),
         pytest.param([meta(labels={"Bad Key": "v"})], id="bad label"),
         pytest.param([meta(content_type="nonsense")], id="bad content type"),
-        pytest.param([meta(expected_size=5), chunk(b"abcd")], id="too few bytes"),
+        pytest.param([meta(expected_size=5), chunk(b"abcd"), end()], id="too few bytes"),
         pytest.param([meta(expected_size=3), chunk(b"abcd")], id="too many bytes"),
-        pytest.param([meta(expected_sha256=b"\0" * 32), chunk(b"abcd")], id="wrong sha"),
+        pytest.param([meta(expected_sha256=b"\0" * 32), chunk(b"abcd"), end()], id="wrong sha"),
         pytest.param([meta(expected_sha256=b"\0" * 7)], id="malformed sha"),
     ],
 )
@@ -315,9 +320,8 @@ def test_a_cancelled_upload_aborts_its_multipart_upload(api: Stubs, acme, vault)
 
 def test_an_upload_cancelled_while_completing_is_not_kept(api: Stubs, acme, vault, monkeypatch):
     """A cancellation that arrives while the upload completes removes the asset again: the
-    client is told CANCELLED, and grpc.aio ends a cancelled call's request stream like a
-    finished one, so this is also how an unfinished upload that slipped into completion
-    is undone."""
+    client is told CANCELLED. After the end message, grpc.aio ends a cancelled call's
+    request stream like a finished one, so the server may be completing when it hears."""
     completing = threading.Event()
     original = AssetUpload.complete
 

@@ -41,6 +41,7 @@ def events(vault: Vault, log_id: str, **filters) -> list[StoredEvent]:
 def upload(api: Stubs, tenant: Tenancy, data: bytes, path: str = "a.ts") -> asset_pb2.Asset:
     messages = [asset_pb2.UploadRequest(metadata=asset_pb2.AssetMetadata(path=path))]
     messages += [asset_pb2.UploadRequest(chunk=data[i : i + MiB]) for i in range(0, len(data), MiB)]
+    messages.append(asset_pb2.UploadRequest(end=asset_pb2.UploadEnd()))
     return api.assets.Upload(iter(messages), metadata=tenant.md(Role.INGEST))
 
 

@@ -30,6 +30,7 @@ def stored(api: Stubs, acme: Tenancy) -> tuple[str, bytes]:
     data = os.urandom(SIZE)
     messages = [asset_pb2.UploadRequest(metadata=asset_pb2.AssetMetadata(path="r/seg.ts"))]
     messages += [asset_pb2.UploadRequest(chunk=data[i : i + MiB]) for i in range(0, len(data), MiB)]
+    messages.append(asset_pb2.UploadRequest(end=asset_pb2.UploadEnd()))
     asset = api.assets.Upload(iter(messages), metadata=acme.md(Role.INGEST))
     return asset.id, data
 

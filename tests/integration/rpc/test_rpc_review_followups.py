@@ -109,5 +109,6 @@ def test_uploads_after_refused_streams_still_work(api: Stubs, channel, vault, ac
             call(iter([_meta("y"), b"\xff"]), metadata=acme.md(Role.INGEST))
     messages = [asset_pb2.UploadRequest(metadata=asset_pb2.AssetMetadata(path="y"))]
     messages += [asset_pb2.UploadRequest(chunk=data[i : i + MiB]) for i in range(0, SIZE, MiB)]
+    messages.append(asset_pb2.UploadRequest(end=asset_pb2.UploadEnd()))
     asset = api.assets.Upload(iter(messages), metadata=acme.md(Role.INGEST))
     assert asset.size == SIZE

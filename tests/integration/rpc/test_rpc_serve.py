@@ -70,6 +70,7 @@ def test_serve_runs_from_the_environment_until_signalled(process, database, envi
         chunks = [data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
         messages = [asset_pb2.UploadRequest(metadata=asset_pb2.AssetMetadata(path="a.ts"))]
         messages += [asset_pb2.UploadRequest(chunk=c) for c in chunks]
+        messages.append(asset_pb2.UploadRequest(end=asset_pb2.UploadEnd()))
         asset = api.assets.Upload(iter(messages), metadata=bearer(ingest))
         responses = list(
             api.assets.Download(
@@ -178,6 +179,7 @@ def test_a_1GiB_upload_and_download_keep_server_memory_flat(environment, databas
                 for i in range(1024):
                     sent.update(blocks[i % 7])
                     yield asset_pb2.UploadRequest(chunk=blocks[i % 7])
+                yield asset_pb2.UploadRequest(end=asset_pb2.UploadEnd())
 
             baseline = _rss_bytes(process.popen.pid)
             sampler = _PeakRss(process.popen.pid)

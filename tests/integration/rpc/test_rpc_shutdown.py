@@ -30,6 +30,7 @@ def _upload(api: Stubs, md, data: bytes) -> asset_pb2.Asset:
         yield asset_pb2.UploadRequest(metadata=asset_pb2.AssetMetadata(path="big.ts"))
         for at in range(0, len(data), MiB):
             yield asset_pb2.UploadRequest(chunk=data[at : at + MiB])
+        yield asset_pb2.UploadRequest(end=asset_pb2.UploadEnd())
 
     return api.assets.Upload(messages(), metadata=md)
 

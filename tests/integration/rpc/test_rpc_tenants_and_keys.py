@@ -62,6 +62,7 @@ def test_bootstrap_a_tenant_end_to_end(api: Stubs, platform_token):
             [
                 asset_pb2.UploadRequest(metadata=asset_pb2.AssetMetadata(path="hello.txt")),
                 asset_pb2.UploadRequest(chunk=b"hello"),
+                asset_pb2.UploadRequest(end=asset_pb2.UploadEnd()),
             ]
         ),
         metadata=bearer(ingest.secret),

@@ -189,9 +189,9 @@ def test_client_settings_for_a_third_party_endpoint():
     config = store.client.meta.config
     assert store.client.meta.region_name == "us-east-1"
     assert config.s3 == {"addressing_style": "path"}
-    assert config.retries == {"mode": "standard", "total_max_attempts": 5}
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
     assert config.max_pool_connections >= store.max_in_flight
-    assert (config.connect_timeout, config.read_timeout) == (5.0, 60.0)
+    assert (config.connect_timeout, config.read_timeout) == (3.0, 10.0)
     assert config.request_checksum_calculation == "when_required"
 
 

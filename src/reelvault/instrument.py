@@ -1,0 +1,317 @@
+"""Latency and errors of the three dependencies: the object store, the catalog and the
+root key provider (``reelvault_dependency_duration_seconds`` and
+``reelvault_dependency_errors_total`` in :mod:`reelvault.metrics`).
+
+Each is measured from outside, without touching its code:
+
+* :class:`InstrumentedStore` is an :class:`~reelvault.storage.base.ObjectStore` over
+  another one. It times every call; a streaming read is timed to its first byte (the GET
+  is sent when :meth:`~InstrumentedStore.open_stream` is called), a listing to its first
+  result, and errors raised later, while the body or the pages are read, are counted too.
+  An upload's writes are timed one by one: a write is a buffer copy unless the parts in
+  flight are full, so its latency is how long the store holds an upload back.
+* :func:`instrument_catalog` hooks SQLAlchemy's cursor events on the catalog's engine:
+  each statement is timed, under its kind (``select``, ``insert``...).
+* :class:`InstrumentedKeyProvider` is a :class:`~reelvault.keys.provider.RootKeyProvider`
+  over another one, timing ``generate_key``, ``unwrap`` and ``rewrap``.
+
+Labels stay bounded: the operation is a method name or a statement kind, the error a class
+name (reelvault's error tree for the store and the key provider, SQLAlchemy's DBAPI error
+classes for the catalog, ``other`` for anything else). Keys, statements and contexts are
+never labels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
+
+from reelvault.catalog import Database
+from reelvault.errors import ReelvaultError
+from reelvault.keys.provider import RootKeyProvider, WrappedKey
+from reelvault.metrics import DEPENDENCY_DURATION, DEPENDENCY_ERRORS
+from reelvault.storage.base import (
+    BytesLike,
+    MultipartUploadInfo,
+    ObjectInfo,
+    ObjectStore,
+    Upload,
+)
+
+__all__ = [
+    "InstrumentedKeyProvider",
+    "InstrumentedStore",
+    "instrument_catalog",
+]
+
+_T = TypeVar("_T")
+
+# Statement kinds kept as the catalog's operation label; any other is "other".
+_STATEMENT_KINDS: Final = frozenset(
+    ("select", "insert", "update", "delete", "with", "begin", "pragma", "create", "alter", "drop")
+)
+# Attribute of SQLAlchemy's ExecutionContext holding the statement's start time.
+_STARTED: Final = "_reelvault_started"
+
+
+class _Meter:
+    """Times the calls to one dependency and counts their errors."""
+
+    def __init__(self, dependency: str) -> None:
+        self._dependency = dependency
+
+    @contextmanager
+    def measure(self, operation: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            self.failed(operation, exc)
+            raise
+        finally:
+            self.observe(operation, time.perf_counter() - started)
+
+    def observe(self, operation: str, seconds: float) -> None:
+        DEPENDENCY_DURATION.labels(self._dependency, operation).observe(seconds)
+
+    def failed(self, operation: str, exc: BaseException) -> None:
+        DEPENDENCY_ERRORS.labels(self._dependency, operation, _error_name(exc)).inc()
+
+    def listing(self, operation: str, start: Callable[[], Iterable[_T]]) -> Iterator[_T]:
+        """The results of ``start()``, timed from the call to the first result (or to the
+        end, if there are none); an error is counted whether the call or a later page
+        raises it."""
+        started = time.perf_counter()
+        try:
+            results = start()
+        except Exception as exc:
+            self.failed(operation, exc)
+            self.observe(operation, time.perf_counter() - started)
+            raise
+        return self._first_result(operation, started, results)
+
+    def _first_result(
+        self, operation: str, started: float, results: Iterable[_T]
+    ) -> Generator[_T, None, None]:
+        timed = False
+        try:
+            for item in results:
+                if not timed:
+                    self.observe(operation, time.perf_counter() - started)
+                    timed = True
+                yield item
+        except Exception as exc:
+            self.failed(operation, exc)
+            raise
+        finally:
+            if not timed:
+                self.observe(operation, time.perf_counter() - started)
+
+
+def _error_name(exc: BaseException) -> str:
+    if isinstance(exc, ReelvaultError):
+        return type(exc).__name__
+    return "other"
+
+
+# -- the object store ----------------------------------------------------------------------
+
+
+class InstrumentedStore:
+    """An :class:`~reelvault.storage.base.ObjectStore` that measures ``inner`` (module
+    docstring). Behaviour, errors included, is ``inner``'s."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self._inner = inner
+        self._meter = _Meter("store")
+
+    @property
+    def inner(self) -> ObjectStore:
+        """The store being measured."""
+        return self._inner
+
+    @property
+    def part_size(self) -> int:
+        return self._inner.part_size
+
+    @property
+    def max_in_flight(self) -> int:
+        return self._inner.max_in_flight
+
+    def begin(self, key: str) -> Upload:
+        with self._meter.measure("begin"):
+            return _InstrumentedUpload(self._inner.begin(key), self._meter)
+
+    def put(self, key: str, chunks: Iterable[BytesLike]) -> ObjectInfo:
+        with self._meter.measure("put"):
+            return self._inner.put(key, chunks)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        with self._meter.measure("get_range"):
+            return self._inner.get_range(key, offset, length)
+
+    def open_stream(
+        self, key: str, offset: int = 0, length: int | None = None
+    ) -> Generator[bytes, None, None]:
+        with self._meter.measure("open_stream"):
+            stream = self._inner.open_stream(key, offset, length)
+        return self._read(stream)
+
+    def _read(self, stream: Generator[bytes, None, None]) -> Generator[bytes, None, None]:
+        try:
+            yield from stream  # closing this generator closes ``stream`` too
+        except Exception as exc:
+            self._meter.failed("read_stream", exc)
+            raise
+        finally:
+            stream.close()
+
+    def head(self, key: str) -> ObjectInfo | None:
+        with self._meter.measure("head"):
+            return self._inner.head(key)
+
+    def delete(self, key: str) -> None:
+        with self._meter.measure("delete"):
+            self._inner.delete(key)
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        return self._meter.listing("list_keys", lambda: self._inner.list_keys(prefix))
+
+    def list_multipart_uploads(
+        self, *, older_than: float | None = None
+    ) -> Iterator[MultipartUploadInfo]:
+        return self._meter.listing(
+            "list_multipart_uploads",
+            lambda: self._inner.list_multipart_uploads(older_than=older_than),
+        )
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        with self._meter.measure("abort_multipart"):
+            self._inner.abort_multipart(key, upload_id)
+
+    def __repr__(self) -> str:
+        return f"InstrumentedStore({self._inner!r})"
+
+
+class _InstrumentedUpload:
+    """An :class:`~reelvault.storage.base.Upload` that measures ``inner``'s calls."""
+
+    def __init__(self, inner: Upload, meter: _Meter) -> None:
+        self._inner = inner
+        self._meter = meter
+
+    @property
+    def key(self) -> str:
+        return self._inner.key
+
+    def write(self, data: BytesLike) -> None:
+        with self._meter.measure("upload_write"):
+            self._inner.write(data)
+
+    def complete(self) -> ObjectInfo:
+        with self._meter.measure("upload_complete"):
+            return self._inner.complete()
+
+    def abort(self) -> None:
+        with self._meter.measure("upload_abort"):
+            self._inner.abort()
+
+    def __enter__(self) -> Self:
+        self._inner.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._inner.__exit__(exc_type, exc, tb)
+
+
+# -- the catalog ---------------------------------------------------------------------------
+
+_catalog = _Meter("catalog")
+
+
+def instrument_catalog(database: Database) -> None:
+    """Measure every statement ``database`` runs (module docstring). Idempotent."""
+    engine = database.engine
+    for name, listener, named in (
+        ("before_cursor_execute", _before_statement, True),
+        ("after_cursor_execute", _after_statement, True),
+        ("handle_error", _statement_failed, False),
+    ):
+        if not event.contains(engine, name, listener):
+            event.listen(engine, name, listener, named=named)
+
+
+def _statement_kind(statement: str | None) -> str:
+    """The catalog's operation label: a statement's first keyword, if a known one."""
+    words = (statement or "").lstrip(" \t\r\n(").split(None, 1)
+    kind = words[0].lower() if words else ""
+    return kind if kind in _STATEMENT_KINDS else "other"
+
+
+def _before_statement(**fields: Any) -> None:
+    if fields["context"] is not None:
+        setattr(fields["context"], _STARTED, time.perf_counter())
+
+
+def _after_statement(**fields: Any) -> None:
+    started = getattr(fields["context"], _STARTED, None)
+    if started is not None:
+        _catalog.observe(_statement_kind(fields["statement"]), time.perf_counter() - started)
+
+
+def _statement_failed(context: Any) -> None:  # an ExceptionContext
+    if context.is_pre_ping:  # a stale pooled connection, replaced without the caller knowing
+        return
+    if context.connection is None and context.statement is None:
+        operation = "connect"
+    else:
+        operation = _statement_kind(context.statement)
+    started = getattr(context.execution_context, _STARTED, None)
+    if started is not None:
+        _catalog.observe(operation, time.perf_counter() - started)
+    error = context.sqlalchemy_exception
+    name = type(error).__name__ if isinstance(error, DBAPIError) else "other"
+    DEPENDENCY_ERRORS.labels("catalog", operation, name).inc()
+
+
+# -- the root key provider -------------------------------------------------------------------
+
+
+class InstrumentedKeyProvider:
+    """A :class:`~reelvault.keys.provider.RootKeyProvider` that measures ``inner``
+    (module docstring). Behaviour, errors included, is ``inner``'s."""
+
+    def __init__(self, inner: RootKeyProvider) -> None:
+        self._inner = inner
+        self._meter = _Meter("key_provider")
+
+    @property
+    def inner(self) -> RootKeyProvider:
+        """The provider being measured."""
+        return self._inner
+
+    def generate_key(self, context: Mapping[str, str]) -> tuple[bytes, WrappedKey]:
+        with self._meter.measure("generate_key"):
+            return self._inner.generate_key(context)
+
+    def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        with self._meter.measure("unwrap"):
+            return self._inner.unwrap(wrapped, context)
+
+    def rewrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> WrappedKey:
+        with self._meter.measure("rewrap"):
+            return self._inner.rewrap(wrapped, context)
+
+    def __repr__(self) -> str:
+        return f"InstrumentedKeyProvider({self._inner!r})"
