@@ -38,6 +38,7 @@ class Vault:
     """One of each component; build with :meth:`from_settings` or :meth:`from_parts`."""
 
     database: Database
+    root: RootKeyProvider
     tenant_keys: TenantKeys
     api_keys: ApiKeys
     store: ObjectStore
@@ -73,6 +74,7 @@ class Vault:
         tenant_keys = TenantKeys(database, root, clock, cache_ttl=key_cache_ttl, auditor=auditor)
         return cls(
             database=database,
+            root=root,
             tenant_keys=tenant_keys,
             api_keys=ApiKeys(database, clock, auditor=auditor),
             store=store,

@@ -450,6 +450,13 @@ class Assets:
         whose header fails authentication (DATA_LOSS), or whose final frame does when the
         range reaches it (a range that ends earlier does not depend on it).
 
+        The frames are opened with the catalog's copy of the header. A whole-asset read
+        also fetches the stored header and refuses the object (DATA_LOSS) unless it is the
+        same: a stored header damaged on its own would leave the vault's reads working
+        while making the object unreadable by the official SDK, the format's promise of no
+        lock-in. An empty asset is read too: its object (header and empty final frame) is
+        fetched and authenticated before the (empty) answer.
+
         Raises:
             InvalidArgument, OutOfRange, NotFound, KeyUnavailable, IntegrityError.
         """
@@ -480,6 +487,17 @@ class Assets:
             data_keys=slots,
             size_is_trusted=True,  # the catalog recorded the size when the upload committed
         )
+        if start == 0 and count == row.size:
+            stored = read_at(0, len(row.header))
+            if not secrets.compare_digest(stored, row.header):
+                _log.error(
+                    "stored header differs from the catalog's",
+                    asset_id=row.id,
+                    object_key=row.object_key,
+                )
+                raise IntegrityError("the stored object's header is damaged")
+        if row.size == 0 and reader.open_final_frame() != b"":
+            raise IntegrityError("the stored object is not empty")
         frames = reader.stream_range(start, count, stream_at)
         # Everything is checked: the read is recorded, durably, before any byte leaves.
         self._audit.note(

@@ -13,7 +13,7 @@ It also survives its own crash (docs/operations.md, "reelvault dev after a crash
   (``flock`` on ``dev.lock``, released however the process ends) tells a crashed run
   from a live one: a second ``reelvault dev`` on the same data directory is refused;
 * a ``weed`` that dies while the vault runs is logged at error level and restarted, up to
-  a few times in a row; after that the command stops and exits with an error.
+  three times in a row; after that the command stops and exits with an error.
 
 Everything lives in the data directory (``$REELVAULT_DATA_DIR``, default ``.reelvault/``)::
 
@@ -25,8 +25,8 @@ Everything lives in the data directory (``$REELVAULT_DATA_DIR``, default ``.reel
     dev.json          written once the vault is ready, removed on exit: what scripts need
     dev.lock          held while a ``reelvault dev`` runs here (it records its pid)
 
-Files are mode 0600 and directories 0700 (SeaweedFS runs with umask 077), since the data
-directory holds the keyring and the S3 credentials.
+The files written here are mode 0600 and every directory 0700 (SeaweedFS runs with umask
+077), since the data directory holds the keyring and the S3 credentials.
 
 Ports are fixed so that a restart keeps the same address: gRPC on ``REELVAULT_GRPC_PORT``
 (7400) and S3 on ``REELVAULT_DEV_S3_PORT`` (8333; SeaweedFS also takes that + 10000 for
@@ -62,7 +62,13 @@ from reelvault.config import Settings
 from reelvault.keys.local import init_keyring
 from reelvault.logging import configure_logging
 from reelvault.metrics import serve_metrics
-from reelvault.rpc.server import HealthServicer, background, create_server, shutdown
+from reelvault.rpc.server import (
+    HealthServicer,
+    background,
+    create_server,
+    readiness,
+    shutdown,
+)
 from reelvault.storage.seaweed import GRPC_PORT_OFFSET, SeaweedServer, stop_orphan
 
 __all__ = ["DEFAULT_S3_PORT", "S3_PORT_ENV", "run"]
@@ -343,19 +349,20 @@ async def _serve_announced(
         loop.add_signal_handler(number, stop.set)
     try:
         await server.start()
-        try:
-            facts["grpc_address"] = _address(settings.grpc_host, port)
-            replace_private(facts_path, json.dumps(facts, indent=2) + "\n")
-            out.write(json.dumps(facts) + "\n" if json_output else _banner(facts, facts_path))
-            out.flush()
-            with failure.waking(lambda: loop.call_soon_threadsafe(stop.set)):
-                await stop.wait()
-            facts_path.unlink(missing_ok=True)
-            print("reelvault dev: stopping", file=sys.stderr, flush=True)
-            for number in _STOP_SIGNALS:  # a second signal: stop waiting for calls in flight
-                loop.add_signal_handler(number, _cancel_calls, server)
-        finally:
-            await shutdown(server, health, settings.shutdown_grace)
+        async with readiness(vault, settings, health):
+            try:
+                facts["grpc_address"] = _address(settings.grpc_host, port)
+                replace_private(facts_path, json.dumps(facts, indent=2) + "\n")
+                out.write(json.dumps(facts) + "\n" if json_output else _banner(facts, facts_path))
+                out.flush()
+                with failure.waking(lambda: loop.call_soon_threadsafe(stop.set)):
+                    await stop.wait()
+                facts_path.unlink(missing_ok=True)
+                print("reelvault dev: stopping", file=sys.stderr, flush=True)
+                for number in _STOP_SIGNALS:  # a second signal: stop waiting for calls in flight
+                    loop.add_signal_handler(number, _cancel_calls, server)
+            finally:
+                await shutdown(server, health, settings.shutdown_grace)
     finally:
         for number in _STOP_SIGNALS:
             loop.remove_signal_handler(number)

@@ -313,5 +313,12 @@ class InstrumentedKeyProvider:
         with self._meter.measure("rewrap"):
             return self._inner.rewrap(wrapped, context)
 
+    def probe(self) -> None:
+        """The inner provider's readiness probe, where it has one (reelvault.readiness)."""
+        probe = getattr(self._inner, "probe", None)
+        if probe is not None:
+            with self._meter.measure("probe"):
+                probe()
+
     def __repr__(self) -> str:
         return f"InstrumentedKeyProvider({self._inner!r})"

@@ -359,10 +359,9 @@ class Scrubber:
         claimed = self._claim(scope, owner, restart=restart)
         if claimed is None:
             return self._report(scope, stopped=StopReason.BUSY)
-        run = _Run(
-            self, claimed, scope, owner, stop=stop, limit=limit, sleep=self._sleep or _waiter(stop)
-        )
+        sleep = self._sleep or _waiter(stop)
         try:
+            run = _Run(self, claimed, scope, owner, stop=stop, limit=limit, sleep=sleep)
             stopped = run.go()
         finally:
             self._release(claimed.id, owner)
@@ -834,6 +833,7 @@ class _Run:
         # not reported: an outage is not a property of the assets it hit.
         while self._pending and self._pending[-1].result is Result.UNCHECKED:
             self._pending.pop()
+            self.checked -= 1
         self._save()
         self._progress(force=True, stopped=reason)
         return reason

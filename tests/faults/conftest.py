@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from integration.rpc.serve_process import Process, serve_environment
-from load import Load
+from load import RECOVERY_TIMEOUT, Load
 from report import render_table
 
 from reelvault.app import Vault
@@ -72,30 +72,39 @@ class Postgres:
     """A private PostgreSQL cluster that the tests stop and start."""
 
     def __init__(self, root: Path) -> None:
-        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        # Debian keeps the server binaries out of PATH, one directory per major version.
+        found = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+            key=lambda path: [int(n) for n in path.parts[-3].split(".") if n.isdigit()],
+        )
         pg_ctl = shutil.which("pg_ctl") or (str(found[-1]) if found else None)
         if pg_ctl is None:
             _missing("PostgreSQL server binaries (initdb, pg_ctl) not found")
         self._bin = Path(str(pg_ctl)).parent
+        self.root = root
         self._as: list[str] = []
         if os.geteuid() == 0:  # initdb refuses root
             if shutil.which("runuser") is None:
                 _missing("running as root without runuser: cannot run initdb as postgres")
             self._as = ["runuser", "-u", "postgres", "--"]
             shutil.chown(root, user="postgres")
-        self.root = root
         self.port = _free_port()
         self._run("initdb", "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "--no-sync")
         self.start()
 
     def _run(self, tool: str, *args: str) -> None:
-        subprocess.run(
+        done = subprocess.run(
             [*self._as, str(self._bin / tool), *args],
-            check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            text=True,
             timeout=120,
+            check=False,
         )
+        if done.returncode:
+            log = self.root / "log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{tool} {' '.join(args)} failed: {done.stderr}{tail}")
 
     def start(self) -> None:
         # fsync off: the suite stops the server cleanly (-m fast), it never crashes the machine
@@ -364,11 +373,17 @@ def conclude(
     deployment: Deployment, report: Callable[[dict[str, Any]], None]
 ) -> Callable[..., dict[str, Any]]:
     """Stop the load, check the invariants and collect leftovers, report the row, and
-    assert: nothing committed lost, nothing partial visible, no wrong bytes served, nothing
-    left behind once gc has run."""
+    assert: the service recovered (unless ``faulted=False``), nothing committed lost,
+    nothing partial visible, no wrong bytes served, nothing left behind once gc has run."""
 
     def finish(
-        load: Load, scenario: str, fault: str, recovery: float | None, **extra: Any
+        load: Load,
+        scenario: str,
+        fault: str,
+        recovery: float | None,
+        *,
+        faulted: bool = True,
+        **extra: Any,
     ) -> dict[str, Any]:
         load.stop()
         verdict = load.check()
@@ -376,11 +391,17 @@ def conclude(
             scenario,
             verdict,
             fault=fault,
+            faulted=faulted,
             recovery_seconds=recovery,
             gc=deployment.gc(),
             **extra,
         )
         report(row)
+        if faulted:
+            assert recovery is not None, (
+                f"not every kind of call succeeded within {RECOVERY_TIMEOUT:.0f} s of the "
+                f"fault's removal: {row['by_kind']}"
+            )
         assert not verdict.lost, f"committed assets lost: {verdict.lost[:10]}"
         assert not verdict.partial, f"partial uploads visible: {verdict.partial[:10]}"
         assert not load.mismatches, f"wrong bytes or metadata served: {load.mismatches[:10]}"

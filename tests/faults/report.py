@@ -33,8 +33,10 @@ def _catalog_only(row: Mapping[str, Any]) -> str:
 
 def _recovery(row: Mapping[str, Any]) -> str:
     seconds = row.get("recovery_seconds")
-    if seconds is None:
+    if not row.get("faulted", True):
         return "n/a (no fault)"
+    if seconds is None:
+        return "**not within 60 s**"
     restart = row.get("restart_seconds")
     return f"{seconds:.1f} s" + ("" if restart is None else f" (restart {restart:.1f} s)")
 

@@ -265,14 +265,32 @@ def test_a_tampered_object_gives_data_loss_and_no_wrong_bytes(assets, tenant, st
     assert data.startswith(received)  # whatever arrived before the failure was genuine
 
 
-def test_the_stored_header_is_never_trusted(assets, tenant, store):
-    """The catalog's copy of the header is authoritative; frames are authenticated
-    against it, so a rewritten stored header changes nothing."""
+def test_the_stored_header_is_never_trusted_and_a_whole_read_checks_it(assets, tenant, store):
+    """The catalog's copy of the header is authoritative: frames are authenticated against
+    it, so a damaged stored header never changes a byte that is served. A whole-asset read
+    compares the stored header with it and refuses the object (DATA_LOSS), since the damage
+    makes the object unreadable by the official SDK; a range read is still served."""
     data = os.urandom(3 * F)
     info = put(assets, tenant, data)
     [key] = list(store.list_keys())
     tamper(store, key, 40)
-    assert get(assets, tenant, info.id) == data
+    with pytest.raises(errors.IntegrityError, match="header"):
+        assets.open_download(tenant, info.id)
+    assert get(assets, tenant, info.id, offset=10, length=F) == data[10 : 10 + F]
+
+
+def test_an_empty_asset_is_read_and_authenticated(assets, tenant, store):
+    """A zero-byte asset is served only after its object (the header and the empty
+    final frame) has been read and authenticated."""
+    info = put(assets, tenant, b"")
+    [key] = list(store.list_keys())
+    size = store.head(key).size
+    tamper(store, key, size - 1)  # the final frame's tag
+    with pytest.raises(errors.IntegrityError):
+        assets.open_download(tenant, info.id)
+    store.delete(key)
+    with pytest.raises(errors.IntegrityError):
+        assets.open_download(tenant, info.id)
 
 
 def test_a_missing_object_is_data_loss_not_not_found(assets, tenant, store):

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from reelvault.catalog.db import Database
 
 
 @pytest.fixture(autouse=True)
-def _permissive_umask() -> object:
+def _permissive_umask() -> Iterator[None]:
     """The modes below hold whatever the umask allows: test under the loosest one."""
     previous = os.umask(0)
     yield

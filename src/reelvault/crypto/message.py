@@ -685,6 +685,11 @@ class RandomAccessReader:
         if not size_is_trusted:
             self._final_plaintext = self._open_final_frame()
 
+    def open_final_frame(self) -> bytes:
+        """Fetch and authenticate the final frame (once) and return its plaintext. Proves
+        the message complete: for an empty message it is the only frame there is."""
+        return self._open_final_frame()
+
     def _open_final_frame(self) -> bytes:
         if self._final_plaintext is None:
             final = self._fetch(self.layout.final_frame_offset, self._ciphertext_size)

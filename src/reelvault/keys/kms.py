@@ -110,6 +110,18 @@ class KmsRootKeyProvider:
         self._key_id = key_id
         self._previous_key_ids = frozenset(previous_key_ids)
 
+    def probe(self) -> None:
+        """Readiness: the key exists, is enabled and this caller may see it
+        (``kms:DescribeKey``); costs no key material and no data-key quota.
+
+        Raises:
+            Unavailable, ConfigurationError, KeyUnavailable: as the other calls would.
+        """
+        with _kms_errors():
+            response = self._client.describe_key(KeyId=self._key_id)
+        if response["KeyMetadata"].get("KeyState") != "Enabled":
+            raise errors.KeyUnavailable("the KMS key is not enabled")
+
     def generate_key(self, context: Mapping[str, str]) -> tuple[bytes, WrappedKey]:
         with _kms_errors():
             response = self._client.generate_data_key(

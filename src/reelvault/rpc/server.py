@@ -41,6 +41,7 @@ from reelvault.config import Settings
 from reelvault.errors import ConfigurationError
 from reelvault.logging import configure_logging
 from reelvault.metrics import serve_metrics
+from reelvault.readiness import DEPENDENCIES, Readiness
 from reelvault.rpc import convert
 from reelvault.rpc.bulkhead import StorePool
 from reelvault.rpc.interceptors import VaultInterceptor
@@ -58,11 +59,14 @@ from reelvault.v1 import (
 
 __all__ = [
     "HealthServicer",
+    "LIVENESS",
+    "SERVICE_NEEDS",
     "MAX_MESSAGE_BYTES",
     "SERVICE_NAMES",
     "audit_sequencer",
     "background",
     "create_server",
+    "readiness",
     "serve",
     "shutdown",
 ]
@@ -131,7 +135,7 @@ async def create_server(
 
     if health_servicer is None:
         health_servicer = HealthServicer()
-    for name in ("", *SERVICE_NAMES):
+    for name in ("", LIVENESS, *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -224,29 +228,81 @@ async def _serve_until_signalled(vault: Vault, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     health_servicer = HealthServicer()
     server, port = await create_server(vault, settings, health_servicer=health_servicer)
-    await server.start()
-    _log.info(
-        "listening",
-        host=settings.grpc_host,
-        port=port,
-        tls=settings.tls_enabled,
-        mutual_tls=settings.tls_client_ca_file is not None,
-        malloc=allocator.applied() or None,
-    )
-    signalled = asyncio.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for signum in signals:
-        loop.add_signal_handler(signum, signalled.set)
-    try:
-        await signalled.wait()
-        _log.info("shutting down", grace_seconds=settings.shutdown_grace)
-        for signum in signals:  # a second signal: stop waiting for calls in flight
-            loop.add_signal_handler(signum, _cancel_calls, server)
-        await shutdown(server, health_servicer, settings.shutdown_grace)
-    finally:
+    async with readiness(vault, settings, health_servicer):
+        await server.start()
+        _log.info(
+            "listening",
+            host=settings.grpc_host,
+            port=port,
+            tls=settings.tls_enabled,
+            mutual_tls=settings.tls_client_ca_file is not None,
+            malloc=allocator.applied() or None,
+        )
+        signalled = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
         for signum in signals:
-            loop.remove_signal_handler(signum)
+            loop.add_signal_handler(signum, signalled.set)
+        try:
+            await signalled.wait()
+            _log.info("shutting down", grace_seconds=settings.shutdown_grace)
+            for signum in signals:  # a second signal: stop waiting for calls in flight
+                loop.add_signal_handler(signum, _cancel_calls, server)
+            await shutdown(server, health_servicer, settings.shutdown_grace)
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
     _log.info("stopped")
+
+
+SERVICE_NEEDS: Final[dict[str, tuple[str, ...]]] = {
+    "": DEPENDENCIES,
+    tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name: ("catalog", "key_provider"),
+    apikey_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name: ("catalog",),
+    asset_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name: DEPENDENCIES,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name: ("catalog",),
+}
+"""What each service's readiness depends on; ``""`` is the whole server. The service
+:data:`LIVENESS` is SERVING while the process serves, whatever its dependencies."""
+
+LIVENESS: Final = "liveness"
+
+
+@contextlib.asynccontextmanager
+async def readiness(vault: Vault, settings: Settings, health_servicer: Any) -> AsyncIterator[None]:
+    """Probe the dependencies every ``readiness_interval`` seconds for the block and set
+    each service's health status from the cached results (:data:`SERVICE_NEEDS`). The
+    first round runs before the block, so a server never reports SERVING unchecked."""
+    checker = Readiness(
+        vault.database, vault.store, vault.root, timeout=min(settings.readiness_interval, 5.0)
+    )
+
+    async def publish() -> None:
+        await checker.probe()
+        for name, needs in SERVICE_NEEDS.items():
+            serving = checker.all_ready(needs)
+            await health_servicer.set(
+                name,
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(settings.readiness_interval)
+            try:
+                await publish()
+            except Exception:  # the next round tries again
+                _log.warning("readiness round failed", exc_info=True)
+
+    await publish()
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @contextlib.asynccontextmanager
