@@ -299,7 +299,22 @@ def error_from_rpc(exc: grpc.RpcError, *, sent_token: bool = True) -> errors.Ree
         details = f"{name.lower()}: {details or 'no details'}"
     if name == "UNAUTHENTICATED" and not sent_token:
         details = f"{details or cls.default_message}; no API key was sent: set {TOKEN_ENV}"
+    if cls is errors.ResourceExhausted:
+        return errors.ResourceExhausted(details, retry_after=_retry_after(exc))
     return cls(details)
+
+
+def _retry_after(exc: grpc.RpcError) -> float:
+    """The server's ``retry-after`` hint (seconds) of a RESOURCE_EXHAUSTED answer; 1 s if
+    it sent none or an unreadable one."""
+    trailing = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+    for key, value in trailing or ():
+        if key == "retry-after":
+            try:
+                return max(0.0, min(float(value), 3600.0))
+            except (TypeError, ValueError):
+                break
+    return 1.0
 
 
 # --- the client ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ origin) translate by class, never by matching message strings::
     ├── PermissionDenied                PERMISSION_DENIED   403
     ├── Unauthenticated                 UNAUTHENTICATED     401
     ├── Unavailable                     UNAVAILABLE         503
-    ├── DeadlineExceeded                DEADLINE_EXCEEDED   504
+    │   └── DeadlineExceeded            DEADLINE_EXCEEDED   504
     ├── ResourceExhausted               RESOURCE_EXHAUSTED  503 (+ Retry-After)
     ├── ConfigurationError              INTERNAL            500
     └── IntegrityError                  DATA_LOSS           500
@@ -135,9 +135,10 @@ class Unavailable(ReelvaultError):
     default_message = "service unavailable"
 
 
-class DeadlineExceeded(ReelvaultError):
+class DeadlineExceeded(Unavailable):
     """The caller's deadline passed before the work could finish; the work stopped at
-    the next dependency call (``reelvault.deadline``)."""
+    the next dependency call (``reelvault.deadline``). A kind of :class:`Unavailable`:
+    the answer did not come in time, and a retry with more time may succeed."""
 
     grpc_status = "DEADLINE_EXCEEDED"
     http_status = 504

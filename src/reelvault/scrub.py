@@ -171,8 +171,10 @@ class ScrubPass:
     """A pass as the catalog has it.
 
     Attributes:
+        number: counts the passes of its scope (1, 2, ...).
         tenant_id: the one tenant the pass covers, or None for every tenant.
         remaining: assets after the cursor when this was read (0 once complete).
+        claimed_until: the end of the lease of the scrubber working on it, if any.
         findings: what it found, damaged and unchecked assets (skipped ones are only
             counted: after an erasure there can be very many).
     """
@@ -882,7 +884,6 @@ class _Run:
     def _complete(self) -> None:
         s = self._s
         pass_id = self._pass.id
-        saved = (self._assets, self._damaged, self._skipped, self._unchecked)
         self._tally()  # the totals with what is pending, for the record
         # Recorded before the pass is closed: if the record cannot be written, the pass
         # stays open at its end and the next run closes it (and records it) again.
@@ -899,11 +900,7 @@ class _Run:
                 "unchecked": self._unchecked,
             },
         )
-        try:
-            s._save(pass_id, self._owner, self._pending, self._pending_bytes, complete=True)
-        except BaseException:
-            self._assets, self._damaged, self._skipped, self._unchecked = saved
-            raise
+        s._save(pass_id, self._owner, self._pending, self._pending_bytes, complete=True)
         self._pending, self._pending_bytes = [], 0
         metrics.SCRUB_LAST_PASS.set(s._clock.now())
         _log.info(
@@ -963,6 +960,7 @@ class _Run:
             bytes=self._bytes,
             damaged=self._damaged,
             skipped=self._skipped,
+            unchecked=self._unchecked,
             percent=round(100.0 * self._assets / total, 1) if total else 100.0,
             stopped=stopped.value if stopped is not None else None,
         )

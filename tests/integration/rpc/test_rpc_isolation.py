@@ -32,8 +32,9 @@ from serve_process import TUNED_SERVE, Process, serve_environment
 from reelvault.app import Vault
 from reelvault.auth import Role
 from reelvault.catalog import Database
+from reelvault.client import error_from_rpc
 from reelvault.clock import SystemClock
-from reelvault.errors import ConfigurationError
+from reelvault.errors import ConfigurationError, ResourceExhausted
 from reelvault.keys import LocalKeyring, init_keyring
 from reelvault.storage import MemoryObjectStore
 from reelvault.storage.seaweed import SeaweedServer, find_weed
@@ -222,6 +223,9 @@ def test_catalog_calls_keep_answering_with_200_downloads_pending_on_a_frozen_sto
             )
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert ("retry-after", "2") in tuple(refused.value.trailing_metadata())
+        mapped = error_from_rpc(refused.value)  # what the Python client raises
+        assert isinstance(mapped, ResourceExhausted)
+        assert mapped.retry_after == 2.0
         # Another tenant gets the process's last slot; the next call hits the process limit.
         held = stub.Download(
             asset_pb2.DownloadRequest(asset_id=other.id), metadata=service.md(globex), timeout=600
