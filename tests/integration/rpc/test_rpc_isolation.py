@@ -25,6 +25,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from rpc_harness import CHANNEL_OPTIONS, bearer
 from serve_process import TUNED_SERVE, Process, serve_environment
@@ -317,3 +318,53 @@ def test_concurrent_uploads_are_capped_and_memory_stays_within_the_formula(
         f"uploads of {size // MiB} MiB; formula bound {bound / MiB:.0f} MiB"
     )
     assert peak <= bound
+
+
+@pytest.fixture
+def short_timeout_service(tmp_path: Path) -> Iterator[Service]:
+    yield from _start(
+        tmp_path,
+        {
+            "REELVAULT_S3_READ_TIMEOUT": "2",
+            "REELVAULT_S3_OPERATION_TIMEOUT": "6",
+            "REELVAULT_READINESS_INTERVAL": "0.5",
+        },
+    )
+
+
+def test_an_upload_to_a_frozen_store_fails_unavailable_and_health_says_so(
+    short_timeout_service: Service,
+):
+    """The symptoms: a 200 MiB upload with no client deadline hung for 389 s before
+    UNAVAILABLE, and health said SERVING throughout. With the operation timeout at 6 s,
+    the upload fails UNAVAILABLE (not the client's far deadline), nothing of it stays, and
+    the asset service reports NOT_SERVING until the store is back."""
+    service = short_timeout_service
+    acme = service.tenants[0]
+    stub = service.assets()
+    health = health_pb2_grpc.HealthStub(service.channel)
+
+    def status() -> int:
+        request = health_pb2.HealthCheckRequest(service="reelvault.v1.AssetService")
+        return int(health.Check(request, timeout=5).status)
+
+    _wait(lambda: status() == health_pb2.HealthCheckResponse.SERVING, "serving")
+    assert service.weed.pid is not None
+    os.kill(service.weed.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.Upload(
+                _messages(os.urandom(40 * MiB), "big.bin"),
+                metadata=service.md(acme, Role.INGEST),
+                timeout=600,  # the client would wait ten minutes
+            )
+        elapsed = time.monotonic() - started
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        _wait(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, "not serving")
+    finally:
+        os.kill(service.weed.pid, signal.SIGCONT)
+    print(f"\nupload to a frozen store: UNAVAILABLE after {elapsed:.1f} s")
+    _wait(lambda: status() == health_pb2.HealthCheckResponse.SERVING, "serving again")
+    listed = stub.ListAssets(asset_pb2.ListAssetsRequest(), metadata=service.md(acme))
+    assert list(listed.assets) == []
