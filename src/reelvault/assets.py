@@ -60,6 +60,7 @@ from reelvault.crypto import (
 from reelvault.crypto.format import Incomplete, Malformed, parse_header
 from reelvault.errors import (
     AlreadyExists,
+    DecryptionError,
     FailedPrecondition,
     IntegrityError,
     InvalidArgument,
@@ -490,14 +491,11 @@ class Assets:
         if start == 0 and count == row.size:
             stored = read_at(0, len(row.header))
             if not secrets.compare_digest(stored, row.header):
-                _log.error(
-                    "stored header differs from the catalog's",
-                    asset_id=row.id,
-                    object_key=row.object_key,
-                )
-                raise IntegrityError("the stored object's header is damaged")
+                # as opaque to the caller as every other integrity failure; the reason
+                # reaches the server log (the interceptor logs it)
+                raise DecryptionError("stored header differs from the catalog's")
         if row.size == 0 and reader.open_final_frame() != b"":
-            raise IntegrityError("the stored object is not empty")
+            raise DecryptionError("an empty asset's final frame is not empty")
         frames = reader.stream_range(start, count, stream_at)
         # Everything is checked: the read is recorded, durably, before any byte leaves.
         self._audit.note(

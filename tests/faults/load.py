@@ -213,6 +213,7 @@ class Load:
         self._mid_stream: set[str] = set()
         self._uploads = 0
         self.mismatches: list[str] = []
+        self.failures: list[tuple[float, str, str]] = []  # (monotonic time, kind, status)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -325,6 +326,8 @@ class Load:
             with self._lock:
                 self.mismatches.append(f"{kind}: {exc}")
         with self._lock:
+            if status is not None:
+                self.failures.append((time.monotonic(), kind, status))
             for tally in (self._tallies[kind], self._by_address[self.addresses[target]]):
                 tally.tried += 1
                 if status is None:
@@ -481,6 +484,9 @@ class Load:
         failed: Counter[str] = Counter()
         for tally in tallies.values():
             failed.update(tally["failed"])
+        with self._lock:
+            times = [t for t, _, _ in self.failures]
+        window = max(times) - min(times) if times else None
         return {
             "scenario": scenario,
             "clients": self.clients,
@@ -490,6 +496,7 @@ class Load:
             "ok": sum(t["ok"] for t in tallies.values()),
             "failed": dict(sorted(failed.items())),
             "by_kind": tallies,
+            "failing_seconds": window,
             "committed": verdict.committed,
             "lost": len(verdict.lost),
             "partial_visible": len(verdict.partial),

@@ -85,7 +85,7 @@ class Database:
                     self._url,
                     pool_pre_ping=True,
                     pool_timeout=timeout,
-                    connect_args=_postgres_timeouts(timeout),
+                    connect_args=_postgres_timeouts(timeout, self._url),
                     echo=echo,
                 )
             else:
@@ -206,10 +206,14 @@ def _alembic_config() -> Config:
     return config
 
 
-def _postgres_timeouts(timeout: float) -> dict[str, Any]:
-    """libpq connection parameters bounding each wait on the server (``timeout`` s)."""
+def _postgres_timeouts(timeout: float, url: URL) -> dict[str, Any]:
+    """libpq connection parameters bounding each wait on the server (``timeout`` s).
+
+    Parameters the URL sets itself win (``?connect_timeout=...``); ``options`` are joined,
+    ours first, so a URL's ``-c`` settings (a ``search_path``, another timeout) apply too.
+    """
     millis = max(1, int(timeout * 1000))
-    return {
+    ours = {
         "connect_timeout": max(1, round(timeout)),
         # statements get a wider bound than waits: a long audit query is not a stall
         "options": f"-c statement_timeout={millis * 3} -c lock_timeout={millis}"
@@ -220,6 +224,13 @@ def _postgres_timeouts(timeout: float) -> dict[str, Any]:
         "keepalives_interval": max(1, round(timeout / 3)),
         "keepalives_count": 3,
     }
+    given = url.query
+    parameters = {name: value for name, value in ours.items() if name not in given}
+    if "options" in given:
+        theirs = given["options"]
+        theirs = " ".join(theirs) if isinstance(theirs, tuple) else theirs
+        parameters["options"] = f"{ours['options']} {theirs}"
+    return parameters
 
 
 def _sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> Engine:

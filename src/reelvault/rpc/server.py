@@ -46,6 +46,7 @@ from reelvault.rpc import convert
 from reelvault.rpc.bulkhead import StorePool
 from reelvault.rpc.interceptors import VaultInterceptor
 from reelvault.rpc.servicers import ApiKeyServicer, AssetServicer, AuditServicer, TenantServicer
+from reelvault.scrub import run_scrubber
 from reelvault.v1 import (
     apikey_pb2,
     apikey_pb2_grpc,
@@ -308,22 +309,37 @@ async def readiness(vault: Vault, settings: Settings, health_servicer: Any) -> A
 @contextlib.asynccontextmanager
 async def background(vault: Vault, settings: Settings) -> AsyncIterator[None]:
     """Everything a service process runs beside its calls, for the block: the audit
-    sequencer (:func:`audit_sequencer`) and the heartbeat of running uploads
-    (:meth:`~reelvault.assets.Assets.run_heartbeat`)."""
+    sequencer (:func:`audit_sequencer`), the heartbeat of running uploads
+    (:meth:`~reelvault.assets.Assets.run_heartbeat`) and, when ``scrub_interval`` is set,
+    the integrity scrub (:func:`reelvault.scrub.run_scrubber`)."""
     stop = threading.Event()
-    heartbeat = threading.Thread(
-        target=vault.assets.run_heartbeat,
-        args=(stop,),
-        name="reelvault-upload-heartbeat",
-        daemon=True,
-    )
-    heartbeat.start()
+    threads = [
+        threading.Thread(
+            target=vault.assets.run_heartbeat,
+            args=(stop,),
+            name="reelvault-upload-heartbeat",
+            daemon=True,
+        )
+    ]
+    if settings.scrub_interval > 0:
+        threads.append(
+            threading.Thread(
+                target=run_scrubber,
+                args=(vault, stop),
+                kwargs={"interval": settings.scrub_interval, "rate": settings.scrub_rate},
+                name="reelvault-scrubber",
+                daemon=True,
+            )
+        )
+    for thread in threads:
+        thread.start()
     try:
         async with audit_sequencer(vault, settings):
             yield
     finally:
         stop.set()
-        await asyncio.to_thread(heartbeat.join, 30.0)
+        for thread in threads:
+            await asyncio.to_thread(thread.join, 30.0)
 
 
 @contextlib.asynccontextmanager

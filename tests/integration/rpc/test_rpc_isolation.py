@@ -78,6 +78,18 @@ class Service:
                     return float(sample.value)
         return 0.0
 
+    def sample(self, name: str, **labels: str) -> float:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return 0.0
+
     def rss(self, field: str = "VmRSS") -> int:
         for line in Path(f"/proc/{self.process.popen.pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -368,3 +380,26 @@ def test_an_upload_to_a_frozen_store_fails_unavailable_and_health_says_so(
     _wait(lambda: status() == health_pb2.HealthCheckResponse.SERVING, "serving again")
     listed = stub.ListAssets(asset_pb2.ListAssetsRequest(), metadata=service.md(acme))
     assert list(listed.assets) == []
+
+
+@pytest.fixture
+def scrubbing_service(tmp_path: Path) -> Iterator[Service]:
+    yield from _start(tmp_path, {"REELVAULT_SCRUB_INTERVAL": "1", "REELVAULT_SCRUB_RATE": "64MiB"})
+
+
+def test_serve_schedules_the_scrub_and_it_finds_a_damaged_stored_header(
+    scrubbing_service: Service,
+):
+    service = scrubbing_service
+    acme = service.tenants[0]
+    stub = service.assets()
+    data = os.urandom(MiB)
+    stub.Upload(_messages(data, "scrubbed.ts"), metadata=service.md(acme, Role.INGEST))
+    _wait(lambda: service.sample("reelvault_scrub_objects_total", result="ok") >= 1, "a clean pass")
+    store = service.weed.object_store("isolation", create=False)
+    [key] = list(store.list_keys("t/"))
+    stored = bytearray(store.get_range(key, 0, store.head(key).size))
+    stored[40] ^= 0x01  # inside the header: the vault's reads still work, the SDK's not
+    store.put(key, [bytes(stored)])
+    _wait(lambda: service.sample("reelvault_scrub_damaged_objects") >= 1, "the damage found")
+    assert service.process.wait_for_event("scrub found a damaged asset", timeout=30)
