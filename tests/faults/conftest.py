@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -84,6 +85,10 @@ class Postgres:
         self.root = root
         self._as: list[str] = []
         if os.geteuid() == 0:  # initdb refuses root
+            try:
+                pwd.getpwnam("postgres")
+            except KeyError:
+                _missing("running as root with no postgres user to run initdb as")
             if shutil.which("runuser") is None:
                 _missing("running as root without runuser: cannot run initdb as postgres")
             self._as = ["runuser", "-u", "postgres", "--"]

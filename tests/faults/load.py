@@ -23,8 +23,8 @@ A *partial upload visible* is any listed asset that is not committed or a correc
 one: a refused path, a path the generator never sent, or bytes that differ from the upload.
 
 The raw generated stubs are used rather than :class:`reelvault.client.Client` because the
-client gives transfers no deadline and folds ``DEADLINE_EXCEEDED`` into ``UNAVAILABLE``;
-the suite needs both the bound and the exact status.
+client gives transfers no deadline, and the suite needs both that bound and the exact
+status of every failure.
 """
 
 from __future__ import annotations
@@ -214,6 +214,7 @@ class Load:
         self._uploads = 0
         self.mismatches: list[str] = []
         self.failures: list[tuple[float, str, str]] = []  # (monotonic time, kind, status)
+        self._removed: float | None = None  # when the fault was removed (recover's since)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -295,6 +296,7 @@ class Load:
         """Seconds from ``since`` (a ``time.monotonic()`` reading: when the fault was
         removed) until one round of every call kind succeeds on every address; None if
         none did within ``timeout`` seconds."""
+        self._removed = since
         rng = random.Random(self._seed)
         while time.monotonic() - since <= timeout:
             if all(self._probe(target, rng) for target in range(len(self.addresses))):
@@ -486,6 +488,11 @@ class Load:
             failed.update(tally["failed"])
         with self._lock:
             times = [t for t, _, _ in self.failures]
+            after = Counter(
+                f"{kind} {status}"
+                for t, kind, status in self.failures
+                if self._removed is not None and t > self._removed
+            )
         window = max(times) - min(times) if times else None
         return {
             "scenario": scenario,
@@ -496,7 +503,9 @@ class Load:
             "ok": sum(t["ok"] for t in tallies.values()),
             "failed": dict(sorted(failed.items())),
             "by_kind": tallies,
+            "by_address": self.by_address(),
             "failing_seconds": window,
+            "failed_after_removal": dict(sorted(after.items())),
             "committed": verdict.committed,
             "lost": len(verdict.lost),
             "partial_visible": len(verdict.partial),
