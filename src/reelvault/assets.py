@@ -66,6 +66,7 @@ from reelvault.errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    Unavailable,
 )
 from reelvault.keys.tenant import TenantKeys
 from reelvault.storage import ObjectStore, Upload
@@ -344,8 +345,14 @@ class Assets:
         )
         try:
             with self._db.transaction() as session:
+                claimed = session.execute(
+                    delete(UploadRow).where(UploadRow.object_key == upload.object_key)
+                )
+                if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                    # gc took the row for a dead upload's (its heartbeat had stopped) and
+                    # may be deleting the object: this upload must not commit.
+                    raise Unavailable("the upload expired (its heartbeat stopped); retry it")
                 session.add(row)
-                session.execute(delete(UploadRow).where(UploadRow.object_key == upload.object_key))
                 session.flush()
                 info = _info(row)
         except SqlIntegrityError:
@@ -605,9 +612,14 @@ class Assets:
             )
         cutoff = self._now() - timedelta(seconds=older_than_seconds)
         with self._db.transaction(readonly=True) as session:
-            stale = list(
+            candidates = list(
                 session.scalars(select(UploadRow.object_key).where(UploadRow.refreshed_at < cutoff))
             )
+        # Claim each stale row before touching storage: deleted only if still stale, so an
+        # upload whose heartbeat came back meanwhile keeps it, and one whose row is claimed
+        # can no longer commit (_commit needs its row), so gc never deletes the object of
+        # an asset that committed while it ran.
+        stale = [key for key in candidates if self._claim_stale(key, cutoff)]
         stale_set = set(stale)
         aborted = 0
         for upload in self._store.list_multipart_uploads(older_than=cutoff.timestamp()):
@@ -616,7 +628,6 @@ class Assets:
                 aborted += 1
         for key in stale:
             self._store.delete(key)
-            self._forget_upload(key)
         deleted = 0
         for key in self._store.list_keys("t/"):
             if self._is_orphan(key):
@@ -633,6 +644,15 @@ class Assets:
             },
         )
         return report
+
+    def _claim_stale(self, key: str, cutoff: datetime) -> bool:
+        with self._db.transaction() as session:
+            result = session.execute(
+                delete(UploadRow).where(
+                    UploadRow.object_key == key, UploadRow.refreshed_at < cutoff
+                )
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def _has_upload_row(self, key: str) -> bool:
         with self._db.transaction(readonly=True) as session:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import timedelta
 
 import pytest
 
 from reelvault import errors
 from reelvault.assets import MAX_CHUNK, MIN_GC_AGE, UPLOAD_HEARTBEAT, Assets, UploadSpec
+from reelvault.clock import FakeClock
 from tests.unit.asset_helpers import get
 
 pytestmark = pytest.mark.db
@@ -107,3 +109,51 @@ def test_run_heartbeat_beats_until_stopped(assets, tenant, clock):
         thread.join(timeout=10)
     assert not thread.is_alive()
     running.abort()
+
+
+def test_gc_and_a_commit_racing_never_lose_a_committed_asset(
+    database, tenant_keys, store, clock, tenant
+):
+    """gc on a host whose clock is ahead reads a live upload's row as stale; the upload
+    completes while gc walks the store. gc claims the row before touching storage, so
+    the commit fails (UNAVAILABLE: retry) instead of committing an asset whose object gc
+    then deletes (a review found that data loss)."""
+    server = Assets(database, tenant_keys, store, clock)
+    ahead = Assets(database, tenant_keys, store, FakeClock(clock.now() + MIN_GC_AGE + 30))
+    upload = server.begin_upload(tenant, UploadSpec(path="video.ts"))
+    upload.write(b"x" * 1000)
+    outcome: list[object] = []
+    listing = store.list_multipart_uploads
+
+    def completes_meanwhile(**kwargs):
+        try:
+            outcome.append(upload.complete())
+        except errors.Unavailable as exc:
+            outcome.append(exc)
+        return listing(**kwargs)
+
+    store.list_multipart_uploads = completes_meanwhile  # type: ignore[method-assign]
+    report = ahead.gc(older_than_seconds=MIN_GC_AGE)
+    store.list_multipart_uploads = listing  # type: ignore[method-assign]
+    assert report.stale_uploads == 1
+    [result] = outcome
+    assert isinstance(result, errors.Unavailable)  # refused, not committed
+    assert server.list(tenant)[0] == []
+    assert list(store.list_keys("t/")) == []
+
+
+def test_a_row_refreshed_after_gc_read_it_is_not_claimed(
+    database, tenant_keys, store, clock, tenant
+):
+    """gc's read sees the row stale; the heartbeat lands before gc claims it: the claim
+    fails and the upload goes on to commit."""
+    upload = Assets(database, tenant_keys, store, clock).begin_upload(
+        tenant, UploadSpec(path="late-beat")
+    )
+    upload.write(b"y")
+    clock.advance(MIN_GC_AGE + 1)
+    gc = Assets(database, tenant_keys, store, clock)
+    cutoff = gc._now() - timedelta(seconds=MIN_GC_AGE)
+    upload._assets.refresh_uploads()  # the beat, between gc's read and its claim
+    assert gc._claim_stale(upload.object_key, cutoff) is False
+    assert get(upload._assets, tenant, upload.complete().id) == b"y"
