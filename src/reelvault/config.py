@@ -282,17 +282,21 @@ class Settings:
         default=16, metadata=_meta("concurrent uploads per process (admission control)", _integer)
     )
     max_uploads_per_tenant: int = field(
-        default=8, metadata=_meta("concurrent uploads per tenant and process", _integer)
+        default=4, metadata=_meta("concurrent uploads per tenant and process", _integer)
     )
     max_downloads: int = field(
         default=64, metadata=_meta("concurrent downloads per process (admission control)", _integer)
     )
     max_downloads_per_tenant: int = field(
-        default=32, metadata=_meta("concurrent downloads per tenant and process", _integer)
+        default=16, metadata=_meta("concurrent downloads per tenant and process", _integer)
     )
     admission_retry_after: float = field(
         default=1.0,
         metadata=_meta("retry hint, in seconds, sent with RESOURCE_EXHAUSTED", _seconds),
+    )
+    upload_idle_timeout: float = field(
+        default=60.0,
+        metadata=_meta("seconds an upload stream may send nothing before it is dropped", _seconds),
     )
     readiness_interval: float = field(
         default=5.0,
@@ -490,7 +494,7 @@ class Settings:
         self._check(self.scrub_rate >= 0, "scrub_rate", "must not be negative")
         for name in ("s3_connect_timeout", "s3_read_timeout", "s3_operation_timeout"):
             self._check(getattr(self, name) > 0, name, "must be positive")
-        for name in ("catalog_timeout", "kms_timeout", "readiness_interval"):
+        for name in ("catalog_timeout", "kms_timeout", "readiness_interval", "upload_idle_timeout"):
             self._check(getattr(self, name) > 0, name, "must be positive")
         for name in (
             "s3_max_attempts",

@@ -11,29 +11,27 @@ at once beyond the limits, and then runs its blocking steps on the :class:`Store
 which has exactly one thread per slot. Those steps therefore never queue, and never take
 a thread from the default executor, where the catalog-only calls, authentication and the
 audit log's writes run. However many store-bound calls are pending, the catalog-only
-calls keep their threads.
+calls keep their threads. A slot is held until its call's last thread has finished, even
+when the caller has gone (:func:`run_to_end`), so cancelled calls cannot pile work onto
+the pool beyond the limits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from reelvault.admission import Admission, Slot
 
-__all__ = ["StorePool", "admitted", "bind_pool", "run"]
+__all__ = ["StorePool", "admitted", "run", "run_to_end"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-_pool: contextvars.ContextVar[ThreadPoolExecutor | None] = contextvars.ContextVar(
-    "reelvault_store_pool", default=None
-)
 
 
 class StorePool(ThreadPoolExecutor):
@@ -43,31 +41,43 @@ class StorePool(ThreadPoolExecutor):
         super().__init__(max_workers=admission.total_slots, thread_name_prefix="reelvault-store")
 
 
-@contextmanager
-def bind_pool(pool: ThreadPoolExecutor | None) -> Iterator[None]:
-    """Make :func:`run` use ``pool`` within the block (None: asyncio's default)."""
-    token = _pool.set(pool)
-    try:
-        yield
-    finally:
-        _pool.reset(token)
-
-
-async def run(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """Run ``function(*args, **kwargs)`` in a worker thread of the bound pool (asyncio's
-    default executor outside :func:`bind_pool`), with the caller's context variables (the
-    principal, the audit access, the deadline), as :func:`asyncio.to_thread` does."""
+async def run(
+    function: Callable[..., _T], *args: Any, pool: ThreadPoolExecutor | None, **kwargs: Any
+) -> _T:
+    """Run ``function(*args, **kwargs)`` in a worker thread of ``pool`` (None: asyncio's
+    default executor), with the caller's context variables (the principal, the audit
+    access, the deadline), as :func:`asyncio.to_thread` does."""
     context = contextvars.copy_context()
     call = functools.partial(context.run, function, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(_pool.get(), call)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+
+async def run_to_end(
+    function: Callable[..., _T],
+    *args: Any,
+    pool: ThreadPoolExecutor | None,
+    undo: Callable[[_T], object] | None = None,
+) -> _T:
+    """:func:`run`, for a caller that holds an admission slot: if the caller is cancelled
+    while the thread runs, wait for the thread to finish before the cancellation goes on
+    (so the slot stays held as long as its thread is busy), then ``undo(result)`` (in a
+    worker thread: an upload begun for a caller who left is aborted)."""
+    future = asyncio.ensure_future(run(function, *args, pool=pool))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            result = await asyncio.shield(future)
+            if undo is not None:
+                await asyncio.shield(run(undo, result, pool=pool))
+        raise
 
 
 def admitted(
     kind: str, tenant: Callable[[], str | None]
 ) -> Callable[[Callable[_P, Awaitable[_T]]], Callable[_P, Awaitable[_T]]]:
-    """Decorate a servicer coroutine (``self`` with ``_admission`` and ``_store_pool``)
-    so that it holds an admission slot of ``kind`` for the caller's tenant (``tenant()``)
-    while it runs, and :func:`run` within it uses the store pool."""
+    """Decorate a servicer coroutine (``self`` with an ``_admission``) so that it holds an
+    admission slot of ``kind`` for the caller's tenant (``tenant()``) while it runs."""
 
     def decorate(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
         @functools.wraps(method)
@@ -75,8 +85,7 @@ def admitted(
             servicer: Any = args[0]
             slot: Slot = servicer._admission.acquire(kind, tenant())
             try:
-                with bind_pool(servicer._store_pool):
-                    return await method(*args, **kwargs)
+                return await method(*args, **kwargs)
             finally:
                 slot.release()
 

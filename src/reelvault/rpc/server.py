@@ -124,7 +124,12 @@ async def create_server(
         ],
     )
     admission = Admission.from_settings(settings)
-    assets = AssetServicer(vault, admission=admission, store_pool=StorePool(admission))
+    assets = AssetServicer(
+        vault,
+        admission=admission,
+        store_pool=StorePool(admission),
+        idle_timeout=settings.upload_idle_timeout,
+    )
     registrations: tuple[tuple[Callable[[Any, Any], None], Any], ...] = (
         (tenant_pb2_grpc.add_TenantServiceServicer_to_server, TenantServicer(vault)),
         (apikey_pb2_grpc.add_ApiKeyServiceServicer_to_server, ApiKeyServicer(vault)),

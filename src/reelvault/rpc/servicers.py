@@ -14,9 +14,11 @@ aborted and a download's chunk iterator is closed before the call is over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 from reelvault import auth, deadline
@@ -27,9 +29,15 @@ from reelvault.audit import PLATFORM_LOG
 from reelvault.auth import Principal
 from reelvault.config import Settings
 from reelvault.crypto.names import valid_tenant_id
-from reelvault.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from reelvault.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from reelvault.rpc import bulkhead, convert
-from reelvault.rpc.bulkhead import StorePool, admitted, bind_pool
+from reelvault.rpc.bulkhead import StorePool, admitted
 from reelvault.rpc.interceptors import check_deadline, current_principal
 from reelvault.v1 import (
     apikey_pb2,
@@ -152,12 +160,14 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
         *,
         admission: Admission | None = None,
         store_pool: StorePool | None = None,
+        idle_timeout: float = 60.0,
     ) -> None:
         self._assets = vault.assets
         if admission is None:
             admission = Admission.from_settings(Settings())
         self._admission = admission
         self._store_pool = store_pool  # None: asyncio's default executor (unit tests)
+        self._idle_timeout = idle_timeout
 
     @admitted("upload", lambda: _caller_tenant())  # noqa: PLW0108 - defined below
     async def Upload(  # noqa: N802 - gRPC method names
@@ -173,11 +183,16 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
         """
         tenant_id = _caller_tenant()
         messages = aiter(request_iterator)
-        first = await anext(messages, None)
+        first = await self._next(messages)
         if first is None or first.WhichOneof("payload") != "metadata":
             raise InvalidArgument("the first upload message must carry the asset metadata")
         spec = convert.upload_spec(first.metadata)
-        upload = await asyncio.to_thread(self._assets.begin_upload, tenant_id, spec)
+        pool = self._store_pool
+        # Run to its end even if the caller leaves meanwhile, and then aborted: the row
+        # and the heartbeat it starts must not outlive a call nobody will finish.
+        upload = await bulkhead.run_to_end(
+            self._assets.begin_upload, tenant_id, spec, pool=pool, undo=AssetUpload.abort
+        )
         lock = threading.Lock()
         completed: list[AssetInfo] = []
 
@@ -187,7 +202,7 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
 
         try:
             end: asset_pb2.UploadEnd | None = None
-            async for message in messages:
+            while (message := await self._next(messages)) is not None:
                 check_deadline(context)
                 kind = message.WhichOneof("payload")
                 if kind == "end":
@@ -197,10 +212,10 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
                     raise InvalidArgument(
                         "after the metadata, every upload message must carry a chunk or the end"
                     )
-                await _run_locked(lock, upload.write, message.chunk)
+                await _run_locked(lock, pool, upload.write, message.chunk)
             if end is None:
                 raise InvalidArgument("the upload stream ended without its end message")
-            if await anext(messages, None) is not None:
+            if await self._next(messages) is not None:
                 raise InvalidArgument("no upload message may follow the end message")
             if end.HasField("size") and end.size != upload.size:
                 raise InvalidArgument("the upload's size differs from its end message")
@@ -212,12 +227,27 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
                 # an expected_sha256 given up front.
                 upload.spec = dataclasses.replace(upload.spec, expected_sha256=end.sha256)
             check_deadline(context)
-            info = await _run_locked(lock, complete)
+            info = await _run_locked(lock, pool, complete)
         except BaseException:
             # Shielded: a second cancellation must not leave anything behind either.
-            await asyncio.shield(_run_locked(lock, self._undo, upload, completed))
+            await asyncio.shield(_run_locked(lock, pool, self._undo, upload, completed))
             raise
         return convert.asset_to_proto(info)
+
+    async def _next(self, messages: AsyncIterator[_T]) -> _T | None:
+        """The next request message, None at the stream's end. A client that sends
+        nothing for ``idle_timeout`` seconds loses its upload (DEADLINE_EXCEEDED): an idle
+        stream would hold its admission slot for as long as the client liked."""
+        # asyncio.timeout, not wait_for: on 3.11, wait_for can swallow the call's own
+        # cancellation when the read finishes at the same moment (a cancelled call's
+        # stream ends like a closed one), and the upload would then commit unseen.
+        try:
+            async with asyncio.timeout(self._idle_timeout):
+                return await anext(messages, None)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the upload stream sent nothing for {self._idle_timeout:g} s"
+            ) from None
 
     def _undo(self, upload: AssetUpload, completed: list[AssetInfo]) -> None:
         """Leave nothing of a failed upload behind: abort it or, if it completed after
@@ -240,21 +270,28 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
         self, request: asset_pb2.DownloadRequest, context: Any
     ) -> AsyncIterator[asset_pb2.DownloadResponse | bytes]:
         tenant_id = _caller_tenant()
-        with self._admission.acquire("download", tenant_id), bind_pool(self._store_pool):
-            async for message in self._download(tenant_id, request, context):
-                yield message
+        with self._admission.acquire("download", tenant_id):
+            # closed here, in this generator's own finally, whoever finalizes it
+            async with contextlib.aclosing(self._download(tenant_id, request, context)) as stream:
+                async for message in stream:
+                    yield message
 
     async def _download(
         self, tenant_id: str, request: asset_pb2.DownloadRequest, context: Any
-    ) -> AsyncIterator[asset_pb2.DownloadResponse | bytes]:
+    ) -> AsyncGenerator[asset_pb2.DownloadResponse | bytes, None]:
         # Everything refusable (range, missing asset, key state, a tampered header, and a
         # tampered final frame if the range reaches it) is refused here, before the first
         # message, as a plain status.
-        download = await bulkhead.run(
-            self._assets.open_download,
-            tenant_id,
-            request.asset_id,
-            **convert.download_range(request),
+        pool = self._store_pool
+        download = await bulkhead.run_to_end(
+            functools.partial(
+                self._assets.open_download,
+                tenant_id,
+                request.asset_id,
+                **convert.download_range(request),
+            ),
+            pool=pool,
+            undo=lambda opened: _close(opened.pieces),
         )
         # serialized here, in the worker thread, so the event loop only hands bytes to grpc
         messages = convert.download_chunk_messages(download.pieces, MAX_CHUNK)
@@ -269,13 +306,13 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
             )
             while True:
                 check_deadline(context)
-                message = await _run_locked(lock, next, messages, None)
+                message = await _run_locked(lock, pool, next, messages, None)
                 if message is None:
                     break
                 yield message  # see add_servicers: Download's serializer passes bytes on
         finally:
             # Releases the object store's response body; waits for a fetch in flight.
-            await asyncio.shield(_run_locked(lock, _close, download.pieces))
+            await asyncio.shield(_run_locked(lock, pool, _close, download.pieces))
 
     async def StatAsset(  # noqa: N802 - gRPC method names
         self, request: asset_pb2.StatAssetRequest, context: Any
@@ -301,8 +338,10 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
         self, request: asset_pb2.DeleteAssetRequest, context: Any
     ) -> asset_pb2.DeleteAssetResponse:
         tenant_id = _caller_tenant()
-        with self._admission.acquire("delete", tenant_id), bind_pool(self._store_pool):
-            await bulkhead.run(self._assets.delete, tenant_id, request.asset_id)
+        with self._admission.acquire("delete", tenant_id):
+            await bulkhead.run_to_end(
+                self._assets.delete, tenant_id, request.asset_id, pool=self._store_pool
+            )
         return asset_pb2.DeleteAssetResponse()
 
 
@@ -319,7 +358,9 @@ def _close(chunks: Iterator[bytes]) -> None:
         close()
 
 
-async def _run_locked(lock: threading.Lock, function: Callable[..., _T], *args: Any) -> _T:
+async def _run_locked(
+    lock: threading.Lock, pool: StorePool | None, function: Callable[..., _T], *args: Any
+) -> _T:
     """Run ``function(*args)`` in a worker thread while holding ``lock``.
 
     Cancelling the awaiting task does not stop a function already running in a thread.
@@ -332,7 +373,7 @@ async def _run_locked(lock: threading.Lock, function: Callable[..., _T], *args: 
         with lock:
             return function(*args)
 
-    return await bulkhead.run(locked)  # the store pool within store-bound calls
+    return await bulkhead.run(locked, pool=pool)
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc, unused-ignore]
