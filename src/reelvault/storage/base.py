@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Protocol, Self
 
+from reelvault import deadline
 from reelvault.errors import FailedPrecondition, InvalidArgument, OutOfRange
 
 __all__ = [
@@ -68,6 +69,8 @@ DEFAULT_PART_SIZE: Final = 8 * MIB
 grow past the 1,000th (:func:`part_size_for`), so the largest object is 430 GiB."""
 
 DEFAULT_MAX_IN_FLIGHT: Final = 4
+FAILURE_ABORT_BUDGET: Final = 5.0
+"""Seconds a failing upload waits for its multipart abort before reporting the failure."""
 
 MIN_PART_SIZE: Final = 5 * MIB
 """S3's floor for every part but the last; S3-compatible stores inherit it."""
@@ -459,14 +462,43 @@ class BufferedUpload:
         return info
 
     def abort(self) -> None:
+        """Abort the multipart upload. Cleanup, so not bound by the caller's deadline
+        (:mod:`reelvault.deadline`): it runs after one has passed."""
+        self._abort(None)
+
+    def _abort(self, budget: float | None) -> None:
         if self._state == "completed":
             raise FailedPrecondition("upload already completed")
         if self._state == "aborted":
             return
         self._state = "aborted"
         self._release()
-        if self._upload_id is not None:
-            self._sink.abort_multipart(self._key, self._upload_id)
+        if self._upload_id is None:
+            return
+        key, upload_id = self._key, self._upload_id
+        if budget is None:
+            with deadline.bound(None):
+                self._sink.abort_multipart(key, upload_id)
+            return
+        # Sent from a thread of its own and waited for at most ``budget`` seconds: a
+        # stalled store must not hold the failing call for another round of timeouts.
+        # A late abort still completes in the background; one that fails is gc's.
+        failures: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                with deadline.bound(None):
+                    self._sink.abort_multipart(key, upload_id)
+            except BaseException as exc:
+                failures.append(exc)
+
+        sender = threading.Thread(target=send, name="reelvault-abort", daemon=True)
+        sender.start()
+        sender.join(budget)
+        if sender.is_alive():
+            raise TimeoutError("the multipart abort is still running")
+        if failures:
+            raise failures[0]
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -517,9 +549,12 @@ class BufferedUpload:
         self._futures = []
 
     def _abort_after(self, cause: BaseException | None) -> None:
-        """Abort because of ``cause``; an abort failure must not hide the cause."""
+        """Abort because of ``cause``; an abort failure must not hide the cause. The abort
+        gets at most :data:`FAILURE_ABORT_BUDGET` seconds: after a failure the store is
+        often the problem, and the caller must hear of the failure within the store's
+        timeouts, not after another round of them (gc aborts what is left)."""
         try:
-            self.abort()
+            self._abort(FAILURE_ABORT_BUDGET)
         except Exception as abort_error:
             if cause is None:
                 raise

@@ -17,6 +17,7 @@ import pytest
 from reelvault import deadline
 from reelvault.errors import DeadlineExceeded, Unavailable
 from reelvault.storage import S3ObjectStore
+from reelvault.storage.base import BufferedUpload
 
 
 class SilentServer:
@@ -100,3 +101,43 @@ def test_a_deadline_stops_retries_before_the_budget(silent):
     with deadline.bound(time.monotonic() + 0.4), pytest.raises(DeadlineExceeded):
         store.get_range("t/x/object", 0, 100)
     assert silent.requests <= 2
+
+
+def test_a_failing_upload_still_aborts_under_a_passed_deadline_and_answers_in_bounded_time(
+    silent,
+):
+    """A part that fails (here: the store never answers) aborts the multipart upload even
+    though the caller's deadline has passed meanwhile (cleanup is never deadline-bound),
+    and the failure reaches the caller after at most FAILURE_ABORT_BUDGET more seconds
+    however long the abort takes (it goes on in the background)."""
+
+    class Sink:
+        """Multipart calls of a store whose parts fail and whose abort hangs."""
+
+        def __init__(self) -> None:
+            self.aborts: list[str] = []
+
+        def create_multipart(self, key: str) -> str:
+            return "U1"
+
+        def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+            raise Unavailable("object store unavailable")
+
+        def abort_multipart(self, key: str, upload_id: str) -> None:
+            deadline.check()  # as bound_botocore does before sending
+            self.aborts.append(upload_id)
+            time.sleep(30)  # a stalled store
+
+        def put_object(self, key, data):  # pragma: no cover - not reached
+            raise AssertionError
+
+        def complete_multipart(self, key, upload_id, parts):  # pragma: no cover
+            raise AssertionError
+
+    sink = Sink()
+    upload = BufferedUpload(sink, "t/x/o", part_size=5, max_in_flight=1)
+    with deadline.bound(time.monotonic() - 1), pytest.raises(Unavailable) as failed:
+        upload.write(b"0123456789ab")
+        upload.write(b"more")
+    assert sink.aborts == ["U1"]  # sent, deadline or not
+    assert "aborting the upload also failed: TimeoutError" in str(failed.value.__notes__)
