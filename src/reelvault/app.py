@@ -139,6 +139,10 @@ class Vault:
 def _root_provider(settings: Settings) -> RootKeyProvider:
     if settings.root_key_provider == "aws-kms":
         assert settings.kms_key_id is not None  # Settings requires it for aws-kms
+        # Each attempt gets half the budget, so a throttled or failed first attempt
+        # leaves room for a retry within kms_timeout.
+        connect = min(2.0, settings.kms_timeout / 5)
+        read = settings.kms_timeout / 2 - connect
         try:
             client = boto3.client(
                 "kms",
@@ -146,14 +150,14 @@ def _root_provider(settings: Settings) -> RootKeyProvider:
                 endpoint_url=settings.kms_endpoint_url,
                 config=Config(
                     retries={"mode": "standard", "total_max_attempts": 3},
-                    connect_timeout=min(3.0, settings.kms_timeout),
-                    read_timeout=settings.kms_timeout,
+                    connect_timeout=connect,
+                    read_timeout=read,
                 ),
             )
             bound_botocore(
                 client,
                 budget=settings.kms_timeout,
-                attempt=min(3.0, settings.kms_timeout) + settings.kms_timeout,
+                attempt=connect + read,
                 name="key provider",
             )
         except BotoCoreError as exc:  # no region, a malformed endpoint URL, ...

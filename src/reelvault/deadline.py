@@ -14,7 +14,9 @@ do, and a retry is only started if a whole attempt (connect plus read timeout) f
 what is left. botocore retries only what is safe to repeat: every S3 and KMS request
 reelvault makes is idempotent (a part upload overwrites its part number, a delete of a
 deleted key succeeds), except CreateMultipartUpload, whose duplicate is an unreferenced
-multipart upload that ``reelvault gc`` aborts.
+multipart upload that ``reelvault gc`` aborts, and CompleteMultipartUpload, whose retry
+after a lost answer finds the upload gone: the S3 store then takes the object's ETag from
+a HEAD (``storage.s3``).
 """
 
 from __future__ import annotations

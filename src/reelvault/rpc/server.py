@@ -261,7 +261,11 @@ async def _serve_until_signalled(vault: Vault, settings: Settings) -> None:
 
 
 SERVICE_NEEDS: Final[dict[str, tuple[str, ...]]] = {
-    "": DEPENDENCIES,
+    # The server as a whole (what a load balancer or Kubernetes probes) needs only the
+    # catalog, which every call needs: a store or KMS outage must not take every replica
+    # out of service at once, since catalog-only calls still work; the asset service
+    # says when the store is the problem.
+    "": ("catalog",),
     tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name: ("catalog", "key_provider"),
     apikey_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name: ("catalog",),
     asset_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name: DEPENDENCIES,

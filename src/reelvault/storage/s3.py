@@ -465,14 +465,26 @@ class _S3Sink:
 
     def complete_multipart(self, key: str, upload_id: str, parts: Sequence[CompletedPart]) -> str:
         with _translated():
-            response = self._client.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
-                },
-            )
+            try:
+                response = self._client.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={
+                        "Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
+                    },
+                )
+            except ClientError as exc:
+                # Completing is not idempotent: when an attempt completed but its answer was
+                # lost, botocore's retry finds the upload gone (NoSuchUpload). The object
+                # is then there, under this upload's own fresh key: take its ETag.
+                if _error_code(exc) != "NoSuchUpload":
+                    raise
+                head = self._client.head_object(Bucket=self._bucket, Key=key)
+                expected = sum(p.size for p in parts)
+                if head["ContentLength"] != expected:
+                    raise
+                return _unquote(head["ETag"])
         return _unquote(response["ETag"])
 
     def abort_multipart(self, key: str, upload_id: str) -> None:

@@ -106,13 +106,14 @@ def _eventually(thread: ServerThread, expected: dict[str, int], timeout: float =
         time.sleep(0.05)
 
 
-def test_a_failing_store_makes_the_asset_service_and_the_server_not_ready(watched, switchable):
+def test_a_failing_store_makes_the_asset_service_not_ready(watched, switchable):
     _eventually(watched, {"": SERVING, ASSETS: SERVING, TENANTS: SERVING, LIVENESS: SERVING})
     switchable.broken = True
     # The asset service needs the store; the tenant and audit services do not.
+    # The server stays in rotation: catalog-only calls still work.
     _eventually(
         watched,
-        {"": NOT_SERVING, ASSETS: NOT_SERVING, TENANTS: SERVING, AUDIT: SERVING, LIVENESS: SERVING},
+        {"": SERVING, ASSETS: NOT_SERVING, TENANTS: SERVING, AUDIT: SERVING, LIVENESS: SERVING},
     )
     switchable.broken = False
     _eventually(watched, {"": SERVING, ASSETS: SERVING})
@@ -121,7 +122,7 @@ def test_a_failing_store_makes_the_asset_service_and_the_server_not_ready(watche
 def test_a_frozen_store_is_not_ready_and_probes_do_not_pile_up(watched, switchable):
     switchable.frozen.set()
     try:
-        _eventually(watched, {"": NOT_SERVING, ASSETS: NOT_SERVING, LIVENESS: SERVING})
+        _eventually(watched, {"": SERVING, ASSETS: NOT_SERVING, LIVENESS: SERVING})
         # Health answers from the cache at once while the store probe hangs.
         started = time.monotonic()
         for _ in range(20):

@@ -232,3 +232,28 @@ def test_delete_on_a_store_without_the_version_api(store):
     store.delete("k")
     assert store.head("k") is None
     store.delete("k")
+
+
+def test_a_completed_multipart_upload_completed_again_gives_its_etag():
+    """What botocore's retry of a CompleteMultipartUpload whose answer was lost meets: the
+    upload is gone (NoSuchUpload), the object is there. The sink answers with the object's
+    ETag instead of NOT_FOUND (review finding: the client heard NOT_FOUND, the object was
+    orphaned), unless the object there is not the size the parts add up to."""
+    from reelvault.storage.base import CompletedPart  # noqa: PLC0415
+    from reelvault.storage.s3 import _S3Sink  # noqa: PLC0415
+
+    class Client:
+        def complete_multipart_upload(self, **_: object) -> dict:
+            raise ClientError(
+                {"Error": {"Code": "NoSuchUpload"}, "ResponseMetadata": {"HTTPStatusCode": 404}},
+                "CompleteMultipartUpload",
+            )
+
+        def head_object(self, **_: object) -> dict:
+            return {"ContentLength": 5 * MIB + 4, "ETag": '"abc-2"'}
+
+    sink = _S3Sink(Client(), BUCKET)  # type: ignore[arg-type]
+    parts = [CompletedPart(1, "e1", 5 * MIB), CompletedPart(2, "e2", 4)]
+    assert sink.complete_multipart("t/x/retried", "U1", parts) == "abc-2"
+    with pytest.raises(NotFound):  # another size: not this upload's object
+        sink.complete_multipart("t/x/retried", "U1", parts[:1])
