@@ -332,9 +332,13 @@ class AuditLog:
 
     def analyze(self) -> None:
         """Refresh SQLite's planner statistics of the audit tables (PostgreSQL's autovacuum
-        does this by itself). Without them SQLite pages a filtered query along the time
-        index and scans: a later page of one key's denied events over 300k events took
-        35 ms, 5 ms after. ``analysis_limit`` keeps it to a sample, so it is quick."""
+        does this by itself). The sequencer's every round looks for logs with pending
+        events: with statistics SQLite skip-scans the (log_id, seq) index for them; without
+        them it reads the whole index (90 ms at 1M events, against 0.01 ms). Event pages do not
+        depend on these statistics: their index is fixed by the filter
+        (``AuditFilter.sqlite_index``), since a sample sees a one-tenant log's first 1,000
+        entries, all of one log_id. ``analysis_limit`` keeps it to that sample, so it is
+        quick (0.1 s at 1M events; a full ANALYZE took 1.3 s)."""
         if self._db.dialect_name != "sqlite":
             return
         with self._db.engine.begin() as connection:
