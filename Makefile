@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test test-postgres test-faults lint format protos check-protos bench-crypto bench bench-audit lock clean
+.PHONY: venv run test test-postgres test-faults lint format protos check-protos bench-crypto bench bench-audit lock clean validate-deploy
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,30 @@ check-protos: $(STAMP)
 		|| (echo "generated code is stale: run 'make protos' and commit" >&2; rm -rf .protos-check; exit 1)
 	rm -rf .protos-check
 
+# The manifest checkers live in a venv of their own, pinned by deploy/constraints.txt:
+# checkov pulls in about 100 packages that must not mix with the service's.
+DEPLOY_VENV  := .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed-stamp
+# Kubernetes versions the manifests must validate against: the oldest we support, the newest
+# kubernetes-validate ships schemas for.
+KUBERNETES_VERSIONS ?= 1.33.0 1.37.0
+K8S_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard deploy/kubernetes/*.yaml))
+
+$(DEPLOY_STAMP): deploy/constraints.txt
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check -c deploy/constraints.txt \
+		kubernetes-validate checkov
+	touch $(DEPLOY_STAMP)
+
+## make validate-deploy: deploy/kubernetes against the Kubernetes schemas (strict) and checkov's security checks
+validate-deploy: $(DEPLOY_STAMP)
+	for version in $(KUBERNETES_VERSIONS); do \
+		$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet --kubernetes-version $$version \
+			$(K8S_MANIFESTS) || exit 1; \
+	done
+	$(DEPLOY_VENV)/bin/checkov -d deploy/kubernetes --framework kubernetes --compact --quiet \
+		--skip-download
+
 ## make bench-crypto: format throughput vs raw AES-GCM and the official SDK
 bench-crypto: $(STAMP)
 	$(PY) -m bench.crypto_bench --json bench/results/crypto.json
@@ -77,4 +101,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

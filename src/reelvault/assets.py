@@ -17,8 +17,11 @@ Consistency rules, in the order an upload meets them:
    object if it had completed, then the upload row. Nothing is left behind; if the process
    dies first, ``gc`` finds the stale upload row later.
 
-So every stored object has an asset row or an upload row, except leftovers of crashes and of
-failed deletes, which is exactly what ``gc`` removes.
+So every stored object has an asset row or an upload row, or (once its asset was deleted,
+or its upload abandoned) a ``deleted_objects`` row until the store confirmed the delete:
+``gc`` removes exactly those leftovers. An object with none of the three is unknown to this
+catalog (a restored, older catalog sees every newer asset so): ``gc`` reports it and keeps
+it unless told otherwise.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from reelvault import deadline
 from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import Database
-from reelvault.catalog.tables import AssetRow, UploadRow
+from reelvault.catalog.tables import AssetRow, DeletedObjectRow, UploadRow
 from reelvault.clock import Clock
 from reelvault.crypto import (
     DEFAULT_FRAME_LENGTH,
@@ -113,6 +116,8 @@ class AssetInfo:
     sha256: bytes
     etag: str
     created_at: datetime
+    kek_version: int
+    """The tenant KEK version the data key is wrapped under now; a rewrap raises it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +154,45 @@ class Download:
 
 @dataclass(frozen=True, slots=True)
 class GcReport:
-    stale_uploads: int
-    aborted_multipart_uploads: int
-    deleted_objects: int
+    """What one :meth:`Assets.gc` run removed or, with ``dry_run``, would remove.
+
+    Attributes:
+        stale_upload_keys: object keys of the upload rows whose heartbeat had stopped.
+        multipart_uploads: ``(object key, upload id)`` of the multipart uploads aborted.
+        deleted_keys: the objects deleted: deleted assets', abandoned uploads', and with
+            ``delete_unknown`` the unknown ones.
+        unknown_keys: objects under ``t/`` the catalog has no record of; kept unless
+            ``delete_unknown`` (then also in ``deleted_keys``).
+        unknown_multipart_uploads: multipart uploads older than the threshold that no
+            upload row and no deletion record owns; kept unless ``delete_unknown`` (then
+            also in ``multipart_uploads``).
+        dry_run: nothing was changed.
+        delete_unknown: unknown objects and multipart uploads were (or would be) removed.
+    """
+
+    stale_upload_keys: tuple[str, ...] = ()
+    multipart_uploads: tuple[tuple[str, str], ...] = ()
+    deleted_keys: tuple[str, ...] = ()
+    unknown_keys: tuple[str, ...] = ()
+    unknown_multipart_uploads: tuple[tuple[str, str], ...] = ()
+    dry_run: bool = False
+    delete_unknown: bool = False
+
+    @property
+    def stale_uploads(self) -> int:
+        return len(self.stale_upload_keys)
+
+    @property
+    def aborted_multipart_uploads(self) -> int:
+        return len(self.multipart_uploads)
+
+    @property
+    def deleted_objects(self) -> int:
+        return len(self.deleted_keys)
+
+    @property
+    def unknown_objects(self) -> int:
+        return len(self.unknown_keys)
 
 
 def _etag(sha256: bytes) -> str:
@@ -170,6 +211,7 @@ def _info(row: AssetRow) -> AssetInfo:
         sha256=row.sha256,
         etag=_etag(row.sha256),
         created_at=row.created_at,
+        kek_version=row.kek_version,
     )
 
 
@@ -307,6 +349,15 @@ class Assets:
     def _forget_upload(self, object_key: str) -> None:
         with self._db.transaction() as session:
             session.execute(delete(UploadRow).where(UploadRow.object_key == object_key))
+
+    def _retire_upload(self, object_key: str) -> None:
+        """An aborted upload whose storage cleanup failed: its row becomes a deletion
+        record in one transaction, so gc deletes the leftovers without waiting for the
+        row to go stale."""
+        with self._db.transaction() as session:
+            gone = session.execute(delete(UploadRow).where(UploadRow.object_key == object_key))
+            if gone.rowcount == 1 and session.get(DeletedObjectRow, object_key) is None:  # type: ignore[attr-defined]
+                session.add(DeletedObjectRow(object_key=object_key, deleted_at=self._now()))
 
     def _commit(self, upload: AssetUpload, size: int, sha256: bytes) -> AssetInfo:
         # An upload that straddled a KEK rotation commits under the version active now,
@@ -567,7 +618,9 @@ class Assets:
 
     def delete(self, tenant_id: str, asset_id: str) -> None:
         """Delete the asset: its row at once, then its stored object and every version of
-        it. Idempotent. If storage fails after the row is gone, ``gc`` finishes the job."""
+        it. Idempotent. The row's delete records the object key in ``deleted_objects``
+        (one transaction), cleared once storage confirmed: if storage fails, ``gc``
+        finishes the job, knowing the object for garbage."""
         self._audit.note(tenant_id=tenant_id)
         check_asset_id(asset_id)
         with self._db.transaction(readonly=True) as session:
@@ -588,18 +641,38 @@ class Assets:
                 return
             object_key = row.object_key
             session.delete(row)
+            session.add(DeletedObjectRow(object_key=object_key, deleted_at=self._now()))
         self._store.delete(object_key)
+        self._forget_deleted(object_key)
 
-    def gc(self, *, older_than_seconds: float = 3600.0) -> GcReport:
-        """Remove what crashes and failed deletes left behind.
+    def gc(
+        self,
+        *,
+        older_than_seconds: float = 3600.0,
+        dry_run: bool = False,
+        delete_unknown: bool = False,
+    ) -> GcReport:
+        """Remove what crashes and failed deletes left behind, and only what the catalog
+        knows to be garbage:
 
         - upload rows whose heartbeat stopped longer ago than the threshold (their process
-          died): the multipart upload is aborted, any object deleted, the row removed;
-        - multipart uploads older than the threshold that no live upload row owns;
-        - objects under ``t/`` with neither an asset row nor an upload row.
+          died): each is moved to ``deleted_objects``, then handled as below;
+        - the objects in ``deleted_objects`` (deleted assets, abandoned uploads): their
+          multipart uploads are aborted, the objects deleted, the records cleared.
+
+        Objects under ``t/`` and multipart uploads older than the threshold that the
+        catalog has no record of (no asset, upload or deletion row) are reported, and
+        removed only with ``delete_unknown``: a restored, older catalog sees every asset
+        created after its backup so.
 
         A running upload refreshes its row every :data:`UPLOAD_HEARTBEAT` seconds, so it
         is never taken for a leftover, however long it runs.
+
+        Args:
+            older_than_seconds: age threshold of upload rows and multipart uploads.
+            dry_run: change nothing (no claim, no delete, no audit event); the report
+                lists what a run would remove.
+            delete_unknown: also remove what the catalog has no record of.
 
         Raises:
             InvalidArgument: a threshold below :data:`MIN_GC_AGE`, which could catch a
@@ -615,25 +688,60 @@ class Assets:
             candidates = list(
                 session.scalars(select(UploadRow.object_key).where(UploadRow.refreshed_at < cutoff))
             )
-        # Claim each stale row before touching storage: deleted only if still stale, so an
+        # Claim each stale row before touching storage: taken only if still stale, so an
         # upload whose heartbeat came back meanwhile keeps it, and one whose row is claimed
         # can no longer commit (_commit needs its row), so gc never deletes the object of
         # an asset that committed while it ran.
-        stale = [key for key in candidates if self._claim_stale(key, cutoff)]
-        stale_set = set(stale)
-        aborted = 0
+        if dry_run:
+            stale = candidates
+        else:
+            stale = [key for key in candidates if self._claim_stale(key, cutoff)]
+        with self._db.transaction(readonly=True) as session:
+            garbage = set(session.scalars(select(DeletedObjectRow.object_key)))
+        garbage.update(stale)
+
+        aborted: list[tuple[str, str]] = []
+        unknown_uploads: list[tuple[str, str]] = []
         for upload in self._store.list_multipart_uploads(older_than=cutoff.timestamp()):
-            if upload.key in stale_set or not self._has_upload_row(upload.key):
-                self._store.abort_multipart(upload.key, upload.upload_id)
-                aborted += 1
-        for key in stale:
-            self._store.delete(key)
-        deleted = 0
+            entry = (upload.key, upload.upload_id)
+            if upload.key in garbage:
+                aborted.append(entry)
+            elif self._owner(upload.key) is None:
+                unknown_uploads.append(entry)
+                if delete_unknown:
+                    aborted.append(entry)
+        deleted: list[str] = []
+        unknown: list[str] = []
         for key in self._store.list_keys("t/"):
-            if self._is_orphan(key):
-                self._store.delete(key)
-                deleted += 1
-        report = GcReport(len(stale), aborted, deleted)
+            if key in garbage:
+                deleted.append(key)
+            elif self._owner(key) is None:
+                unknown.append(key)
+                if delete_unknown:
+                    deleted.append(key)
+        report = GcReport(
+            stale_upload_keys=tuple(stale),
+            multipart_uploads=tuple(aborted),
+            deleted_keys=tuple(deleted),
+            unknown_keys=tuple(unknown),
+            unknown_multipart_uploads=tuple(unknown_uploads),
+            dry_run=dry_run,
+            delete_unknown=delete_unknown,
+        )
+        if dry_run:
+            return report
+
+        for key, upload_id in aborted:
+            self._store.abort_multipart(key, upload_id)
+        for key in deleted:
+            self._store.delete(key)
+        # Every recorded key is cleared, listed or not: an object that is no longer
+        # stored (deleted before its record could be cleared, an upload that never
+        # completed) needs nothing more. Unknown keys had no record.
+        for key in sorted(garbage):
+            if key not in deleted:
+                self._store.delete(key)  # idempotent, and removes any stray versions
+            self._forget_deleted(key)
         self._audit.record(
             "asset.gc",
             tenant_id=None,
@@ -641,29 +749,41 @@ class Assets:
                 "stale_uploads": report.stale_uploads,
                 "aborted_multipart_uploads": report.aborted_multipart_uploads,
                 "deleted_objects": report.deleted_objects,
+                "unknown_objects": report.unknown_objects,
+                "unknown_multipart_uploads": len(report.unknown_multipart_uploads),
+                "delete_unknown": delete_unknown,
             },
         )
         return report
 
     def _claim_stale(self, key: str, cutoff: datetime) -> bool:
+        """Move a dead upload's row to ``deleted_objects``, if it is still stale."""
         with self._db.transaction() as session:
             result = session.execute(
                 delete(UploadRow).where(
                     UploadRow.object_key == key, UploadRow.refreshed_at < cutoff
                 )
             )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            if session.get(DeletedObjectRow, key) is None:
+                session.add(DeletedObjectRow(object_key=key, deleted_at=self._now()))
+            return True
 
-    def _has_upload_row(self, key: str) -> bool:
-        with self._db.transaction(readonly=True) as session:
-            return session.get(UploadRow, key) is not None
+    def _forget_deleted(self, key: str) -> None:
+        with self._db.transaction() as session:
+            session.execute(delete(DeletedObjectRow).where(DeletedObjectRow.object_key == key))
 
-    def _is_orphan(self, key: str) -> bool:
+    def _owner(self, key: str) -> str | None:
+        """Which catalog record owns a stored key: ``"upload"``, ``"asset"``,
+        ``"deleted"``, or None (unknown to this catalog)."""
         with self._db.transaction(readonly=True) as session:
             if session.get(UploadRow, key) is not None:
-                return False
+                return "upload"
+            if session.get(DeletedObjectRow, key) is not None:
+                return "deleted"  # recorded after gc read the list
             owner = session.scalar(select(AssetRow.id).where(AssetRow.object_key == key))
-            return owner is None
+            return None if owner is None else "asset"
 
 
 class AssetUpload:
@@ -771,9 +891,12 @@ class AssetUpload:
                     store.delete(self.object_key)
                 else:
                     self._target.abort()
-            finally:
-                # Only once storage is clean: if a crash comes first, gc sees the row.
-                self._assets._forget_upload(self.object_key)
+            except BaseException:
+                # Storage may still hold it: the key moves to deleted_objects, for gc.
+                self._assets._retire_upload(self.object_key)
+                raise
+            # Only once storage is clean: if a crash comes first, gc sees the row.
+            self._assets._forget_upload(self.object_key)
 
     def _check_open(self) -> None:
         if self._state != "open":

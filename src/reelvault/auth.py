@@ -45,26 +45,35 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
-from sqlalchemy import ColumnElement, select
+import structlog
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import ApiKeyRow, Database, TenantRepository
 from reelvault.clock import Clock
 from reelvault.crypto.names import valid_tenant_id
-from reelvault.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from reelvault.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 
 __all__ = [
     "Action",
     "ApiKeyInfo",
     "ApiKeys",
+    "LAST_USE_INTERVAL",
     "MAX_DESCRIPTION_LENGTH",
     "PERMISSIONS",
     "PLATFORM_ROLES",
@@ -93,6 +102,11 @@ _KEY_ID: Final = re.compile(r"[0-9a-f]{16}")
 # Compared against when the key id is unknown, so that case costs what a wrong secret does.
 _DUMMY_HASH: Final = hashlib.sha256(b"reelvault: no such API key").digest()
 _UNAUTHENTICATED: Final = "invalid API key"
+LAST_USE_INTERVAL: Final = 60.0
+"""Seconds: a key's last use is written at most this often, by each process and (through
+a conditional UPDATE) by all replicas together."""
+
+_log = structlog.get_logger("reelvault.auth")
 
 
 class Role(StrEnum):
@@ -137,6 +151,8 @@ class ApiKeyInfo:
     Attributes:
         tenant_id: None for platform keys.
         revoked_at: None while the key is valid.
+        last_used_at: the last successful authentication, to within
+            :data:`LAST_USE_INTERVAL`; None if the key was never used.
     """
 
     id: str
@@ -145,6 +161,7 @@ class ApiKeyInfo:
     description: str
     created_at: datetime
     revoked_at: datetime | None
+    last_used_at: datetime | None
 
 
 def check_description(description: str) -> None:
@@ -179,6 +196,9 @@ class ApiKeys:
         self._db = database
         self._clock = clock
         self._audit = auditor if auditor is not None else Auditor(NullAuditSink(), clock)
+        # key id -> when this process last wrote (or tried to write) its last use.
+        self._use_written: dict[str, float] = {}
+        self._use_lock = threading.Lock()
 
     def create(
         self, *, tenant_id: str | None, role: Role, description: str = ""
@@ -285,7 +305,37 @@ class ApiKeys:
             matches = hmac.compare_digest(presented, stored)
             if not matches or row is None or row.revoked_at is not None:
                 raise Unauthenticated(_UNAUTHENTICATED)
-            return Principal(key_id=row.id, tenant_id=row.tenant_id, role=Role(row.role))
+            principal = Principal(key_id=row.id, tenant_id=row.tenant_id, role=Role(row.role))
+        self._note_use(principal.key_id)
+        return principal
+
+    def _note_use(self, key_id: str) -> None:
+        """Record a successful use of the key, at most once per :data:`LAST_USE_INTERVAL`.
+
+        This process skips the write if it made one for the key within the interval; the
+        UPDATE's condition skips it if another replica did. A failed write is logged and
+        otherwise ignored: a last-use time is not worth failing a call for.
+        """
+        now = self._clock.now()
+        with self._use_lock:
+            written = self._use_written.get(key_id)
+            if written is not None and now - written < LAST_USE_INTERVAL:
+                return
+            self._use_written[key_id] = now
+        moment = datetime.fromtimestamp(now, UTC)
+        stale = moment - timedelta(seconds=LAST_USE_INTERVAL)
+        try:
+            with self._db.transaction() as session:
+                session.execute(
+                    update(ApiKeyRow)
+                    .where(
+                        ApiKeyRow.id == key_id,
+                        or_(ApiKeyRow.last_used_at.is_(None), ApiKeyRow.last_used_at <= stale),
+                    )
+                    .values(last_used_at=moment)
+                )
+        except Unavailable as exc:
+            _log.warning("api key last use not recorded", key_id=key_id, error=str(exc))
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.now(), UTC)
@@ -429,4 +479,5 @@ def _info(row: ApiKeyRow) -> ApiKeyInfo:
         description=row.description,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
     )

@@ -43,6 +43,10 @@ from types import TracebackType
 from typing import IO, Any, Final, Self, cast
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
+from grpc_health.v1 import (  # type: ignore[import-untyped, unused-ignore]
+    health_pb2,
+    health_pb2_grpc,
+)
 
 from reelvault import errors
 from reelvault.v1 import (
@@ -133,6 +137,7 @@ class ApiKey:
         tenant_id: ``None`` for platform-admin keys.
         role: one of :data:`ROLES`.
         revoked_at: ``None`` while the key is valid.
+        last_used_at: the last successful call, to within a minute; ``None`` if never used.
     """
 
     id: str
@@ -141,11 +146,13 @@ class ApiKey:
     description: str
     created_at: datetime
     revoked_at: datetime | None
+    last_used_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Asset:
-    """A stored asset. ``size`` and ``sha256`` describe the plaintext."""
+    """A stored asset. ``size`` and ``sha256`` describe the plaintext; ``kek_version`` is
+    the tenant KEK version its data key is wrapped under now (a rewrap raises it)."""
 
     id: str
     tenant_id: str
@@ -156,6 +163,7 @@ class Asset:
     sha256: bytes
     etag: str
     created_at: datetime
+    kek_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,9 +342,12 @@ def _tls_from_environment(
         raise errors.ConfigurationError(
             f"set both {TLS_CLIENT_CERT_ENV} and {TLS_CLIENT_KEY_ENV}, or neither"
         )
-    roots = _read_pem(roots_file, TLS_ROOTS_ENV) if roots_file else None
+    roots = _read_pem(roots_file, TLS_ROOTS_ENV, certificates=True) if roots_file else None
     client_cert = (
-        (_read_pem(cert_file, TLS_CLIENT_CERT_ENV), _read_pem(key_file, TLS_CLIENT_KEY_ENV))
+        (
+            _read_pem(cert_file, TLS_CLIENT_CERT_ENV, certificates=True),
+            _read_pem(key_file, TLS_CLIENT_KEY_ENV),
+        )
         if cert_file and key_file
         else None
     )
@@ -347,7 +358,10 @@ _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"", "0", "false", "no", "off"})
 
 
-def _read_pem(path: str, variable: str) -> bytes:
+def _read_pem(path: str, variable: str, *, certificates: bool = False) -> bytes:
+    """The PEM file ``path``; with ``certificates``, one that holds certificates and no
+    private key (gRPC's C core would otherwise fail the first call with log lines of its
+    own and a "failed to create security handshaker")."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -356,7 +370,54 @@ def _read_pem(path: str, variable: str) -> bytes:
         ) from None
     if b"-----BEGIN " not in data:
         raise errors.ConfigurationError(f"{variable}: {path} is not a PEM file")
+    if certificates and b"PRIVATE KEY-----" in data:
+        raise errors.ConfigurationError(
+            f"{variable}: {path} holds a private key; it must hold only certificates"
+        )
+    if certificates and b"-----BEGIN CERTIFICATE-----" not in data:
+        raise errors.ConfigurationError(f"{variable}: {path} holds no PEM certificate")
     return data
+
+
+def _connection_hint(details: str, *, tls: bool, client_cert: bool) -> str | None:
+    """What to set when a channel could not connect, or None if the reason is not a TLS
+    mismatch (a refused connection, a DNS failure say it themselves).
+
+    gRPC reports a failed handshake only as text in the status details ("failed to
+    connect to all addresses; last error: ..."), so this is the one place that reads
+    them. A server that rejects a handshake closes the socket without a reason: a
+    plaintext client to a TLS server and a TLS client without the certificate a mutual-TLS
+    server requires both see "Socket closed".
+    """
+    if "failed to connect to all addresses" not in details:
+        return None
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            f"the server's certificate is not trusted: set {TLS_ROOTS_ENV} to the CA bundle "
+            "that signed it (and check that it names the host of "
+            f"{ADDR_ENV})"
+        )
+    if "WRONG_VERSION_NUMBER" in details:
+        return (
+            f"the server does not speak TLS: unset {TLS_ENV}, {TLS_ROOTS_ENV} and "
+            f"{TLS_CLIENT_CERT_ENV}, or enable TLS on the server"
+        )
+    if "Socket closed" not in details:
+        return None
+    if not tls:
+        return (
+            f"the server closed the connection; if it serves TLS, set {TLS_ENV}=1 "
+            f"(or {TLS_ROOTS_ENV} for a private CA)"
+        )
+    if not client_cert:
+        return (
+            "the server closed the TLS handshake; if it requires mutual TLS, set "
+            f"{TLS_CLIENT_CERT_ENV} and {TLS_CLIENT_KEY_ENV}"
+        )
+    return (
+        f"the server closed the TLS handshake; it may not trust the certificate in "
+        f"{TLS_CLIENT_CERT_ENV} (signed by another CA than its client CA?)"
+    )
 
 
 class Client:
@@ -403,7 +464,9 @@ class Client:
         ]
         if not tls and root_certificates is None and client_cert is None:
             tls, root_certificates, client_cert = _tls_from_environment(environ)
-        if tls or root_certificates is not None or client_cert is not None:
+        self._tls = tls or root_certificates is not None or client_cert is not None
+        self._client_cert = client_cert is not None
+        if self._tls:
             chain, key = client_cert if client_cert is not None else (None, None)
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=root_certificates, private_key=key, certificate_chain=chain
@@ -612,6 +675,21 @@ class Client:
         request = asset_pb2.DeleteAssetRequest(asset_id=asset_id)
         self._unary(self._assets.DeleteAsset, request)
 
+    # -- health -------------------------------------------------------------------------
+
+    def check_health(self, service: str = "") -> str:
+        """What the standard health service reports for ``service`` (empty: the server as
+        a whole): ``"SERVING"``, ``"NOT_SERVING"``, ... Needs no API key.
+
+        Raises:
+            NotFound: the server knows no such service.
+            Unavailable: the server cannot be reached (for a TLS mismatch, with what to set).
+        """
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        reply = self._unary(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return name
+
     # -- the audit log ------------------------------------------------------------------
 
     def list_audit_events(
@@ -810,7 +888,14 @@ class Client:
             raise self._error(exc) from exc
 
     def _error(self, exc: grpc.RpcError) -> errors.ReelvaultError:
-        return error_from_rpc(exc, sent_token=bool(self._metadata))
+        error = error_from_rpc(exc, sent_token=bool(self._metadata))
+        if isinstance(error, errors.Unavailable) and isinstance(exc, grpc.Call):
+            hint = _connection_hint(
+                exc.details() or "", tls=self._tls, client_cert=self._client_cert
+            )
+            if hint is not None:
+                return errors.Unavailable(f"cannot connect to {self.addr}: {hint}")
+        return error
 
 
 # the key of DownloadResponse.chunk: its field number, wire type 2 (length-delimited)
@@ -1074,6 +1159,7 @@ def _api_key(message: apikey_pb2.ApiKey) -> ApiKey:
         description=message.description,
         created_at=_time(message.create_time),
         revoked_at=_time(message.revoke_time) if message.HasField("revoke_time") else None,
+        last_used_at=_time(message.last_use_time) if message.HasField("last_use_time") else None,
     )
 
 
@@ -1088,6 +1174,7 @@ def _asset(message: asset_pb2.Asset) -> Asset:
         sha256=message.sha256,
         etag=message.etag,
         created_at=_time(message.create_time),
+        kek_version=message.kek_version,
     )
 
 

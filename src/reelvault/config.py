@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,48 @@ def _size(value: object) -> int:
     if text.isdigit():
         return int(text)
     raise ValueError("expected a size in bytes, e.g. 16777216 or 16MiB")
+
+
+def _optional_endpoint(value: object) -> str | None:
+    """An ``http://`` or ``https://`` URL naming a host, or None (empty): off."""
+    text = _optional_text(value)
+    if text is None:
+        return None
+    try:
+        url = urllib.parse.urlsplit(text)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        url = urllib.parse.urlsplit("")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("expected http://HOST:PORT or https://HOST:PORT, or nothing (off)")
+    return text
+
+
+def _fraction(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number from 0 to 1")
+    try:
+        number = float(value) if isinstance(value, int | float) else float(_text(value).strip())
+    except ValueError:
+        raise ValueError("expected a number from 0 to 1") from None
+    if not 0 <= number <= 1:
+        raise ValueError("expected a number from 0 to 1")
+    return number
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected true or false (1 or 0, on or off)")
 
 
 def _choice(*choices: str) -> _Parser:
@@ -321,6 +364,14 @@ class Settings:
             "PEM CA bundle; when set, clients must present a certificate (mTLS)", _optional_path
         ),
     )
+    reflection: bool = field(
+        default=True,
+        metadata=_meta(
+            "serve gRPC reflection (service descriptions for grpcurl and the like)",
+            _boolean,
+            shown_default="on",
+        ),
+    )
     key_cache_ttl: float = field(
         default=60.0,
         metadata=_meta("seconds an unwrapped tenant KEK stays cached (0 disables)", _seconds),
@@ -368,6 +419,26 @@ class Settings:
             "Prometheus metrics port (GET /metrics); unset: no endpoint; 0 picks a free one",
             _optional_port,
             shown_default="off",
+        ),
+    )
+    tracing_endpoint: str | None = field(
+        default=None,
+        metadata=_meta(
+            "OTLP/gRPC collector traces are sent to (http://HOST:4317, or https:// for TLS);"
+            " unset: no tracing",
+            _optional_endpoint,
+            shown_default="off",
+        ),
+    )
+    tracing_service_name: str = field(
+        default="reelvault",
+        metadata=_meta("service.name of the traces this service sends", _text),
+    )
+    tracing_sample_ratio: float = field(
+        default=1.0,
+        metadata=_meta(
+            "share of calls traced, 0 to 1 (a caller's sampled trace is always followed)",
+            _fraction,
         ),
     )
     shutdown_grace: float = field(
@@ -435,7 +506,33 @@ class Settings:
             rows.append((_env_name(item), shown, meta["help"]))
         return rows
 
+    @classmethod
+    def given(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> frozenset[str]:
+        """The names of the settings :meth:`load` takes from the environment or the config
+        file rather than from the defaults: commands that write to a deployment refuse to
+        act on a catalog nobody named (``data_dir`` and ``database_url`` both defaulted).
+
+        Raises:
+            ConfigurationError: as :meth:`load`, for an unreadable or unknown file.
+        """
+        env = os.environ if environ is None else environ
+        if config_file is None and (named := env.get(CONFIG_FILE_ENV, "").strip()):
+            config_file = named
+        names = set(_read_file(Path(config_file))) if config_file is not None else set()
+        names.update(item.name for item in dataclasses.fields(cls) if _env_name(item) in env)
+        return frozenset(names)
+
     # -- derived values --------------------------------------------------------------------
+
+    @property
+    def shown_database_url(self) -> str:
+        """:attr:`resolved_database_url` with any password masked, for messages."""
+        return _hide_password(self.resolved_database_url)
 
     @property
     def resolved_database_url(self) -> str:
@@ -492,6 +589,9 @@ class Settings:
         )
         self._check(self.s3_max_in_flight >= 1, "s3_max_in_flight", "must be at least 1")
         self._check(self.scrub_rate >= 0, "scrub_rate", "must not be negative")
+        self._check(
+            self.tracing_service_name.strip() != "", "tracing_service_name", "must not be empty"
+        )
         for name in ("s3_connect_timeout", "s3_read_timeout", "s3_operation_timeout"):
             self._check(getattr(self, name) > 0, name, "must be positive")
         for name in ("catalog_timeout", "kms_timeout", "readiness_interval", "upload_idle_timeout"):

@@ -56,6 +56,7 @@ from typing import Any, Final, TextIO
 
 from reelvault import errors
 from reelvault._files import create_private, lock_holder, replace_private, try_lock
+from reelvault._version import package_version
 from reelvault.app import Vault
 from reelvault.auth import Role
 from reelvault.config import Settings
@@ -320,6 +321,7 @@ async def _serve(
     ):
         assert metrics is not None  # a port was given
         facts["metrics_url"] = metrics.url
+        facts["version"] = package_version()
         await _serve_announced(
             vault=vault,
             settings=settings,
@@ -376,7 +378,7 @@ def _cancel_calls(server: Any) -> None:
 def _banner(facts: Mapping[str, Any], facts_path: Path) -> str:
     token = shlex.quote(facts["admin_token_path"])
     return (
-        "reelvault dev is running\n"
+        f"reelvault dev {facts['version']} is running\n"
         f"  gRPC         {facts['grpc_address']}\n"
         f"  admin token  {facts['admin_token_path']}\n"
         f"  S3           {facts['s3_endpoint_url']}  bucket {facts['s3_bucket']} (SeaweedFS)\n"

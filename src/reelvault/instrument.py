@@ -19,19 +19,27 @@ Labels stay bounded: the operation is a method name or a statement kind, the err
 name (reelvault's error tree for the store and the key provider, SQLAlchemy's DBAPI error
 classes for the catalog, ``other`` for anything else). Keys, statements and contexts are
 never labels.
+
+Inside a traced call each operation is also a span, a child of the call's
+(:mod:`reelvault.tracing`), with the same operation name and error class. An upload's
+writes and a stream's reads are too many to trace one by one: an upload is one ``upload``
+span from ``begin`` to ``complete`` or ``abort``, a streaming read one ``read_stream``
+span from ``open_stream`` to the end of the body, each with the bytes that went through.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
+from opentelemetry.trace import Span
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
+from reelvault import tracing
 from reelvault.catalog import Database
 from reelvault.errors import ReelvaultError
 from reelvault.keys.provider import RootKeyProvider, WrappedKey
@@ -56,8 +64,9 @@ _T = TypeVar("_T")
 _STATEMENT_KINDS: Final = frozenset(
     ("select", "insert", "update", "delete", "with", "begin", "pragma", "create", "alter", "drop")
 )
-# Attribute of SQLAlchemy's ExecutionContext holding the statement's start time.
+# Attributes of SQLAlchemy's ExecutionContext holding the statement's start time and span.
 _STARTED: Final = "_reelvault_started"
+_SPAN: Final = "_reelvault_span"
 
 
 class _Meter:
@@ -67,21 +76,30 @@ class _Meter:
         self._dependency = dependency
 
     @contextmanager
-    def measure(self, operation: str) -> Iterator[None]:
+    def measure(self, operation: str, *, traced: bool = True) -> Iterator[Span | None]:
+        """Time the block, count its error and trace it (if ``traced``); the span (None
+        outside a traced call) is for the block to add attributes to."""
         started = time.perf_counter()
-        try:
-            yield
-        except Exception as exc:
-            self.failed(operation, exc)
-            raise
-        finally:
-            self.observe(operation, time.perf_counter() - started)
+        spans = tracing.dependency(self._dependency, operation) if traced else nullcontext()
+        with spans as span:
+            try:
+                yield span
+            except Exception as exc:
+                self.failed(operation, exc, span)
+                raise
+            finally:
+                self.observe(operation, time.perf_counter() - started)
+
+    def start(self, operation: str) -> Span | None:
+        """A span for an operation that outlives the caller's block (module docstring)."""
+        return tracing.start_dependency(self._dependency, operation)
 
     def observe(self, operation: str, seconds: float) -> None:
         DEPENDENCY_DURATION.labels(self._dependency, operation).observe(seconds)
 
-    def failed(self, operation: str, exc: BaseException) -> None:
+    def failed(self, operation: str, exc: BaseException, span: Span | None = None) -> None:
         DEPENDENCY_ERRORS.labels(self._dependency, operation, _error_name(exc)).inc()
+        tracing.failed(span, _error_name(exc))
 
     def listing(self, operation: str, start: Callable[[], Iterable[_T]]) -> Iterator[_T]:
         """The results of ``start()``, timed from the call to the first result (or to the
@@ -146,31 +164,53 @@ class InstrumentedStore:
 
     def begin(self, key: str) -> Upload:
         with self._meter.measure("begin"):
-            return _InstrumentedUpload(self._inner.begin(key), self._meter)
+            upload = self._inner.begin(key)
+        return _InstrumentedUpload(upload, self._meter, self._meter.start("upload"))
 
     def put(self, key: str, chunks: Iterable[BytesLike]) -> ObjectInfo:
-        with self._meter.measure("put"):
-            return self._inner.put(key, chunks)
+        with self._meter.measure("put") as span:
+            info = self._inner.put(key, chunks)
+            if span is not None:
+                span.set_attribute(tracing.BYTES, info.size)
+            return info
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        with self._meter.measure("get_range"):
-            return self._inner.get_range(key, offset, length)
+        with self._meter.measure("get_range") as span:
+            data = self._inner.get_range(key, offset, length)
+            if span is not None:
+                span.set_attribute(tracing.BYTES, len(data))
+            return data
 
     def open_stream(
         self, key: str, offset: int = 0, length: int | None = None
     ) -> Generator[bytes, None, None]:
-        with self._meter.measure("open_stream"):
-            stream = self._inner.open_stream(key, offset, length)
-        return self._read(stream)
-
-    def _read(self, stream: Generator[bytes, None, None]) -> Generator[bytes, None, None]:
+        span = self._meter.start("read_stream")
         try:
-            yield from stream  # closing this generator closes ``stream`` too
+            with self._meter.measure("open_stream"):
+                stream = self._inner.open_stream(key, offset, length)
         except Exception as exc:
+            _end(span, exc)
+            raise
+        return self._read(stream, span)
+
+    def _read(
+        self, stream: Generator[bytes, None, None], span: Span | None
+    ) -> Generator[bytes, None, None]:
+        read = 0
+        error: Exception | None = None
+        try:
+            for data in stream:  # closing this generator closes ``stream`` too
+                read += len(data)
+                yield data
+        except Exception as exc:
+            error = exc
             self._meter.failed("read_stream", exc)
             raise
         finally:
             stream.close()
+            if span is not None:
+                span.set_attribute(tracing.BYTES, read)
+                _end(span, error)
 
     def head(self, key: str) -> ObjectInfo | None:
         with self._meter.measure("head"):
@@ -200,27 +240,47 @@ class InstrumentedStore:
 
 
 class _InstrumentedUpload:
-    """An :class:`~reelvault.storage.base.Upload` that measures ``inner``'s calls."""
+    """An :class:`~reelvault.storage.base.Upload` that measures ``inner``'s calls, and
+    traces the whole upload as ``span`` (None: not traced), ended by the first of
+    ``complete``, ``abort`` or leaving the ``with`` block."""
 
-    def __init__(self, inner: Upload, meter: _Meter) -> None:
+    def __init__(self, inner: Upload, meter: _Meter, span: Span | None) -> None:
         self._inner = inner
         self._meter = meter
+        self._span = span
+        self._written = 0
 
     @property
     def key(self) -> str:
         return self._inner.key
 
     def write(self, data: BytesLike) -> None:
-        with self._meter.measure("upload_write"):
+        with self._meter.measure("upload_write", traced=False):
             self._inner.write(data)
+        self._written += data.nbytes if isinstance(data, memoryview) else len(data)
 
     def complete(self) -> ObjectInfo:
-        with self._meter.measure("upload_complete"):
-            return self._inner.complete()
+        try:
+            with self._meter.measure("upload_complete"):
+                info = self._inner.complete()
+        except Exception as exc:
+            self._end(exc)
+            raise
+        self._end(None)
+        return info
 
     def abort(self) -> None:
-        with self._meter.measure("upload_abort"):
-            self._inner.abort()
+        try:
+            with self._meter.measure("upload_abort"):
+                self._inner.abort()
+        finally:
+            self._end(None)
+
+    def _end(self, error: BaseException | None) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            span.set_attribute(tracing.BYTES, self._written)
+            _end(span, error)
 
     def __enter__(self) -> Self:
         self._inner.__enter__()
@@ -232,7 +292,19 @@ class _InstrumentedUpload:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._inner.__exit__(exc_type, exc, tb)
+        try:
+            self._inner.__exit__(exc_type, exc, tb)
+        finally:
+            self._end(exc)
+
+
+def _end(span: Span | None, error: BaseException | None) -> None:
+    """End a span begun with :meth:`_Meter.start`, failed if ``error`` is set."""
+    if span is None:
+        return
+    if error is not None:
+        tracing.failed(span, _error_name(error))
+    span.end()
 
 
 # -- the catalog ---------------------------------------------------------------------------
@@ -260,14 +332,30 @@ def _statement_kind(statement: str | None) -> str:
 
 
 def _before_statement(**fields: Any) -> None:
-    if fields["context"] is not None:
-        setattr(fields["context"], _STARTED, time.perf_counter())
+    context = fields["context"]
+    if context is not None:
+        setattr(context, _STARTED, time.perf_counter())
+        setattr(context, _SPAN, _statement_span(fields["conn"], fields["statement"]))
 
 
 def _after_statement(**fields: Any) -> None:
-    started = getattr(fields["context"], _STARTED, None)
+    context = fields["context"]
+    started = getattr(context, _STARTED, None)
     if started is not None:
         _catalog.observe(_statement_kind(fields["statement"]), time.perf_counter() - started)
+    span = getattr(context, _SPAN, None)
+    if span is not None:
+        span.end()
+        setattr(context, _SPAN, None)
+
+
+def _statement_span(connection: Any, statement: str | None) -> Span | None:
+    """A statement's span: its kind and the database system, never its text."""
+    return tracing.start_dependency(
+        "catalog",
+        _statement_kind(statement),
+        {"db.system.name": connection.dialect.name},
+    )
 
 
 def _statement_failed(context: Any) -> None:  # an ExceptionContext
@@ -283,6 +371,11 @@ def _statement_failed(context: Any) -> None:  # an ExceptionContext
     error = context.sqlalchemy_exception
     name = type(error).__name__ if isinstance(error, DBAPIError) else "other"
     DEPENDENCY_ERRORS.labels("catalog", operation, name).inc()
+    span = getattr(context.execution_context, _SPAN, None)
+    if span is not None:
+        tracing.failed(span, name)
+        span.end()
+        setattr(context.execution_context, _SPAN, None)
 
 
 # -- the root key provider -------------------------------------------------------------------

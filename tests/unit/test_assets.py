@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from datetime import UTC, datetime
 
 import pytest
 from asset_helpers import get, put
@@ -16,7 +17,7 @@ from sqlalchemy import func, select
 
 from reelvault import errors
 from reelvault.assets import MAX_CHUNK, Assets, UploadSpec
-from reelvault.catalog.tables import AssetRow, UploadRow
+from reelvault.catalog.tables import AssetRow, DeletedObjectRow, UploadRow
 from reelvault.crypto import FRAME_OVERHEAD
 from reelvault.storage import MemoryObjectStore
 
@@ -342,13 +343,19 @@ def test_gc_removes_what_crashes_left_and_nothing_else(assets, tenant, database,
     midway = assets.begin_upload(tenant, UploadSpec(path="midway"))
     for _ in range(6):
         midway.write(os.urandom(MAX_CHUNK))
-    # an orphan object (a failed delete) and an upload that is still running
+    # an orphan object (a failed delete: its deletion is recorded) and an upload that is
+    # still running
     store.put(f"t/{tenant}/{'f' * 32}", [b"orphan"])
+    with database.transaction() as session:
+        session.add(
+            DeletedObjectRow(object_key=f"t/{tenant}/{'f' * 32}", deleted_at=datetime.now(UTC))
+        )
     clock.advance(7200)
     running = assets.begin_upload(tenant, UploadSpec(path="running"))
     running.write(b"still going")
     report = assets.gc(older_than_seconds=3600)
-    assert (report.stale_uploads, report.deleted_objects) == (2, 1)
+    # deleted: the crashed upload's completed object and the failed delete's
+    assert (report.stale_uploads, report.deleted_objects) == (2, 2)
     assert report.aborted_multipart_uploads >= 1
     keys = set(store.list_keys())
     assert keys == {assets._row(tenant, kept.id).object_key}

@@ -4,6 +4,7 @@ the gRPC method -> action table."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -13,16 +14,19 @@ import pkgutil
 import re
 import secrets
 import string
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.orm import Session
 
 import reelvault.auth
 import reelvault.v1
 from reelvault import errors
 from reelvault.auth import (
+    LAST_USE_INTERVAL,
     PERMISSIONS,
     PLATFORM_ROLES,
     Action,
@@ -148,13 +152,14 @@ def test_a_tenant_key_authenticates_as_its_tenant_and_role(
         description="render farm",
         created_at=datetime.fromtimestamp(clock.now(), UTC),
         revoked_at=None,
+        last_used_at=None,
     )
     principal = api_keys.authenticate(token)
     assert principal == Principal(key_id=info.id, tenant_id=tenant_id, role=role)
     assert principal.role is role
     assert not principal.is_platform_admin
     assert not principal.is_platform
-    assert api_keys.get(info.id) == info
+    assert api_keys.get(info.id) == dataclasses.replace(info, last_used_at=info.created_at)
 
 
 @pytest.mark.db
@@ -245,8 +250,88 @@ def test_a_revoked_key_no_longer_authenticates(
     revoked = api_keys.revoke(info.id)
 
     assert revoked.revoked_at == datetime.fromtimestamp(clock.now(), UTC)
-    assert revoked == dataclasses.replace(info, revoked_at=revoked.revoked_at)
+    assert revoked == dataclasses.replace(
+        info, revoked_at=revoked.revoked_at, last_used_at=info.created_at
+    )
     _unauthenticated(api_keys, token)
+
+
+# -- last use ----------------------------------------------------------------------------
+
+
+def _last_used(api_keys: ApiKeys, key_id: str) -> datetime | None:
+    return api_keys.get(key_id).last_used_at
+
+
+@pytest.mark.db
+def test_last_use_is_recorded_at_most_once_a_minute(
+    api_keys: ApiKeys, clock: FakeClock, tenant_id: str
+) -> None:
+    info, token = api_keys.create(tenant_id=tenant_id, role=Role.INGEST)
+    assert info.last_used_at is None
+
+    api_keys.authenticate(token)
+    first = datetime.fromtimestamp(clock.now(), UTC)
+    assert _last_used(api_keys, info.id) == first
+
+    clock.advance(LAST_USE_INTERVAL - 1)
+    api_keys.authenticate(token)
+    assert _last_used(api_keys, info.id) == first
+
+    clock.advance(1)
+    api_keys.authenticate(token)
+    assert _last_used(api_keys, info.id) == datetime.fromtimestamp(clock.now(), UTC)
+
+
+@pytest.mark.db
+def test_another_replica_does_not_rewrite_a_fresh_last_use(
+    database: Database, api_keys: ApiKeys, clock: FakeClock, tenant_id: str
+) -> None:
+    info, token = api_keys.create(tenant_id=tenant_id, role=Role.INGEST)
+    api_keys.authenticate(token)
+    first = _last_used(api_keys, info.id)
+    replica = ApiKeys(database, clock)
+
+    clock.advance(30)
+    replica.authenticate(token)
+    assert _last_used(api_keys, info.id) == first
+
+    clock.advance(LAST_USE_INTERVAL)
+    replica.authenticate(token)
+    assert _last_used(api_keys, info.id) == datetime.fromtimestamp(clock.now(), UTC)
+
+
+@pytest.mark.db
+def test_failed_authentication_records_no_use(
+    api_keys: ApiKeys, clock: FakeClock, tenant_id: str
+) -> None:
+    info, token = api_keys.create(tenant_id=tenant_id, role=Role.INGEST)
+    _unauthenticated(api_keys, _with_secret(token, _random_secret()))
+    assert _last_used(api_keys, info.id) is None
+
+    api_keys.revoke(info.id)
+    _unauthenticated(api_keys, token)
+    assert _last_used(api_keys, info.id) is None
+
+
+@pytest.mark.db
+def test_a_catalog_that_refuses_the_write_does_not_fail_authentication(
+    database: Database, api_keys: ApiKeys, tenant_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info, token = api_keys.create(tenant_id=tenant_id, role=Role.INGEST)
+    transaction = database.transaction
+
+    @contextlib.contextmanager
+    def reads_only(*, readonly: bool = False) -> Iterator[Session]:
+        if not readonly:
+            raise errors.Unavailable("catalog database unavailable")
+        with transaction(readonly=True) as session:
+            yield session
+
+    monkeypatch.setattr(database, "transaction", reads_only)
+    assert api_keys.authenticate(token).key_id == info.id
+    monkeypatch.undo()
+    assert _last_used(api_keys, info.id) is None
 
 
 @pytest.mark.db
@@ -490,6 +575,7 @@ def test_no_returned_object_shows_the_secret_or_its_hash(api_keys: ApiKeys, tena
         "description",
         "created_at",
         "revoked_at",
+        "last_used_at",
     }
 
 

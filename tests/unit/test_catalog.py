@@ -40,6 +40,7 @@ TABLES = {
     "api_keys",
     "assets",
     "uploads",
+    "deleted_objects",
     "audit_events",
     "audit_trees",
     "audit_nodes",

@@ -4,6 +4,7 @@ catalog without a running service."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -77,3 +78,67 @@ def test_each_run_makes_a_new_independent_key(
         assert keys.authenticate(secrets[1]).role is Role.PLATFORM_ADMIN
     finally:
         database.dispose()
+
+
+@pytest.fixture
+def empty_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty working directory and no setting naming a deployment."""
+    for name in list(os.environ):
+        if name.startswith("REELVAULT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_refuses_the_dev_defaults_in_an_empty_directory(
+    empty_cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue #11: this quietly made .reelvault/catalog.sqlite3 here, and a key the
+    production service rejected."""
+    assert main(["apikey", "bootstrap", "--out", "admin.token"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("reelvault: error: apikey bootstrap ")
+    assert "REELVAULT_DATABASE_URL" in err and "--dev" in err
+    assert list(empty_cwd.iterdir()) == []  # no catalog, no secret file
+
+
+def test_dev_allows_the_dev_defaults_and_says_so(
+    empty_cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["apikey", "bootstrap", "--dev", "--out", "admin.token"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("reelvault apikey bootstrap: catalog sqlite:///.reelvault/")
+    token = (empty_cwd / "admin.token").read_text().strip()
+    url = f"sqlite:///{empty_cwd / '.reelvault' / 'catalog.sqlite3'}"
+    assert authenticate(url, token) is Role.PLATFORM_ADMIN
+
+
+def test_a_config_naming_the_catalog_is_enough_and_is_announced(
+    empty_cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{empty_cwd / 'prod.sqlite3'}"
+    config = empty_cwd / "reelvault.toml"
+    config.write_text(
+        f'database_url = "{url}"\nroot_key_provider = "aws-kms"\n'
+        'kms_key_id = "alias/prod"\ns3_bucket = "prod-media"\n'
+    )
+    assert main(["apikey", "bootstrap", "--config", str(config), "--json"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == (
+        f"reelvault apikey bootstrap: catalog {url}, bucket prod-media at AWS S3, "
+        "root keys aws-kms key alias/prod\n"
+    )
+    assert authenticate(url, json.loads(printed.out)["secret"]) is Role.PLATFORM_ADMIN
+
+
+def test_the_announced_catalog_hides_its_password(
+    empty_cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "REELVAULT_DATABASE_URL",
+        "postgresql+psycopg://admin:hunter2-db-pass@127.0.0.1:1/vault?connect_timeout=3",
+    )
+    assert main(["apikey", "bootstrap", "--out", "admin.token"]) == 1
+    err = capsys.readouterr().err
+    assert "reelvault apikey bootstrap: catalog postgresql+psycopg://admin:***@" in err
+    assert "hunter2" not in err

@@ -16,8 +16,11 @@ from reelvault.keys.local import LocalKeyring
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("REELVAULT_KEYRING", raising=False)
-    monkeypatch.delenv("REELVAULT_DATA_DIR", raising=False)
+    """The working directory is ``tmp_path``, whose ``.reelvault`` is named as the data
+    directory (init and rotate refuse to write a keyring nobody named)."""
+    for name in ("REELVAULT_KEYRING", "REELVAULT_CONFIG", "REELVAULT_ROOT_KEY_PROVIDER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REELVAULT_DATA_DIR", ".reelvault")
     monkeypatch.chdir(tmp_path)
 
 
@@ -35,8 +38,39 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_init_defaults_to_dot_reelvault(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, err = run(capsys, "keyring", "init")
+@pytest.mark.parametrize("command", ["init", "rotate"])
+def test_writing_the_dev_default_keyring_needs_dev(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """Nothing names a keyring: init or rotate would silently write .reelvault/ here."""
+    monkeypatch.delenv("REELVAULT_DATA_DIR")
+    code, out, err = run(capsys, "keyring", command)
+    assert (code, out) == (1, "")
+    assert err.startswith("reelvault: error: no keyring named: set REELVAULT_KEYRING")
+    assert "--dev" in err
+    assert not (tmp_path / ".reelvault").exists()
+
+
+def test_init_and_rotate_refuse_when_the_root_keys_are_in_kms(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REELVAULT_ROOT_KEY_PROVIDER", "aws-kms")
+    monkeypatch.setenv("REELVAULT_KMS_KEY_ID", "alias/reelvault")
+    for command in ("init", "rotate"):
+        code, _, err = run(capsys, "keyring", command)
+        assert code == 1
+        assert "REELVAULT_ROOT_KEY_PROVIDER is aws-kms" in err.splitlines()[0]
+    assert not (tmp_path / ".reelvault").exists()
+
+
+def test_init_with_dev_uses_dot_reelvault(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REELVAULT_DATA_DIR")
+    code, out, err = run(capsys, "keyring", "init", "--dev")
 
     path = tmp_path / ".reelvault" / "keyring.json"
     assert code == 0, err

@@ -28,6 +28,7 @@ def test_defaults():
     assert settings.shutdown_grace == 30.0
     assert (settings.log_level, settings.log_format) == ("info", "console")
     assert not settings.tls_enabled
+    assert settings.reflection
 
 
 def test_derived_defaults_follow_the_data_dir():
@@ -82,6 +83,7 @@ def test_every_setting_is_read_from_the_environment():
         "REELVAULT_TLS_CERT_FILE": "/tls/cert.pem",
         "REELVAULT_TLS_KEY_FILE": "/tls/key.pem",
         "REELVAULT_TLS_CLIENT_CA_FILE": "/tls/ca.pem",
+        "REELVAULT_REFLECTION": "off",
         "REELVAULT_KEY_CACHE_TTL": "0",
         "REELVAULT_AUDIT_ORIGIN": "vault.example.com/audit",
         "REELVAULT_AUDIT_KEY_NAME": "vault-audit",
@@ -91,6 +93,9 @@ def test_every_setting_is_read_from_the_environment():
         "REELVAULT_SCRUB_RATE": "8MiB",
         "REELVAULT_METRICS_HOST": "0.0.0.0",
         "REELVAULT_METRICS_PORT": "9400",
+        "REELVAULT_TRACING_ENDPOINT": "https://otel.example.com:4317",
+        "REELVAULT_TRACING_SERVICE_NAME": "vault-eu",
+        "REELVAULT_TRACING_SAMPLE_RATIO": "0.25",
         "REELVAULT_SHUTDOWN_GRACE": "2.5",
         "REELVAULT_LOG_LEVEL": "DEBUG",
         "REELVAULT_LOG_FORMAT": "json",
@@ -130,6 +135,7 @@ def test_every_setting_is_read_from_the_environment():
         tls_cert_file=Path("/tls/cert.pem"),
         tls_key_file=Path("/tls/key.pem"),
         tls_client_ca_file=Path("/tls/ca.pem"),
+        reflection=False,
         key_cache_ttl=0.0,
         audit_origin="vault.example.com/audit",
         audit_key_name="vault-audit",
@@ -139,6 +145,9 @@ def test_every_setting_is_read_from_the_environment():
         scrub_rate=8 * MiB,
         metrics_host="0.0.0.0",
         metrics_port=9400,
+        tracing_endpoint="https://otel.example.com:4317",
+        tracing_service_name="vault-eu",
+        tracing_sample_ratio=0.25,
         shutdown_grace=2.5,
         log_level="debug",
         log_format="json",
@@ -184,6 +193,13 @@ def test_a_file_is_read_and_the_environment_overrides_it(tmp_path):
         ({"REELVAULT_S3_ACCESS_KEY_ID": "AKID"}, "REELVAULT_S3_SECRET_ACCESS_KEY"),
         ({"REELVAULT_TLS_CERT_FILE": "/c.pem"}, "REELVAULT_TLS_KEY_FILE"),
         ({"REELVAULT_TLS_CLIENT_CA_FILE": "/ca.pem"}, "REELVAULT_TLS_CLIENT_CA_FILE"),
+        ({"REELVAULT_TRACING_ENDPOINT": "otel:4317"}, "REELVAULT_TRACING_ENDPOINT"),
+        ({"REELVAULT_TRACING_ENDPOINT": "grpc://otel:4317"}, "REELVAULT_TRACING_ENDPOINT"),
+        ({"REELVAULT_TRACING_ENDPOINT": "http://otel:port"}, "REELVAULT_TRACING_ENDPOINT"),
+        ({"REELVAULT_TRACING_SAMPLE_RATIO": "1.5"}, "REELVAULT_TRACING_SAMPLE_RATIO"),
+        ({"REELVAULT_TRACING_SAMPLE_RATIO": "nan"}, "REELVAULT_TRACING_SAMPLE_RATIO"),
+        ({"REELVAULT_TRACING_SERVICE_NAME": " "}, "REELVAULT_TRACING_SERVICE_NAME"),
+        ({"REELVAULT_REFLECTION": "maybe"}, "REELVAULT_REFLECTION"),
     ],
 )
 def test_bad_values_name_the_variable(env, variable):
@@ -249,3 +265,21 @@ def test_describe_lists_every_setting_with_a_default_and_help():
     assert described["REELVAULT_DATABASE_URL"] == "sqlite:///<data_dir>/catalog.sqlite3"
     assert described["REELVAULT_KEYRING"] == "<data_dir>/keyring.json"
     assert described["REELVAULT_S3_SECRET_ACCESS_KEY"] == ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("on", True), (" True ", True), ("0", False), ("off", False), ("no", False)],
+)
+def test_reflection_reads_the_usual_spellings_of_a_switch(raw, expected):
+    assert Settings.load({"REELVAULT_REFLECTION": raw}).reflection is expected
+
+
+def test_reflection_in_a_file_is_a_toml_boolean(tmp_path):
+    config = tmp_path / "reelvault.toml"
+    config.write_text("reflection = false\n")
+    assert Settings.load({}, config_file=config).reflection is False
+    config.write_text("reflection = 0\n")
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.load({}, config_file=config)
+    assert caught.value.message.startswith("reflection in config file")

@@ -19,12 +19,14 @@ SQLite needs three things the defaults get wrong for a service:
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -37,7 +39,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from reelvault._files import ensure_private
 from reelvault.errors import ConfigurationError, IntegrityError, Unavailable
 
-__all__ = ["DEFAULT_URL", "Database", "head_revision"]
+__all__ = ["DEFAULT_URL", "Database", "describe_failure", "head_revision"]
 
 DEFAULT_URL: Final = "sqlite:///.reelvault/catalog.sqlite3"
 """Embedded catalog, relative to the working directory (``.reelvault/`` is git-ignored)."""
@@ -47,6 +49,10 @@ _SCRIPT_LOCATION: Final = "reelvault.catalog:migrations"
 _SQLITE_BEGIN: Final = "reelvault_sqlite_begin"
 # pg_advisory_xact_lock key that serializes migrate() across replicas starting together.
 _MIGRATION_LOCK_KEY: Final = 0x7265656C7661  # "reelva"
+# libpq and psycopg quote connection parameters in some messages; never a password.
+_PASSWORD_PARAMETER: Final = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+_log = structlog.get_logger("reelvault.catalog")
 
 
 class Database:
@@ -131,7 +137,7 @@ class Database:
             with factory.begin() as session:
                 yield session
         except OperationalError as exc:
-            raise Unavailable("catalog database unavailable") from exc
+            raise self._unavailable(exc, "transaction") from exc
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration; a no-op when it is already there.
@@ -155,7 +161,7 @@ class Database:
                 else:
                     _upgrade(connection)
         except OperationalError as exc:
-            raise Unavailable("catalog database unavailable") from exc
+            raise self._unavailable(exc, "migrate") from exc
 
     def schema_revision(self) -> str | None:
         """The migration the database is at; None before the first :meth:`migrate`."""
@@ -164,6 +170,17 @@ class Database:
                 return MigrationContext.configure(connection).get_current_revision()
         except OperationalError as exc:
             raise Unavailable("catalog database unavailable") from exc
+
+    def _unavailable(self, exc: OperationalError, operation: str) -> Unavailable:
+        """The error for callers (no cause: it may name hosts and users), after logging the
+        driver's reason for the operator once, without a password."""
+        _log.warning(
+            "catalog database unavailable",
+            operation=operation,
+            database=self._url.render_as_string(hide_password=True),
+            cause=describe_failure(exc),
+        )
+        return Unavailable("catalog database unavailable")
 
     def dispose(self) -> None:
         """Close pooled connections (at shutdown, and in tests before deleting the file)."""
@@ -176,6 +193,20 @@ def head_revision() -> str:
     if head is None:
         raise ConfigurationError("no catalog migrations found")
     return head
+
+
+def describe_failure(exc: BaseException) -> str | None:
+    """The driver's reason for a catalog failure, on one line and without any password:
+    ``exc`` itself or the cause of the ``Unavailable`` it was turned into. None if the
+    failure did not come from the database driver. For the operator's log and start-up
+    errors, never for a client.
+    """
+    cause = exc if isinstance(exc, OperationalError) else exc.__cause__
+    if not isinstance(cause, OperationalError):
+        return None
+    original = cause.orig if cause.orig is not None else cause
+    text = " ".join(str(original).split()) or type(original).__name__
+    return _PASSWORD_PARAMETER.sub(r"\1***", text)
 
 
 def _upgrade(connection: Connection) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "AuditSigningKeyRow",
     "AuditTreeRow",
     "Base",
+    "DeletedObjectRow",
     "KEK_STATES",
     "NAMING_CONVENTION",
     "SCRUB_RESULTS",
@@ -215,6 +216,8 @@ class ApiKeyRow(Base):
     description: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # The last successful authentication, written at most once a minute (auth.ApiKeys).
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class AssetRow(Base):
@@ -452,3 +455,15 @@ class ScrubFindingRow(Base):
     frames: Mapped[int | None] = mapped_column(BigInteger)
     detail: Mapped[str] = mapped_column(String(256))
     found_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class DeletedObjectRow(Base):
+    """An object whose asset (or dead upload) is gone from the catalog but which the store
+    may still hold: written with the row's delete, removed once the store confirmed it.
+    ``gc`` deletes these objects; an object with no row in any table is unknown to the
+    catalog (a restored, older catalog sees every newer asset so) and ``gc`` keeps it."""
+
+    __tablename__ = "deleted_objects"
+
+    object_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -15,9 +15,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, TextIO, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias
 
 from reelvault.client import Client
+
+if TYPE_CHECKING:
+    from reelvault.config import Settings
 
 __all__ = [
     "EXIT_ERROR",
@@ -28,9 +31,12 @@ __all__ = [
     "Handler",
     "Output",
     "ProgressBar",
+    "add_dev_flag",
     "client",
     "common_parser",
+    "deployment_settings",
     "describe_os_error",
+    "describe_target",
     "fail",
     "human",
     "progress_bar",
@@ -91,6 +97,60 @@ def describe_os_error(exc: OSError) -> str:
 
 def client() -> Client:
     return Client()
+
+
+def add_dev_flag(parser: argparse.ArgumentParser) -> None:
+    """``--dev`` for a command that writes to a deployment (see :func:`deployment_settings`)."""
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="allow the dev defaults: the catalog and keyring under .reelvault/ here "
+        "(refused otherwise unless REELVAULT_DATABASE_URL, REELVAULT_DATA_DIR or a config "
+        "naming one of them is given)",
+    )
+
+
+def deployment_settings(args: argparse.Namespace, command: str) -> Settings:
+    """The settings of the deployment ``command`` writes to, announced on stderr.
+
+    Refused when nothing names the catalog (neither ``data_dir`` nor ``database_url`` in
+    the environment or the config file) and ``--dev`` was not given: the command would
+    then create or use ``.reelvault/catalog.sqlite3`` in the working directory, a catalog
+    no service reads, silently.
+
+    Raises:
+        ConfigurationError: the dev defaults without ``--dev``, or a bad setting.
+    """
+    from reelvault.config import Settings  # noqa: PLC0415 - startup time
+    from reelvault.errors import ConfigurationError  # noqa: PLC0415
+
+    config = getattr(args, "config", None)
+    settings = Settings.load(config_file=config)
+    if not getattr(args, "dev", False) and not Settings.given(config_file=config) & {
+        "data_dir",
+        "database_url",
+    }:
+        raise ConfigurationError(
+            f"{command} would act on the dev defaults ({settings.shown_database_url} in "
+            "this directory): set REELVAULT_DATABASE_URL or REELVAULT_DATA_DIR (or "
+            "database_url or data_dir in the --config file) to the deployment's, or pass "
+            "--dev to use the dev defaults"
+        )
+    print(f"reelvault {command}: {describe_target(settings)}", file=sys.stderr)
+    return settings
+
+
+def describe_target(settings: Settings) -> str:
+    """Which catalog, bucket and root key provider a command acts on; no secret."""
+    endpoint = settings.s3_endpoint_url or "AWS S3"
+    if settings.root_key_provider == "aws-kms":
+        keys = f"aws-kms key {settings.kms_key_id}"
+    else:
+        keys = f"local keyring {settings.resolved_keyring_path}"
+    return (
+        f"catalog {settings.shown_database_url}, bucket {settings.s3_bucket} at {endpoint}, "
+        f"root keys {keys}"
+    )
 
 
 def when(moment: datetime) -> str:

@@ -11,9 +11,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from reelvault import errors
 from reelvault.cli import _common
-from reelvault.cli._common import Groups, Output, table, when
+from reelvault.cli._common import (
+    Groups,
+    Output,
+    add_dev_flag,
+    deployment_settings,
+    table,
+    when,
+)
 from reelvault.client import ADDR_ENV, ROLES, TOKEN_ENV, ApiKey
-from reelvault.config import Settings
 
 if TYPE_CHECKING:
     from reelvault.auth import ApiKeyInfo
@@ -59,7 +65,8 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
             "Create a platform-admin API key straight in the catalog, without a running "
             "service: the way to the first key of a new deployment (every other key is "
             "made through the service). Runs here, with the same settings as serve "
-            "(REELVAULT_DATABASE_URL, --config), and migrates the catalog if needed; "
+            "(REELVAULT_DATABASE_URL, --config), and migrates the catalog if needed; it "
+            "refuses the dev defaults (a new .reelvault/catalog.sqlite3 here) unless --dev. "
             "whoever may run it holds the database credentials, which is the trust it "
             "needs. With --out the secret goes to a new file (mode 0600) and is not "
             "printed."
@@ -74,6 +81,7 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
         "--description", default="bootstrap platform admin", help="what the key is for"
     )
     bootstrap.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
+    add_dev_flag(bootstrap)
     bootstrap.set_defaults(handler=_apikey_bootstrap)
 
 
@@ -103,7 +111,7 @@ def _apikey_bootstrap(args: argparse.Namespace) -> Output:
     # Everything that can be refused is refused before the catalog is touched (a migration
     # is not something to run by accident) and before the file exists.
     check_description(args.description)
-    settings = Settings.load(config_file=args.config)
+    settings = deployment_settings(args, "apikey bootstrap")
     url = settings.resolved_database_url
     out: str | None = args.out  # a str: Path() would drop a trailing "/"
     _check_bootstrap_target(url, out)
@@ -188,13 +196,16 @@ def _apikey_ls(args: argparse.Namespace) -> Output:
             k.role,
             when(k.created_at),
             when(k.revoked_at) if k.revoked_at else "-",
+            when(k.last_used_at) if k.last_used_at else "never",
             k.description,
         )
         for k in keys
     ]
     return Output(
         data={"api_keys": [_api_key_data(k) for k in keys]},
-        text=table(("ID", "ROLE", "CREATED", "REVOKED", "DESCRIPTION"), rows, empty="no keys"),
+        text=table(
+            ("ID", "ROLE", "CREATED", "REVOKED", "LAST USED", "DESCRIPTION"), rows, empty="no keys"
+        ),
     )
 
 
@@ -212,4 +223,5 @@ def _api_key_data(key: ApiKey | ApiKeyInfo) -> dict[str, Any]:
         "description": key.description,
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
     }

@@ -192,6 +192,7 @@ def _asset_stat(args: argparse.Namespace) -> Output:
             f"etag          {asset.etag}",
             f"labels        {labels}",
             f"created       {when(asset.created_at)}",
+            f"kek version   {asset.kek_version}",
         ]
     )
     return Output(data=_asset_data(asset), text=text)
@@ -224,4 +225,5 @@ def _asset_data(asset: Asset) -> dict[str, Any]:
         "sha256": asset.sha256.hex(),
         "etag": asset.etag,
         "created_at": asset.created_at.isoformat(),
+        "kek_version": asset.kek_version,
     }

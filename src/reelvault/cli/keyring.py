@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reelvault.cli._common import Groups, Output
+from reelvault.cli._common import Groups, Output, add_dev_flag
+from reelvault.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from reelvault.keys.local import KeyringInfo
@@ -39,7 +40,7 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
     commands = keyring.add_subparsers(dest="command", metavar="COMMAND", required=True)
     path_help = (
         "keyring file (default: $REELVAULT_KEYRING, else $REELVAULT_DATA_DIR/keyring.json, "
-        "else .reelvault/keyring.json)"
+        "else .reelvault/keyring.json, which init and rotate write only with --dev)"
     )
     for name, handler, help_text in (
         ("init", _keyring_init, "create a keyring with one root key (never overwrites)"),
@@ -48,6 +49,8 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
     ):
         command = commands.add_parser(name, parents=[common], help=help_text)
         command.add_argument("--path", type=Path, help=path_help)
+        if handler is not _keyring_show:
+            add_dev_flag(command)
         command.set_defaults(handler=handler)
 
 
@@ -56,10 +59,37 @@ def _keyring_path(args: argparse.Namespace) -> Path:
     return path if path is not None else default_keyring_path()
 
 
+def _keyring_to_write(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Path:
+    """The keyring ``init`` or ``rotate`` may write: one somebody named.
+
+    Raises:
+        ConfigurationError: the root key provider is AWS KMS (there is no keyring to
+            write), or only the dev default ``.reelvault/keyring.json`` here is left and
+            ``--dev`` was not given.
+    """
+    from reelvault.config import Settings  # noqa: PLC0415 - startup time
+
+    if args.path is None and Settings.load(environ).root_key_provider == "aws-kms":
+        raise ConfigurationError(
+            "REELVAULT_ROOT_KEY_PROVIDER is aws-kms: the root key lives in KMS and no "
+            "keyring file is used (rotate the KMS key in KMS; --path to write a file anyway)"
+        )
+    named = args.path is not None or any(
+        environ.get(name) for name in ("REELVAULT_KEYRING", "REELVAULT_DATA_DIR")
+    )
+    if not named and not args.dev:
+        raise ConfigurationError(
+            f"no keyring named: set REELVAULT_KEYRING or REELVAULT_DATA_DIR to the "
+            f"deployment's, or give --path; --dev to use the dev default "
+            f"{default_keyring_path(environ)}"
+        )
+    return _keyring_path(args)
+
+
 def _keyring_init(args: argparse.Namespace) -> Output:
     from reelvault.keys.local import init_keyring  # noqa: PLC0415 - startup time
 
-    info = init_keyring(_keyring_path(args))
+    info = init_keyring(_keyring_to_write(args))
     return Output(
         data=_keyring_data(info),
         text=(
@@ -73,7 +103,7 @@ def _keyring_init(args: argparse.Namespace) -> Output:
 def _keyring_rotate(args: argparse.Namespace) -> Output:
     from reelvault.keys.local import rotate_keyring  # noqa: PLC0415 - startup time
 
-    info = rotate_keyring(_keyring_path(args))
+    info = rotate_keyring(_keyring_to_write(args))
     return Output(
         data=_keyring_data(info),
         text=(

@@ -13,7 +13,17 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from reelvault.cli._common import EXIT_INTERRUPTED, EXIT_OK, Groups, Output, human, table, when
+from reelvault.cli._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Groups,
+    Output,
+    add_dev_flag,
+    deployment_settings,
+    human,
+    table,
+    when,
+)
 from reelvault.config import Settings
 from reelvault.errors import FailedPrecondition
 
@@ -98,6 +108,7 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
         help="check nothing: show the newest pass and what it found",
     )
     scrub.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
+    add_dev_flag(scrub)
     scrub.set_defaults(handler=_scrub)
 
 
@@ -117,7 +128,12 @@ def _scrub(args: argparse.Namespace) -> Output:
     from reelvault.logging import configure_logging  # noqa: PLC0415
     from reelvault.scrub import Scrubber, StopReason  # noqa: PLC0415
 
-    settings = Settings.load(config_file=args.config)
+    # A pass records its progress and findings: not in a catalog nobody named.
+    settings = (
+        Settings.load(config_file=args.config)
+        if args.report
+        else deployment_settings(args, "scrub")
+    )
     configure_logging(settings.log_level, settings.log_format)  # progress lines on stderr
     vault = Vault.from_settings(settings)
     stop = threading.Event()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import Final
 
 from reelvault import allocator
-from reelvault.cli._common import Groups, Output
+from reelvault.cli._common import EXIT_ERROR, EXIT_OK, Groups, Output
 from reelvault.config import CONFIG_FILE_ENV, Settings
 
 __all__ = ["add_commands"]
@@ -31,6 +32,12 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help=f"TOML file of settings (default: ${CONFIG_FILE_ENV}, else none)",
+    )
+    serve.add_argument(
+        "--check",
+        action="store_true",
+        help="run the start-up checks (catalog, bucket, root key provider, TLS files), print "
+        "the effective settings with secrets masked, and exit: 0 if the service would start",
     )
     serve.set_defaults(handler=_serve)
 
@@ -81,8 +88,32 @@ def _serve(args: argparse.Namespace) -> Output:
     from reelvault.rpc.server import serve  # noqa: PLC0415 - startup time
 
     settings = Settings.load(config_file=args.config)
-    asyncio.run(serve(settings))
+    if args.check:
+        return _check(settings)
+    asyncio.run(serve(settings, config_file=args.config))
     return Output(data={"stopped": True}, text="")
+
+
+def _check(settings: Settings) -> Output:
+    """``serve --check``: the settings on stdout, one ``reelvault: error:`` line per failed
+    check on stderr (the causes are in those lines, so only errors are logged)."""
+    from reelvault import preflight  # noqa: PLC0415 - startup time
+    from reelvault.logging import configure_logging  # noqa: PLC0415 - startup time
+
+    configure_logging("error", settings.log_format)
+    report = preflight.check(settings)
+    for failure in report.failures:
+        print(f"reelvault: error: {failure.line}", file=sys.stderr)
+    rows = preflight.effective_settings(settings)
+    outcome = report.outcome()
+    width = max(len(name) for name, _ in [*rows, *outcome.items()])
+    lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
+    lines += ["", *(f"{name.ljust(width)}  {result}" for name, result in outcome.items())]
+    return Output(
+        data={"ok": report.ok, "settings": dict(rows), "checks": outcome},
+        text="\n".join(lines),
+        exit_code=EXIT_OK if report.ok else EXIT_ERROR,
+    )
 
 
 def _dev(args: argparse.Namespace) -> Output:

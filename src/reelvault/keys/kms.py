@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final
 
+import structlog
 from botocore import exceptions as aws
 
 from reelvault import errors
@@ -70,6 +71,8 @@ _TRANSIENT: Final = frozenset(
         "TooManyRequestsException",
     }
 )
+_log = structlog.get_logger("reelvault.keys")
+
 _MISCONFIGURED: Final = frozenset(
     {
         "ExpiredTokenException",
@@ -179,6 +182,7 @@ def _kms_errors() -> Iterator[None]:
         raise _from_client_error(exc) from exc
     except (aws.ConnectionError, aws.HTTPClientError) as exc:
         # Connection refused, DNS, TLS, connect and read timeouts, dropped connections.
+        _log.warning("AWS KMS request failed", cause=type(exc).__name__)
         raise errors.Unavailable("the key provider (AWS KMS) cannot be reached") from exc
     except (
         aws.CredentialRetrievalError,
@@ -186,20 +190,30 @@ def _kms_errors() -> Iterator[None]:
         aws.NoRegionError,
         aws.PartialCredentialsError,
     ) as exc:
+        _log.warning("AWS KMS request failed", cause=type(exc).__name__)
         raise errors.ConfigurationError(
             "AWS credentials or region for the key provider are not configured"
         ) from exc
     except aws.BotoCoreError as exc:
+        _log.warning("AWS KMS request failed", cause=type(exc).__name__)
         raise errors.ReelvaultError("the key provider request failed") from exc
 
 
 def _from_client_error(exc: aws.ClientError) -> errors.ReelvaultError:
     code = exc.response.get("Error", {}).get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    # The operator's record of why: the AWS code and status, never AWS's message (it can
+    # carry ARNs and account ids that are not the caller's business either way).
+    _log.warning(
+        "AWS KMS request failed",
+        operation=exc.operation_name,
+        aws_error_code=code or None,
+        http_status=status or None,
+    )
     if code in _DECRYPTION_FAILED:
         return errors.DecryptionError(code)
     if code in _KEY_UNAVAILABLE:
         return errors.KeyUnavailable("the root key in AWS KMS is not available")
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     if code in _TRANSIENT or status >= 500 or status == 429:
         return errors.Unavailable("the key provider (AWS KMS) is unavailable; retry later")
     if code in _MISCONFIGURED:

@@ -118,6 +118,8 @@ def api_key_to_proto(key: ApiKeyInfo) -> apikey_pb2.ApiKey:
     )
     if key.revoked_at is not None:
         message.revoke_time.CopyFrom(timestamp(key.revoked_at))
+    if key.last_used_at is not None:
+        message.last_use_time.CopyFrom(timestamp(key.last_used_at))
     return message
 
 
@@ -132,6 +134,7 @@ def asset_to_proto(asset: AssetInfo) -> asset_pb2.Asset:
         sha256=asset.sha256,
         etag=asset.etag,
         create_time=timestamp(asset.created_at),
+        kek_version=asset.kek_version,
     )
 
 

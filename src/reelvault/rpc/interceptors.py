@@ -36,6 +36,10 @@ call, in order:
    gauge, and message bytes are counted as they cross the wire (requests before they are
    parsed, responses as they are serialized), by method. Health and reflection calls are
    counted too. The method label is bounded: only registered methods reach the wrapper.
+8. **Trace.** When tracing is on, the call is a server span (:mod:`reelvault.tracing`),
+   current in every step above and in every step of a stream, so the dependency spans
+   made in the worker threads are its children; it ends with the call's status. (Our own
+   span rather than OpenTelemetry's gRPC interceptor, which has broken streaming calls.)
 """
 
 from __future__ import annotations
@@ -46,7 +50,15 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -55,7 +67,7 @@ from typing import Any, Final
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import structlog
 
-from reelvault import deadline, metrics
+from reelvault import deadline, metrics, tracing
 from reelvault.audit import Access, Actor, Auditor, RequestInfo, Resource
 from reelvault.auth import ApiKeys, Principal, authorize
 from reelvault.errors import (
@@ -95,6 +107,8 @@ _INTERNAL_MESSAGE: Final = "internal error"
 
 _log = structlog.get_logger("reelvault.rpc")
 _principal: ContextVar[Principal | None] = ContextVar("reelvault_principal", default=None)
+# The call being served by the current task (see _started).
+_current_call: ContextVar[_Call | None] = ContextVar("reelvault_call", default=None)
 
 
 class DeadlineExceeded(Exception):
@@ -158,6 +172,19 @@ class _Call:
     access: Access | None = None  # None for public methods (health, reflection)
     status: Any = None  # grpc.StatusCode once decided
     started: float = field(default_factory=time.monotonic)
+    # Message bytes on the wire: requests as they arrive; a stream's responses as they are
+    # serialized, a unary response when the servicer returns it (it is serialized after
+    # the call's log line).
+    bytes_in: int = 0
+    bytes_out: int = 0
+    client_identity: str | None = None  # the mTLS client certificate's name
+
+    def asset_id(self) -> str | None:
+        """The asset the call is about, as the domain noted it (or the refused request
+        named it)."""
+        if self.access is None:
+            return None
+        return next((r.id for r in self.access.resources if r.type == "asset"), None)
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -224,21 +251,24 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
 
         async def handle(request: Any, context: Any) -> Any:
             call = _Call(meters.method, meters)
+            span = tracing.start_call(meters.method, context.invocation_metadata() or ())
             _started(call, request)
             try:
-                with call.scope():
+                with call.scope(), tracing.current(span):
                     await self._admit(call, context, request, decode)
                     request = decode(request)
-                with call.scope():
+                with call.scope(), tracing.current(span):
                     result = await behaviour(request, context)
+                    call.bytes_out += _message_size(result)
                     await self._conclude(call, grpc.StatusCode.OK)
                 call.status = grpc.StatusCode.OK
                 return result
             except BaseException as exc:
-                with call.scope():
+                with call.scope(), tracing.current(span):
                     await self._fail(call, context, exc)
             finally:
                 _finished(call)
+                _end_span(span, call)
 
         return handle
 
@@ -250,21 +280,22 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
 
         async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
             call = _Call(meters.method, meters)
+            span = tracing.start_call(meters.method, context.invocation_metadata() or ())
             stream: AsyncGenerator[Any, None] | None = None
             _started(call, request)
             try:
-                with call.scope():
+                with call.scope(), tracing.current(span):
                     await self._admit(call, context, request, decode)
                     request = decode(request)
                 stream = behaviour(request, context)
                 while True:
-                    with call.scope():
+                    with call.scope(), tracing.current(span):
                         try:
                             item = await anext(stream)
                         except StopAsyncIteration:
                             break
                     yield item
-                with call.scope():
+                with call.scope(), tracing.current(span):
                     await self._conclude(call, grpc.StatusCode.OK)
                 call.status = grpc.StatusCode.OK
             except GeneratorExit:  # the server closed the stream: the call is over
@@ -272,13 +303,14 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
                 self._conclude_later(call)
                 raise
             except BaseException as exc:
-                with call.scope():
+                with call.scope(), tracing.current(span):
                     await self._fail(call, context, exc)
             finally:
                 if stream is not None:
-                    with call.scope():
+                    with call.scope(), tracing.current(span):
                         await stream.aclose()
                 _finished(call)
+                _end_span(span, call)
 
         return handle
 
@@ -288,6 +320,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
         """Request id, authentication, authorization: everything before the servicer."""
         # Read what the log needs now: asking a finished call for its peer crashes grpcio.
         call.peer = context.peer()
+        call.client_identity = _client_identity(context.auth_context())
         remaining = context.time_remaining()
         if remaining is not None:
             call.deadline = call.started + remaining
@@ -395,6 +428,8 @@ def _decoder(
     async def parse_stream(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
         async for raw in requests:
             received.inc(len(raw))
+            if (call := _current_call.get()) is not None:
+                call.bytes_in += len(raw)
             yield parse(raw)
 
     return parse_stream
@@ -422,6 +457,8 @@ def _counting(serialize: Callable[[Any], bytes] | None, sent: Any) -> Callable[[
     def serialize_and_count(message: Any) -> bytes:
         data = message if serialize is None else serialize(message)
         sent.inc(len(data))
+        if (call := _current_call.get()) is not None and call.status is None:
+            call.bytes_out += len(data)  # a stream's message (a unary one is counted before)
         return data
 
     return serialize_and_count
@@ -535,12 +572,29 @@ def _map_error(exc: ReelvaultError) -> tuple[Any, str]:
     return code, exc.message
 
 
+def _end_span(span: Any, call: _Call) -> None:
+    """End the call's server span (:mod:`reelvault.tracing`) with its outcome."""
+    status = call.status if call.status is not None else grpc.StatusCode.UNKNOWN
+    principal = call.principal
+    tracing.end_call(
+        span,
+        request_id=call.request_id,
+        tenant_id=principal.tenant_id if principal else None,
+        status=status.name,
+        status_code=status.value[0],
+    )
+
+
 def _started(call: _Call, request: Any) -> None:
     """Count the call in flight, and its request's bytes if it is one message."""
     meters = call.meters
     meters.in_flight.inc()
+    # Set for the rest of the call's task: the serializer and a request stream's parser,
+    # which gRPC runs there too, count the call's bytes into it.
+    _current_call.set(call)
     if isinstance(request, bytes):
         meters.received.inc(len(request))
+        call.bytes_in += len(request)
 
 
 def _finished(call: _Call) -> None:
@@ -561,4 +615,26 @@ def _finished(call: _Call) -> None:
         peer=call.peer,
         tenant_id=principal.tenant_id if principal else None,
         key_id=principal.key_id if principal else None,
+        asset_id=call.asset_id(),
+        bytes_in=call.bytes_in,
+        bytes_out=call.bytes_out,
+        client=call.client_identity,
     )
+
+
+def _message_size(message: Any) -> int:
+    if isinstance(message, bytes):
+        return len(message)
+    byte_size = getattr(message, "ByteSize", None)
+    return int(byte_size()) if byte_size is not None else 0
+
+
+def _client_identity(auth_context: Mapping[str, Sequence[bytes]]) -> str | None:
+    """The name in a verified mTLS client certificate: its common name, else its first
+    subject alternative name; None without one. Printable characters only, at most 256."""
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        values = auth_context.get(key) or ()
+        if values:
+            name = values[0].decode("utf-8", "replace")
+            return "".join(c for c in name[:256] if c.isprintable())
+    return None

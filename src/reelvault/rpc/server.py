@@ -34,7 +34,8 @@ from grpc_health.v1 import (  # type: ignore[import-untyped, unused-ignore]
 )
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped, unused-ignore]
 
-from reelvault import allocator
+from reelvault import allocator, preflight, tracing
+from reelvault._version import package_version
 from reelvault.admission import Admission
 from reelvault.app import Vault
 from reelvault.config import Settings
@@ -47,6 +48,7 @@ from reelvault.rpc.bulkhead import StorePool
 from reelvault.rpc.interceptors import VaultInterceptor
 from reelvault.rpc.servicers import ApiKeyServicer, AssetServicer, AuditServicer, TenantServicer
 from reelvault.scrub import run_scrubber
+from reelvault.startup_warnings import warn_at_startup
 from reelvault.v1 import (
     apikey_pb2,
     apikey_pb2_grpc,
@@ -144,9 +146,10 @@ async def create_server(
     for name in ("", LIVENESS, *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
 
     address = _address(settings.grpc_host, settings.grpc_port)
     credentials = _credentials(settings)
@@ -208,20 +211,28 @@ def _add_asset_service(servicer: AssetServicer, server: Any) -> None:
     server.add_registered_method_handlers(service, handlers)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, config_file: Path | None = None) -> None:
     """Run the service until SIGTERM or SIGINT, then drain it (module docstring).
+
+    Args:
+        config_file: the file the settings were read from (``--config``), checked for
+            secrets others may read; None: ``$REELVAULT_CONFIG``, if set.
 
     Raises:
         ConfigurationError, Unavailable: the service could not start.
     """
     configure_logging(settings.log_level, settings.log_format)
+    warn_at_startup(settings, config_file)
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=_WORKER_THREADS, thread_name_prefix="reelvault")
     )
-    vault = await asyncio.to_thread(Vault.from_settings, settings)
+    vault = await asyncio.to_thread(preflight.open_vault, settings)
     try:
+        # Before listening: a broken dependency stops the start with one line naming it.
+        await asyncio.to_thread(preflight.verify, vault, settings)
         async with (
             serve_metrics(settings.metrics_host, settings.metrics_port),
+            tracing.exporting(settings),
             background(vault, settings),
         ):
             await _serve_until_signalled(vault, settings)
@@ -243,6 +254,7 @@ async def _serve_until_signalled(vault: Vault, settings: Settings) -> None:
             tls=settings.tls_enabled,
             mutual_tls=settings.tls_client_ca_file is not None,
             malloc=allocator.applied() or None,
+            version=package_version(),
         )
         signalled = asyncio.Event()
         signals = (signal.SIGTERM, signal.SIGINT)

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import boto3
+import structlog
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -103,13 +104,37 @@ _MISCONFIGURED: Final = frozenset(
 _VERSIONS_UNSUPPORTED: Final = frozenset({"NotImplemented", "MethodNotAllowed", "501", "405"})
 _BUCKET_MISSING: Final = frozenset({"NoSuchBucket", "404", "NotFound"})
 
+_log = structlog.get_logger("reelvault.storage")
+
 
 def map_error(exc: BotoCoreError | ClientError) -> ReelvaultError:
     """Translate a botocore failure into the error tree, by type and error code only.
 
     The returned error's message is ours; the caller chains ``exc`` as its cause so the
-    store's own text reaches server logs but never a client.
+    store's own text reaches server logs but never a client. Every failure but a missing
+    object or range is logged at warning for the operator: the operation, the S3 error
+    code and HTTP status, or the botocore exception's type; never the store's message.
     """
+    mapped = _classify(exc)
+    if not isinstance(mapped, NotFound | OutOfRange):
+        if isinstance(exc, ClientError):
+            _log.warning(
+                "object store request failed",
+                operation=exc.operation_name,
+                aws_error_code=_error_code(exc) or None,
+                http_status=exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"),
+                error=type(mapped).__name__,
+            )
+        else:
+            _log.warning(
+                "object store request failed",
+                cause=type(exc).__name__,
+                error=type(mapped).__name__,
+            )
+    return mapped
+
+
+def _classify(exc: BotoCoreError | ClientError) -> ReelvaultError:
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
@@ -316,7 +341,7 @@ class S3ObjectStore:
             try:
                 response = self._client.head_object(Bucket=self._bucket, Key=key)
             except ClientError as exc:
-                if isinstance(map_error(exc), NotFound):
+                if isinstance(_classify(exc), NotFound):  # logged by _translated otherwise
                     return None
                 raise
         return ObjectInfo(key=key, size=response["ContentLength"], etag=_unquote(response["ETag"]))
@@ -494,5 +519,5 @@ class _S3Sink:
                     Bucket=self._bucket, Key=key, UploadId=upload_id
                 )
             except ClientError as exc:
-                if not isinstance(map_error(exc), NotFound):
+                if not isinstance(_classify(exc), NotFound):
                     raise

@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19reelvault/v1/apikey.proto\x12\x0creelvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.reelvault.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.reelvault.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"M\n\x14\x43reateApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.reelvault.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\'\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"=\n\x13ListApiKeysResponse\x12&\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x14.reelvault.v1.ApiKey\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t*\xbe\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROLE_PLATFORM_ADMIN\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x12\x0f\n\x0bROLE_INGEST\x10\x03\x12\x11\n\rROLE_RENDERER\x10\x04\x12\x14\n\x10ROLE_DISTRIBUTOR\x10\x05\x12\x10\n\x0cROLE_AUDITOR\x10\x06\x12\x10\n\x0cROLE_PRIVACY\x10\x07\x12\x19\n\x15ROLE_PLATFORM_AUDITOR\x10\x08\x32\x83\x02\n\rApiKeyService\x12U\n\x0c\x43reateApiKey\x12!.reelvault.v1.CreateApiKeyRequest\x1a\".reelvault.v1.CreateApiKeyResponse\x12R\n\x0bListApiKeys\x12 .reelvault.v1.ListApiKeysRequest\x1a!.reelvault.v1.ListApiKeysResponse\x12G\n\x0cRevokeApiKey\x12!.reelvault.v1.RevokeApiKeyRequest\x1a\x14.reelvault.v1.ApiKeyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19reelvault/v1/apikey.proto\x12\x0creelvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.reelvault.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.reelvault.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"M\n\x14\x43reateApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.reelvault.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\'\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"=\n\x13ListApiKeysResponse\x12&\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x14.reelvault.v1.ApiKey\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t*\xbe\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROLE_PLATFORM_ADMIN\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x12\x0f\n\x0bROLE_INGEST\x10\x03\x12\x11\n\rROLE_RENDERER\x10\x04\x12\x14\n\x10ROLE_DISTRIBUTOR\x10\x05\x12\x10\n\x0cROLE_AUDITOR\x10\x06\x12\x10\n\x0cROLE_PRIVACY\x10\x07\x12\x19\n\x15ROLE_PLATFORM_AUDITOR\x10\x08\x32\x83\x02\n\rApiKeyService\x12U\n\x0c\x43reateApiKey\x12!.reelvault.v1.CreateApiKeyRequest\x1a\".reelvault.v1.CreateApiKeyResponse\x12R\n\x0bListApiKeys\x12 .reelvault.v1.ListApiKeysRequest\x1a!.reelvault.v1.ListApiKeysResponse\x12G\n\x0cRevokeApiKey\x12!.reelvault.v1.RevokeApiKeyRequest\x1a\x14.reelvault.v1.ApiKeyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reelvault.v1.apikey_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=595
-  _globals['_ROLE']._serialized_end=785
+  _globals['_ROLE']._serialized_start=646
+  _globals['_ROLE']._serialized_end=836
   _globals['_APIKEY']._serialized_start=77
-  _globals['_APIKEY']._serialized_end=269
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=271
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=366
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=368
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=445
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=447
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=486
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=488
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=549
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=551
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=592
-  _globals['_APIKEYSERVICE']._serialized_start=788
-  _globals['_APIKEYSERVICE']._serialized_end=1047
+  _globals['_APIKEY']._serialized_end=320
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=322
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=417
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=419
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=496
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=498
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=537
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=539
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=600
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=602
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=643
+  _globals['_APIKEYSERVICE']._serialized_start=839
+  _globals['_APIKEYSERVICE']._serialized_end=1098
 # @@protoc_insertion_point(module_scope)

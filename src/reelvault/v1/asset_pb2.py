@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18reelvault/v1/asset.proto\x12\x0creelvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x02\n\x05\x41sset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12/\n\x06labels\x18\x05 \x03(\x0b\x32\x1f.reelvault.v1.Asset.LabelsEntry\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\x0c\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe2\x01\n\rAssetMetadata\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.reelvault.v1.AssetMetadata.LabelsEntry\x12\x1a\n\rexpected_size\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0f\x65xpected_sha256\x18\x05 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x10\n\x0e_expected_size\"\x84\x01\n\rUploadRequest\x12/\n\x08metadata\x18\x01 \x01(\x0b\x32\x1b.reelvault.v1.AssetMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12&\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x17.reelvault.v1.UploadEndH\x00\x42\t\n\x07payload\"7\n\tUploadEnd\x12\x11\n\x04size\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x42\x07\n\x05_size\"+\n\tByteRange\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0e\n\x06length\x18\x02 \x01(\x03\"t\n\x0f\x44ownloadRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12-\n\nbyte_range\x18\x02 \x01(\x0b\x32\x17.reelvault.v1.ByteRangeH\x00\x12\x17\n\rsuffix_length\x18\x03 \x01(\x03H\x00\x42\x07\n\x05range\"T\n\x0e\x44ownloadHeader\x12\"\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x13.reelvault.v1.Asset\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"^\n\x10\x44ownloadResponse\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.reelvault.v1.DownloadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"$\n\x10StatAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\"J\n\x11ListAssetsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x12ListAssetsResponse\x12#\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x13.reelvault.v1.Asset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x44\x65leteAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAssetResponse2\x80\x03\n\x0c\x41ssetService\x12<\n\x06Upload\x12\x1b.reelvault.v1.UploadRequest\x1a\x13.reelvault.v1.Asset(\x01\x12K\n\x08\x44ownload\x12\x1d.reelvault.v1.DownloadRequest\x1a\x1e.reelvault.v1.DownloadResponse0\x01\x12@\n\tStatAsset\x12\x1e.reelvault.v1.StatAssetRequest\x1a\x13.reelvault.v1.Asset\x12O\n\nListAssets\x12\x1f.reelvault.v1.ListAssetsRequest\x1a .reelvault.v1.ListAssetsResponse\x12R\n\x0b\x44\x65leteAsset\x12 .reelvault.v1.DeleteAssetRequest\x1a!.reelvault.v1.DeleteAssetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18reelvault/v1/asset.proto\x12\x0creelvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x02\n\x05\x41sset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12/\n\x06labels\x18\x05 \x03(\x0b\x32\x1f.reelvault.v1.Asset.LabelsEntry\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\x0c\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bkek_version\x18\n \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe2\x01\n\rAssetMetadata\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.reelvault.v1.AssetMetadata.LabelsEntry\x12\x1a\n\rexpected_size\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0f\x65xpected_sha256\x18\x05 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x10\n\x0e_expected_size\"\x84\x01\n\rUploadRequest\x12/\n\x08metadata\x18\x01 \x01(\x0b\x32\x1b.reelvault.v1.AssetMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12&\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x17.reelvault.v1.UploadEndH\x00\x42\t\n\x07payload\"7\n\tUploadEnd\x12\x11\n\x04size\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x42\x07\n\x05_size\"+\n\tByteRange\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0e\n\x06length\x18\x02 \x01(\x03\"t\n\x0f\x44ownloadRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12-\n\nbyte_range\x18\x02 \x01(\x0b\x32\x17.reelvault.v1.ByteRangeH\x00\x12\x17\n\rsuffix_length\x18\x03 \x01(\x03H\x00\x42\x07\n\x05range\"T\n\x0e\x44ownloadHeader\x12\"\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x13.reelvault.v1.Asset\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"^\n\x10\x44ownloadResponse\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.reelvault.v1.DownloadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"$\n\x10StatAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\"J\n\x11ListAssetsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x12ListAssetsResponse\x12#\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x13.reelvault.v1.Asset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x44\x65leteAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAssetResponse2\x80\x03\n\x0c\x41ssetService\x12<\n\x06Upload\x12\x1b.reelvault.v1.UploadRequest\x1a\x13.reelvault.v1.Asset(\x01\x12K\n\x08\x44ownload\x12\x1d.reelvault.v1.DownloadRequest\x1a\x1e.reelvault.v1.DownloadResponse0\x01\x12@\n\tStatAsset\x12\x1e.reelvault.v1.StatAssetRequest\x1a\x13.reelvault.v1.Asset\x12O\n\nListAssets\x12\x1f.reelvault.v1.ListAssetsRequest\x1a .reelvault.v1.ListAssetsResponse\x12R\n\x0b\x44\x65leteAsset\x12 .reelvault.v1.DeleteAssetRequest\x1a!.reelvault.v1.DeleteAssetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,35 +37,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSETMETADATA_LABELSENTRY']._loaded_options = None
   _globals['_ASSETMETADATA_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ASSET']._serialized_start=76
-  _globals['_ASSET']._serialized_end=339
-  _globals['_ASSET_LABELSENTRY']._serialized_start=294
-  _globals['_ASSET_LABELSENTRY']._serialized_end=339
-  _globals['_ASSETMETADATA']._serialized_start=342
-  _globals['_ASSETMETADATA']._serialized_end=568
-  _globals['_ASSETMETADATA_LABELSENTRY']._serialized_start=294
-  _globals['_ASSETMETADATA_LABELSENTRY']._serialized_end=339
-  _globals['_UPLOADREQUEST']._serialized_start=571
-  _globals['_UPLOADREQUEST']._serialized_end=703
-  _globals['_UPLOADEND']._serialized_start=705
-  _globals['_UPLOADEND']._serialized_end=760
-  _globals['_BYTERANGE']._serialized_start=762
-  _globals['_BYTERANGE']._serialized_end=805
-  _globals['_DOWNLOADREQUEST']._serialized_start=807
-  _globals['_DOWNLOADREQUEST']._serialized_end=923
-  _globals['_DOWNLOADHEADER']._serialized_start=925
-  _globals['_DOWNLOADHEADER']._serialized_end=1009
-  _globals['_DOWNLOADRESPONSE']._serialized_start=1011
-  _globals['_DOWNLOADRESPONSE']._serialized_end=1105
-  _globals['_STATASSETREQUEST']._serialized_start=1107
-  _globals['_STATASSETREQUEST']._serialized_end=1143
-  _globals['_LISTASSETSREQUEST']._serialized_start=1145
-  _globals['_LISTASSETSREQUEST']._serialized_end=1219
-  _globals['_LISTASSETSRESPONSE']._serialized_start=1221
-  _globals['_LISTASSETSRESPONSE']._serialized_end=1303
-  _globals['_DELETEASSETREQUEST']._serialized_start=1305
-  _globals['_DELETEASSETREQUEST']._serialized_end=1343
-  _globals['_DELETEASSETRESPONSE']._serialized_start=1345
-  _globals['_DELETEASSETRESPONSE']._serialized_end=1366
-  _globals['_ASSETSERVICE']._serialized_start=1369
-  _globals['_ASSETSERVICE']._serialized_end=1753
+  _globals['_ASSET']._serialized_end=360
+  _globals['_ASSET_LABELSENTRY']._serialized_start=315
+  _globals['_ASSET_LABELSENTRY']._serialized_end=360
+  _globals['_ASSETMETADATA']._serialized_start=363
+  _globals['_ASSETMETADATA']._serialized_end=589
+  _globals['_ASSETMETADATA_LABELSENTRY']._serialized_start=315
+  _globals['_ASSETMETADATA_LABELSENTRY']._serialized_end=360
+  _globals['_UPLOADREQUEST']._serialized_start=592
+  _globals['_UPLOADREQUEST']._serialized_end=724
+  _globals['_UPLOADEND']._serialized_start=726
+  _globals['_UPLOADEND']._serialized_end=781
+  _globals['_BYTERANGE']._serialized_start=783
+  _globals['_BYTERANGE']._serialized_end=826
+  _globals['_DOWNLOADREQUEST']._serialized_start=828
+  _globals['_DOWNLOADREQUEST']._serialized_end=944
+  _globals['_DOWNLOADHEADER']._serialized_start=946
+  _globals['_DOWNLOADHEADER']._serialized_end=1030
+  _globals['_DOWNLOADRESPONSE']._serialized_start=1032
+  _globals['_DOWNLOADRESPONSE']._serialized_end=1126
+  _globals['_STATASSETREQUEST']._serialized_start=1128
+  _globals['_STATASSETREQUEST']._serialized_end=1164
+  _globals['_LISTASSETSREQUEST']._serialized_start=1166
+  _globals['_LISTASSETSREQUEST']._serialized_end=1240
+  _globals['_LISTASSETSRESPONSE']._serialized_start=1242
+  _globals['_LISTASSETSRESPONSE']._serialized_end=1324
+  _globals['_DELETEASSETREQUEST']._serialized_start=1326
+  _globals['_DELETEASSETREQUEST']._serialized_end=1364
+  _globals['_DELETEASSETRESPONSE']._serialized_start=1366
+  _globals['_DELETEASSETRESPONSE']._serialized_end=1387
+  _globals['_ASSETSERVICE']._serialized_start=1390
+  _globals['_ASSETSERVICE']._serialized_end=1774
 # @@protoc_insertion_point(module_scope)

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Asset(_message.Message):
-    __slots__ = ("id", "tenant_id", "path", "content_type", "labels", "size", "sha256", "etag", "create_time")
+    __slots__ = ("id", "tenant_id", "path", "content_type", "labels", "size", "sha256", "etag", "create_time", "kek_version")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Asset(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    KEK_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant_id: str
     path: str
@@ -36,7 +37,8 @@ class Asset(_message.Message):
     sha256: bytes
     etag: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., path: _Optional[str] = ..., content_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., etag: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    kek_version: int
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., path: _Optional[str] = ..., content_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., etag: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kek_version: _Optional[int] = ...) -> None: ...
 
 class AssetMetadata(_message.Message):
     __slots__ = ("path", "content_type", "labels", "expected_size", "expected_sha256")
