@@ -813,6 +813,7 @@ class AssetUpload:
         self._size = 0
         self._state = "open"
         self._object_completed = False
+        self._completing = False  # the object's last request (a PUT or the completion) sent
         try:
             target.write(sealer.header)
         except BaseException:
@@ -868,6 +869,7 @@ class AssetUpload:
                 raise InvalidArgument("SHA-256 of the uploaded bytes differs from the expected")
             for piece in self._sealer.finish():
                 self._target.write(piece)
+            self._completing = True
             self._target.complete()
             self._object_completed = True
             info = self._assets._commit(self, self._size, digest)
@@ -885,6 +887,15 @@ class AssetUpload:
         self._state = "aborted"
         self._assets._live.pop(self.object_key, None)
         store = self._assets._store
+        # Whether storage may hold something of this upload that the cleanup below cannot
+        # be sure to remove: a multipart upload was begun (its abort may run on in the
+        # background after a failure), or the object's last request was sent (a PUT that
+        # timed out may still land). Such a key becomes a deletion record, for gc.
+        uncertain = (
+            self._object_completed
+            or self._completing
+            or getattr(self._target, "upload_id", None) is not None
+        )
         with deadline.bound(None):
             try:
                 if self._object_completed:
@@ -895,8 +906,11 @@ class AssetUpload:
                 # Storage may still hold it: the key moves to deleted_objects, for gc.
                 self._assets._retire_upload(self.object_key)
                 raise
-            # Only once storage is clean: if a crash comes first, gc sees the row.
-            self._assets._forget_upload(self.object_key)
+            if uncertain:
+                self._assets._retire_upload(self.object_key)
+            else:
+                # Only once storage is clean: if a crash comes first, gc sees the row.
+                self._assets._forget_upload(self.object_key)
 
     def _check_open(self) -> None:
         if self._state != "open":

@@ -329,6 +329,10 @@ def deployment(postgres: Postgres, store: Store, tmp_path: Path) -> Iterator[Dep
     tenant = vault.tenant_keys.create_tenant("faults")
     token = vault.api_keys.create(tenant_id=tenant.id, role=Role.INGEST)[1]
     env = serve_environment(database, store.server, keyring, tmp_path / "data", BUCKET)
+    # The load is one tenant's: give it the whole process, so that the faults, not the
+    # per-tenant share of admission control, decide what fails.
+    env["REELVAULT_MAX_UPLOADS_PER_TENANT"] = "16"
+    env["REELVAULT_MAX_DOWNLOADS_PER_TENANT"] = "64"
     deployment = Deployment(database, keyring, store, token, env)
     try:
         yield deployment
