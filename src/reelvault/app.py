@@ -86,7 +86,7 @@ class Vault:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
+    def from_settings(cls, settings: Settings, *, migrate: bool = True) -> Self:
         """Open the catalog (migrating it to the newest schema), the root key provider and
         the object store named by ``settings``, each measured for the metrics endpoint
         (:mod:`reelvault.instrument`).
@@ -99,7 +99,8 @@ class Vault:
         database = Database(settings.resolved_database_url, timeout=settings.catalog_timeout)
         try:
             instrument_catalog(database)
-            database.migrate()
+            if migrate:  # serve --check looks, and never changes what it checks
+                database.migrate()
             return cls.from_parts(
                 database=database,
                 root=InstrumentedKeyProvider(_root_provider(settings)),
@@ -128,7 +129,10 @@ class Vault:
             raise
 
     def close(self) -> None:
-        """Release connections: the catalog's pool and the object store's HTTP client."""
+        """Write what is pending (API keys' last use), then release connections: the
+        catalog's pool and the object store's HTTP client."""
+        with contextlib.suppress(Exception):  # best effort at shutdown
+            self.api_keys.flush_last_use()
         self.database.dispose()
         store = self.store.inner if isinstance(self.store, InstrumentedStore) else self.store
         if isinstance(store, S3ObjectStore):

@@ -161,8 +161,9 @@ class GcReport:
         multipart_uploads: ``(object key, upload id)`` of the multipart uploads aborted.
         deleted_keys: the objects deleted: deleted assets', abandoned uploads', and with
             ``delete_unknown`` the unknown ones.
-        unknown_keys: objects under ``t/`` the catalog has no record of; kept unless
-            ``delete_unknown`` (then also in ``deleted_keys``).
+        unknown_keys: objects under ``t/`` the catalog has no record of, and the complete
+            objects of stale upload rows (never committed here: a restored catalog's view of
+            a later commit); kept unless ``delete_unknown`` (then also in ``deleted_keys``).
         unknown_multipart_uploads: multipart uploads older than the threshold that no
             upload row and no deletion record owns; kept unless ``delete_unknown`` (then
             also in ``multipart_uploads``).
@@ -656,9 +657,17 @@ class Assets:
         knows to be garbage:
 
         - upload rows whose heartbeat stopped longer ago than the threshold (their process
-          died): each is moved to ``deleted_objects``, then handled as below;
+          died): each is moved to ``deleted_objects``, then handled as below. A stale row
+          whose key holds a complete object is removed without a record instead: that is
+          a restored catalog's view of an upload that committed after the backup (or a
+          crash between completing the object and committing the row), so the object is
+          reported as unknown and kept (unless ``delete_unknown``); only its multipart
+          uploads are aborted;
         - the objects in ``deleted_objects`` (deleted assets, abandoned uploads): their
-          multipart uploads are aborted, the objects deleted, the records cleared.
+          multipart uploads are aborted whatever their age, the objects deleted, and each
+          record cleared once it is older than the threshold: until then every run deletes
+          the key again, so an object that lands late (a PUT that timed out but was
+          applied) is still collected, not left unknown.
 
         Objects under ``t/`` and multipart uploads older than the threshold that the
         catalog has no record of (no asset, upload or deletion row) are reported, and
@@ -692,21 +701,36 @@ class Assets:
         # upload whose heartbeat came back meanwhile keeps it, and one whose row is claimed
         # can no longer commit (_commit needs its row), so gc never deletes the object of
         # an asset that committed while it ran.
+        # A stale row whose key already holds a complete object never committed in this
+        # catalog: either the catalog was restored from a backup taken while the upload
+        # ran (and production committed it since) or the process died between completing
+        # the object and committing. The object is not the catalog's to delete: it is
+        # reported as unknown, and its row goes without a deletion record.
+        complete = {key for key in candidates if self._store.head(key) is not None}
         if dry_run:
             stale = candidates
         else:
-            stale = [key for key in candidates if self._claim_stale(key, cutoff)]
+            stale = [
+                key
+                for key in candidates
+                if self._claim_stale(key, cutoff, record=key not in complete)
+            ]
+        complete.intersection_update(stale)
         with self._db.transaction(readonly=True) as session:
             garbage = set(session.scalars(select(DeletedObjectRow.object_key)))
-        garbage.update(stale)
+        garbage.update(key for key in stale if key not in complete)
 
         aborted: list[tuple[str, str]] = []
         unknown_uploads: list[tuple[str, str]] = []
-        for upload in self._store.list_multipart_uploads(older_than=cutoff.timestamp()):
+        # Listed whatever their age: a recorded key's multipart upload is aborted however
+        # young (its record is about to be cleared, or a later run must not find it
+        # unknown); only unknown ones wait for the threshold.
+        threshold = cutoff.timestamp()
+        for upload in self._store.list_multipart_uploads():
             entry = (upload.key, upload.upload_id)
-            if upload.key in garbage:
+            if upload.key in garbage or upload.key in complete:
                 aborted.append(entry)
-            elif self._owner(upload.key) is None:
+            elif upload.initiated < threshold and self._owner(upload.key) is None:
                 unknown_uploads.append(entry)
                 if delete_unknown:
                     aborted.append(entry)
@@ -715,7 +739,7 @@ class Assets:
         for key in self._store.list_keys("t/"):
             if key in garbage:
                 deleted.append(key)
-            elif self._owner(key) is None:
+            elif key in complete or self._owner(key) is None:
                 unknown.append(key)
                 if delete_unknown:
                     deleted.append(key)
@@ -735,13 +759,15 @@ class Assets:
             self._store.abort_multipart(key, upload_id)
         for key in deleted:
             self._store.delete(key)
-        # Every recorded key is cleared, listed or not: an object that is no longer
-        # stored (deleted before its record could be cleared, an upload that never
-        # completed) needs nothing more. Unknown keys had no record.
+        # Every recorded key is deleted, listed or not (idempotent, and removes any stray
+        # versions), but its record is cleared only once older than the threshold: a
+        # request sent before the record was written (a PUT that timed out, a multipart
+        # upload begun) may still land, and the record makes the next run delete it
+        # rather than report it unknown. Unknown keys had no record.
         for key in sorted(garbage):
             if key not in deleted:
-                self._store.delete(key)  # idempotent, and removes any stray versions
-            self._forget_deleted(key)
+                self._store.delete(key)
+            self._forget_deleted(key, before=cutoff)
         self._audit.record(
             "asset.gc",
             tenant_id=None,
@@ -756,8 +782,9 @@ class Assets:
         )
         return report
 
-    def _claim_stale(self, key: str, cutoff: datetime) -> bool:
-        """Move a dead upload's row to ``deleted_objects``, if it is still stale."""
+    def _claim_stale(self, key: str, cutoff: datetime, *, record: bool = True) -> bool:
+        """Move a dead upload's row to ``deleted_objects`` (or, without ``record``, only
+        remove it), if it is still stale."""
         with self._db.transaction() as session:
             result = session.execute(
                 delete(UploadRow).where(
@@ -766,13 +793,17 @@ class Assets:
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return False
-            if session.get(DeletedObjectRow, key) is None:
+            if record and session.get(DeletedObjectRow, key) is None:
                 session.add(DeletedObjectRow(object_key=key, deleted_at=self._now()))
             return True
 
-    def _forget_deleted(self, key: str) -> None:
+    def _forget_deleted(self, key: str, *, before: datetime | None = None) -> None:
+        """Clear the deletion record of ``key`` (only if written before ``before``)."""
+        statement = delete(DeletedObjectRow).where(DeletedObjectRow.object_key == key)
+        if before is not None:
+            statement = statement.where(DeletedObjectRow.deleted_at < before)
         with self._db.transaction() as session:
-            session.execute(delete(DeletedObjectRow).where(DeletedObjectRow.object_key == key))
+            session.execute(statement)
 
     def _owner(self, key: str) -> str | None:
         """Which catalog record owns a stored key: ``"upload"``, ``"asset"``,
@@ -890,7 +921,8 @@ class AssetUpload:
         # Whether storage may hold something of this upload that the cleanup below cannot
         # be sure to remove: a multipart upload was begun (its abort may run on in the
         # background after a failure), or the object's last request was sent (a PUT that
-        # timed out may still land). Such a key becomes a deletion record, for gc.
+        # timed out may still land). Such a key becomes a deletion record, for gc. (Every
+        # store's upload, the instrumented wrapper included, exposes ``upload_id``.)
         uncertain = (
             self._object_completed
             or self._completing

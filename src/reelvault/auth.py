@@ -55,10 +55,12 @@ from typing import Final
 
 import structlog
 from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import ApiKeyRow, Database, TenantRepository
+from reelvault.catalog.db import describe_failure
 from reelvault.clock import Clock
 from reelvault.crypto.names import valid_tenant_id
 from reelvault.errors import (
@@ -66,7 +68,6 @@ from reelvault.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
-    Unavailable,
 )
 
 __all__ = [
@@ -105,6 +106,8 @@ _UNAUTHENTICATED: Final = "invalid API key"
 LAST_USE_INTERVAL: Final = 60.0
 """Seconds: a key's last use is written at most this often, by each process and (through
 a conditional UPDATE) by all replicas together."""
+# Seconds the last-use writer thread stays idle before it exits (a new use restarts it).
+_WRITER_IDLE: Final = 30.0
 
 _log = structlog.get_logger("reelvault.auth")
 
@@ -190,15 +193,34 @@ class ApiKeys:
 
     Revocation is read from the catalog on every :meth:`authenticate` (nothing is cached),
     so it takes effect on every replica with the commit. Safe to share between threads.
+
+    A key's last use is not written on the call's path (a read-only or locked catalog must
+    not fail or stall authentication): :meth:`authenticate` only notes it in memory, and
+    :meth:`flush_last_use` writes what was noted, from a daemon thread started on the
+    first use (``background_writes=False``: only when called, as tests do).
     """
 
-    def __init__(self, database: Database, clock: Clock, *, auditor: Auditor | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        *,
+        auditor: Auditor | None = None,
+        background_writes: bool = True,
+    ) -> None:
         self._db = database
         self._clock = clock
         self._audit = auditor if auditor is not None else Auditor(NullAuditSink(), clock)
-        # key id -> when this process last wrote (or tried to write) its last use.
+        # key id -> when this process last noted its last use (written or not).
         self._use_written: dict[str, float] = {}
+        # key id -> the use noted and not yet written.
+        self._use_pending: dict[str, float] = {}
         self._use_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one flush at a time
+        self._flush_failing = False  # the last flush failed (warned once per streak)
+        self._background_writes = background_writes
+        self._writer: threading.Thread | None = None
+        self._wake = threading.Event()
 
     def create(
         self, *, tenant_id: str | None, role: Role, description: str = ""
@@ -309,33 +331,76 @@ class ApiKeys:
         self._note_use(principal.key_id)
         return principal
 
-    def _note_use(self, key_id: str) -> None:
-        """Record a successful use of the key, at most once per :data:`LAST_USE_INTERVAL`.
+    def flush_last_use(self) -> None:
+        """Write the last uses noted since the previous flush, in one transaction.
 
-        This process skips the write if it made one for the key within the interval; the
-        UPDATE's condition skips it if another replica did. A failed write is logged and
-        otherwise ignored: a last-use time is not worth failing a call for.
+        The UPDATE's condition skips a key whose stored last use is recent (another replica
+        wrote it). Never raises: a database that refuses the write (read-only, a standby,
+        locked, unreachable) is logged, as a warning the first time in a row, and the uses
+        are dropped (the next use after :data:`LAST_USE_INTERVAL` notes the key again).
         """
+        with self._flush_lock:
+            with self._use_lock:
+                pending, self._use_pending = self._use_pending, {}
+            if not pending:
+                return
+            try:
+                with self._db.transaction() as session:
+                    for key_id, now in sorted(pending.items()):
+                        moment = datetime.fromtimestamp(now, UTC)
+                        stale = moment - timedelta(seconds=LAST_USE_INTERVAL)
+                        session.execute(
+                            update(ApiKeyRow)
+                            .where(
+                                ApiKeyRow.id == key_id,
+                                or_(
+                                    ApiKeyRow.last_used_at.is_(None),
+                                    ApiKeyRow.last_used_at <= stale,
+                                ),
+                            )
+                            .values(last_used_at=moment)
+                        )
+            except Exception as exc:  # a last-use time is never worth failing anything for
+                log = _log.debug if self._flush_failing else _log.warning
+                self._flush_failing = True
+                log(
+                    "api key last use not recorded",
+                    keys=len(pending),
+                    error=type(exc).__name__,
+                    cause=_failure(exc),
+                )
+            else:
+                self._flush_failing = False
+
+    def _note_use(self, key_id: str) -> None:
+        """Note a successful use of the key for :meth:`flush_last_use`, at most once per
+        :data:`LAST_USE_INTERVAL` in this process. Touches no database."""
         now = self._clock.now()
         with self._use_lock:
             written = self._use_written.get(key_id)
             if written is not None and now - written < LAST_USE_INTERVAL:
                 return
             self._use_written[key_id] = now
-        moment = datetime.fromtimestamp(now, UTC)
-        stale = moment - timedelta(seconds=LAST_USE_INTERVAL)
-        try:
-            with self._db.transaction() as session:
-                session.execute(
-                    update(ApiKeyRow)
-                    .where(
-                        ApiKeyRow.id == key_id,
-                        or_(ApiKeyRow.last_used_at.is_(None), ApiKeyRow.last_used_at <= stale),
-                    )
-                    .values(last_used_at=moment)
+            self._use_pending[key_id] = now
+            if not self._background_writes:
+                return
+            self._wake.set()
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_uses, name="reelvault-api-key-last-use", daemon=True
                 )
-        except Unavailable as exc:
-            _log.warning("api key last use not recorded", key_id=key_id, error=str(exc))
+                self._writer.start()
+
+    def _write_uses(self) -> None:
+        """The writer thread: flush whenever a use is noted; exit once idle a while."""
+        while True:
+            if not self._wake.wait(_WRITER_IDLE):
+                with self._use_lock:
+                    if not self._wake.is_set():
+                        self._writer = None
+                        return
+            self._wake.clear()
+            self.flush_last_use()
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.now(), UTC)
@@ -438,6 +503,16 @@ def require_can_create_key(principal: Principal, *, tenant_id: str | None, role:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def _failure(exc: BaseException) -> str:
+    """One line on why a catalog write failed, without a password or the statement."""
+    described = describe_failure(exc)
+    if described is not None:
+        return described
+    original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(original).strip().splitlines()
+    return lines[0] if lines else type(original).__name__
 
 
 def _encode_secret(raw: bytes) -> str:

@@ -523,15 +523,25 @@ class Settings:
         env = os.environ if environ is None else environ
         if config_file is None and (named := env.get(CONFIG_FILE_ENV, "").strip()):
             config_file = named
-        names = set(_read_file(Path(config_file))) if config_file is not None else set()
-        names.update(item.name for item in dataclasses.fields(cls) if _env_name(item) in env)
+        read = _read_file(Path(config_file)) if config_file is not None else {}
+        names = set()
+        for item in dataclasses.fields(cls):
+            variable = _env_name(item)
+            # An empty value (REELVAULT_DATABASE_URL="", database_url = "") names nothing:
+            # load() reads it as unset, and the environment's wins over the file's.
+            if variable in env:
+                if env[variable].strip():
+                    names.add(item.name)
+            elif read.get(item.name) is not None:
+                names.add(item.name)
         return frozenset(names)
 
     # -- derived values --------------------------------------------------------------------
 
     @property
     def shown_database_url(self) -> str:
-        """:attr:`resolved_database_url` with any password masked, for messages."""
+        """:attr:`resolved_database_url` with any password masked (in the user part or a
+        query parameter), for messages."""
         return _hide_password(self.resolved_database_url)
 
     @property
@@ -627,12 +637,20 @@ class Settings:
         )
         if self.database_url is not None:
             try:
-                make_url(self.database_url)
+                url = make_url(self.database_url)
             except ArgumentError:
                 raise ConfigurationError(
                     f"{_env('database_url')}: not a database URL "
                     "(expected sqlite:///... or postgresql+psycopg://...)"
                 ) from None
+            # An unencoded @ in the password: the rest of the password becomes the host
+            # (and would be shown as one). Never echo the URL here.
+            self._check(
+                "@" not in (url.username or "") and "@" not in (url.host or ""),
+                "database_url",
+                "the user or password holds an unencoded '@': percent-encode the password "
+                "(@ as %40; likewise : as %3A, / as %2F, ? as %3F, # as %23, % as %25)",
+            )
 
     @staticmethod
     def _check(condition: bool, name: str, problem: str) -> None:
@@ -693,7 +711,6 @@ def _show(value: object) -> str:
 
 
 def _hide_password(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return _MASK
+    from reelvault.catalog.db import safe_url  # noqa: PLC0415 - startup time
+
+    return safe_url(url)

@@ -254,6 +254,14 @@ class _InstrumentedUpload:
     def key(self) -> str:
         return self._inner.key
 
+    @property
+    def upload_id(self) -> str | None:
+        """The inner upload's multipart upload id (None while it has none, or if it is not
+        a multipart upload at all): AssetUpload.abort reads it to know whether storage may
+        still hold a multipart upload after a failure."""
+        upload_id = getattr(self._inner, "upload_id", None)
+        return upload_id if isinstance(upload_id, str) else None
+
     def write(self, data: BytesLike) -> None:
         with self._meter.measure("upload_write", traced=False):
             self._inner.write(data)

@@ -7,10 +7,13 @@ order, and each failure is one line naming the setting(s) and the cause:
 
 * ``tls``: the certificate chain and key load and belong together; a client CA file holds
   certificates and no private key (stdlib :mod:`ssl`, which loads them as gRPC will);
-* ``catalog``: reachable and at the newest migration (``serve`` migrates it first);
+* ``catalog``: reachable and at the newest migration (``serve`` migrates it first;
+  ``serve --check`` never migrates, and accepts an older schema that ``serve`` would
+  migrate, refusing only one this version does not know);
 * ``store``: the bucket exists (HEAD bucket; it is never created here, only ``reelvault
   dev`` creates one) and the credentials may write and delete in it (a probe object under
-  ``readiness/preflight-<random>``, outside ``t/``);
+  ``t/.probe/preflight-<random>``: inside ``t/``, where the documented IAM policy lets the
+  service write, under a name no tenant prefix can take, since tenant ids are hex);
 * ``key_provider``: the root key provider wraps a fresh key and unwraps it again.
 
 ``serve`` stops on the first failing round (:func:`verify`); ``serve --check`` reports every
@@ -21,7 +24,6 @@ The causes named here go to the operator, never to a client.
 from __future__ import annotations
 
 import dataclasses
-import re
 import secrets
 import ssl
 from collections.abc import Callable
@@ -31,12 +33,16 @@ from typing import Final
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError
 
 from reelvault.app import Vault
 from reelvault.catalog import Database
-from reelvault.catalog.db import describe_failure, head_revision
+from reelvault.catalog.db import (
+    describe_failure,
+    head_revision,
+    is_known_revision,
+    safe_endpoint,
+    safe_url,
+)
 from reelvault.config import Settings
 from reelvault.errors import ConfigurationError, ReelvaultError, Unavailable
 from reelvault.instrument import InstrumentedKeyProvider, InstrumentedStore
@@ -60,14 +66,15 @@ __all__ = [
 ]
 
 CHECKS: Final = ("tls", "catalog", "store", "key_provider")
-PROBE_PREFIX: Final = "readiness/preflight-"
+PROBE_PREFIX: Final = "t/.probe/preflight-"
 """Keys of the store probe: outside ``t/``, so never an asset; deleted at once."""
 
 _MASK: Final = "********"
 _DATABASE_URL: Final = "REELVAULT_DATABASE_URL"
 _S3_CREDENTIALS: Final = "REELVAULT_S3_ACCESS_KEY_ID, REELVAULT_S3_SECRET_ACCESS_KEY"
-_PROBE_CONTEXT: Final = {"purpose": "reelvault-preflight"}
-_PASSWORD_PARAMETER: Final = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
+# The two keys the documented KMS key policy requires of every request, with values no
+# tenant KEK can have (tenant ids are 32 hex digits, versions start at 1).
+_PROBE_CONTEXT: Final = {"reelvault:tenant": "preflight-probe", "reelvault:kek-version": "0"}
 
 _log = structlog.get_logger("reelvault.preflight")
 
@@ -105,8 +112,12 @@ class Report:
         return outcome | failed
 
 
-def open_vault(settings: Settings) -> Vault:
+def open_vault(settings: Settings, *, migrate: bool = True) -> Vault:
     """:meth:`Vault.from_settings`, with a catalog failure's cause in the error's one line.
+
+    Args:
+        migrate: bring the catalog to the newest schema (``serve``); ``serve --check``
+            passes False: a check must not change what it checks.
 
     Raises:
         ConfigurationError: as ``from_settings``; a SQLite catalog that cannot be created.
@@ -114,7 +125,7 @@ def open_vault(settings: Settings) -> Vault:
             driver's reason (wrong database, user, port, refused connection), no password.
     """
     try:
-        return Vault.from_settings(settings)
+        return Vault.from_settings(settings, migrate=migrate)
     except Unavailable as exc:
         cause = describe_failure(exc)
         if cause is None:
@@ -149,13 +160,13 @@ def check(settings: Settings) -> Report:
     """``serve --check``: open the vault as ``serve`` would and run every check; nothing is
     left open. ``ok`` if the service would start."""
     try:
-        vault = open_vault(settings)
+        vault = open_vault(settings, migrate=False)
     except ReelvaultError as exc:
         kind = "catalog" if exc.message.startswith(_DATABASE_URL) else "configuration"
         tls = _attempt("tls", lambda: check_tls(settings))
         return Report(ran=("tls",), failures=[*tls, Failure(kind, exc)])
     try:
-        return Report(ran=CHECKS, failures=_run(vault, settings))
+        return Report(ran=CHECKS, failures=_run(vault, settings, migrated=False))
     finally:
         vault.close()
 
@@ -189,7 +200,7 @@ def check_tls(settings: Settings) -> None:
         _certificates(settings.tls_client_ca_file, "REELVAULT_TLS_CLIENT_CA_FILE", roots=True)
 
 
-def check_catalog(database: Database) -> None:
+def check_catalog(database: Database, *, migrates: bool = True) -> None:
     """The catalog answers and is at the newest migration this reelvault ships.
 
     Raises:
@@ -202,11 +213,19 @@ def check_catalog(database: Database) -> None:
         cause = describe_failure(exc) or exc.message
         raise Unavailable(f"{_DATABASE_URL}: catalog database unavailable: {cause}") from None
     head = head_revision()
-    if current != head:
+    if current == head:
+        return
+    if current is not None and not is_known_revision(current):
         raise ConfigurationError(
-            f"{_DATABASE_URL}: the catalog is at schema revision {current}, this reelvault "
-            f"expects {head} (was it migrated by a newer version?)"
+            f"{_DATABASE_URL}: the catalog is at schema revision {current}, unknown to this "
+            f"reelvault (newest {head}): was it migrated by a newer version?"
         )
+    if not migrates:
+        return  # an older schema (or none yet): `serve` migrates it when it starts
+    raise ConfigurationError(
+        f"{_DATABASE_URL}: the catalog is at schema revision {current or 'none'}, "
+        f"expected {head} after migrating"
+    )
 
 
 def check_store(store: ObjectStore, settings: Settings) -> None:
@@ -278,6 +297,8 @@ def effective_settings(settings: Settings) -> list[tuple[str, str]]:
             value = settings.resolved_keyring_path
         elif item.metadata["secret"] and value is not None:
             value = _MASK
+        elif item.name.endswith(("_endpoint_url", "_endpoint")) and isinstance(value, str):
+            value = safe_endpoint(value)
         rows.append((variable, "" if value is None else str(value)))
     return rows
 
@@ -285,10 +306,10 @@ def effective_settings(settings: Settings) -> list[tuple[str, str]]:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _run(vault: Vault, settings: Settings) -> list[Failure]:
+def _run(vault: Vault, settings: Settings, *, migrated: bool = True) -> list[Failure]:
     checks: dict[str, Callable[[], None]] = {
         "tls": lambda: check_tls(settings),
-        "catalog": lambda: check_catalog(vault.database),
+        "catalog": lambda: check_catalog(vault.database, migrates=migrated),
         "store": lambda: check_store(vault.store, settings),
         "key_provider": lambda: check_key_provider(vault.root, settings),
     }
@@ -307,7 +328,7 @@ def _store_error(
     exc: BotoCoreError | ClientError, settings: Settings, operation: str
 ) -> ReelvaultError:
     mapped = map_error(exc)
-    endpoint = settings.s3_endpoint_url or "AWS S3"
+    endpoint = safe_endpoint(settings.s3_endpoint_url) if settings.s3_endpoint_url else "AWS S3"
     bucket = settings.s3_bucket
     code = _aws_code(exc)
     if code in {"NoSuchBucket", "404", "NotFound"}:
@@ -365,8 +386,4 @@ def _certificates(path: Path, variable: str, *, roots: bool = False) -> None:
 
 
 def _hidden_url(url: str) -> str:
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return _MASK
-    return _PASSWORD_PARAMETER.sub(r"\1***", shown)
+    return safe_url(url)

@@ -37,8 +37,9 @@ from reelvault.storage import ObjectStore
 __all__ = ["DEPENDENCIES", "PROBE_KEY", "Readiness"]
 
 DEPENDENCIES: Final = ("catalog", "store", "key_provider")
-PROBE_KEY: Final = "readiness/probe"
-"""The key the store probe asks for (outside ``t/``; never written)."""
+PROBE_KEY: Final = "t/.probe/readiness"
+"""The key the store probe asks for: never written, under ``t/`` (where the documented IAM
+policy lets the service read) and under a name no tenant prefix can take."""
 
 _log = structlog.get_logger("reelvault.readiness")
 

@@ -102,10 +102,14 @@ def _is_secret(key: str, value: object) -> bool:
 
 
 def _has_password(url: str) -> bool:
+    """A password in the user part or in any ``*password*`` query parameter."""
     try:
-        return bool(make_url(url).password)
+        parsed = make_url(url)
     except ArgumentError:
         return False
+    return bool(parsed.password) or any(
+        "password" in name.lower() and value for name, value in parsed.query.items()
+    )
 
 
 def _mode(path: Path) -> int | None:

@@ -95,9 +95,11 @@ async def exporting(settings: Settings) -> AsyncIterator[None]:
     provider.add_span_processor(
         BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.tracing_endpoint))
     )
+    from reelvault.catalog.db import safe_endpoint  # noqa: PLC0415 - only when tracing
+
     _log.info(
         "tracing",
-        endpoint=settings.tracing_endpoint,
+        endpoint=safe_endpoint(settings.tracing_endpoint),
         service_name=settings.tracing_service_name,
         sample_ratio=settings.tracing_sample_ratio,
     )

@@ -16,7 +16,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -126,7 +126,10 @@ def test_dry_run_lists_then_a_run_deletes_only_known_garbage(
     garbage = put(vault, tenant, "deleted.mp4")
     with vault.database.transaction() as session:
         session.execute(delete(AssetRow).where(AssetRow.object_key == garbage))
-        session.add(DeletedObjectRow(object_key=garbage, deleted_at=datetime.now(UTC)))
+        # recorded long enough ago: gc keeps a record younger than its threshold
+        session.add(
+            DeletedObjectRow(object_key=garbage, deleted_at=datetime.now(UTC) - timedelta(hours=2))
+        )
     stored = {kept, unknown, garbage}
 
     dry = run(

@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
 from reelvault import preflight
+from reelvault.catalog import Database
 from reelvault.cli import main
 from reelvault.config import Settings
 from reelvault.errors import ConfigurationError, KeyUnavailable, Unavailable
@@ -93,7 +94,7 @@ def test_a_good_configuration_passes_and_leaves_nothing_behind(
     assert report["settings"]["REELVAULT_S3_BUCKET"] == environ["REELVAULT_S3_BUCKET"]
     assert report["settings"]["REELVAULT_S3_SECRET_ACCESS_KEY"] == "********"
     store = seaweed.object_store(environ["REELVAULT_S3_BUCKET"], create=False)
-    assert list(store.list_keys("readiness/")) == []
+    assert list(store.list_keys("t/.probe/")) == []
 
 
 def test_the_effective_settings_never_show_a_secret(
@@ -331,3 +332,29 @@ def test_serve_reports_an_unreachable_catalog_in_one_line(
     assert message.startswith("REELVAULT_DATABASE_URL (postgresql+psycopg://reelvault:***@")
     assert "refused" in message.lower()
     assert password not in message + capsys.readouterr().err
+
+
+def test_check_never_migrates_and_a_newer_schema_is_one_line(
+    environ: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """``serve --check`` looks and never changes what it checks (a new version's check in
+    a deployment pipeline must not migrate production); a catalog at a revision this
+    version does not know stops ``--check`` and ``serve`` with one line each, no alembic
+    traceback (review findings)."""
+    database = Database(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+    try:
+        code, _report, errors = _check(capsys)
+        assert (code, errors) == (0, []), errors
+        assert database.schema_revision() is None  # nothing migrated
+        database.migrate()
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+        code, _report, errors = _check(capsys)
+        assert code == 1
+        assert len(errors) == 1 and "unknown to this reelvault" in errors[0], errors
+        assert main(["serve"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "newer version" in err[-1] and err[-1].startswith("reelvault: error:"), err
+        assert not any("Traceback" in line for line in err), err
+    finally:
+        database.dispose()

@@ -13,14 +13,18 @@ import pathlib
 import pkgutil
 import re
 import secrets
+import sqlite3
 import string
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
+from structlog.testing import capture_logs
 
 import reelvault.auth
 import reelvault.v1
@@ -53,7 +57,8 @@ TENANT_B = "b" * 32
 
 @pytest.fixture
 def api_keys(database: Database, clock: FakeClock) -> ApiKeys:
-    return ApiKeys(database, clock)
+    # Last uses are written when a test calls flush_last_use(), not by a thread.
+    return ApiKeys(database, clock, background_writes=False)
 
 
 @pytest.fixture
@@ -159,6 +164,7 @@ def test_a_tenant_key_authenticates_as_its_tenant_and_role(
     assert principal.role is role
     assert not principal.is_platform_admin
     assert not principal.is_platform
+    api_keys.flush_last_use()
     assert api_keys.get(info.id) == dataclasses.replace(info, last_used_at=info.created_at)
 
 
@@ -245,6 +251,7 @@ def test_a_revoked_key_no_longer_authenticates(
 ) -> None:
     info, token = api_keys.create(tenant_id=tenant_id, role=Role.RENDERER)
     api_keys.authenticate(token)
+    api_keys.flush_last_use()
     clock.advance(10)
 
     revoked = api_keys.revoke(info.id)
@@ -260,6 +267,8 @@ def test_a_revoked_key_no_longer_authenticates(
 
 
 def _last_used(api_keys: ApiKeys, key_id: str) -> datetime | None:
+    """The stored last use, once the uses noted so far are written."""
+    api_keys.flush_last_use()
     return api_keys.get(key_id).last_used_at
 
 
@@ -290,15 +299,15 @@ def test_another_replica_does_not_rewrite_a_fresh_last_use(
     info, token = api_keys.create(tenant_id=tenant_id, role=Role.INGEST)
     api_keys.authenticate(token)
     first = _last_used(api_keys, info.id)
-    replica = ApiKeys(database, clock)
+    replica = ApiKeys(database, clock, background_writes=False)
 
     clock.advance(30)
     replica.authenticate(token)
-    assert _last_used(api_keys, info.id) == first
+    assert _last_used(replica, info.id) == first
 
     clock.advance(LAST_USE_INTERVAL)
     replica.authenticate(token)
-    assert _last_used(api_keys, info.id) == datetime.fromtimestamp(clock.now(), UTC)
+    assert _last_used(replica, info.id) == datetime.fromtimestamp(clock.now(), UTC)
 
 
 @pytest.mark.db
@@ -330,8 +339,110 @@ def test_a_catalog_that_refuses_the_write_does_not_fail_authentication(
 
     monkeypatch.setattr(database, "transaction", reads_only)
     assert api_keys.authenticate(token).key_id == info.id
+    api_keys.flush_last_use()  # the refused write: logged, not raised
     monkeypatch.undo()
     assert _last_used(api_keys, info.id) is None
+
+
+@pytest.mark.db
+def test_a_read_only_catalog_does_not_fail_authentication_and_is_logged_once(
+    database: Database,
+    api_keys: ApiKeys,
+    clock: FakeClock,
+    tenant_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What PostgreSQL says on a standby or with default_transaction_read_only.
+    info, token = api_keys.create(tenant_id=tenant_id, role=Role.INGEST)
+    transaction = database.transaction
+
+    @contextlib.contextmanager
+    def read_only(*, readonly: bool = False) -> Iterator[Session]:
+        with transaction(readonly=readonly) as session:
+            if not readonly:
+                raise sa.exc.InternalError(
+                    "UPDATE api_keys ...",
+                    {},
+                    Exception("cannot execute UPDATE in a read-only transaction"),
+                )
+            yield session
+
+    monkeypatch.setattr(reelvault.auth, "_log", structlog.get_logger("reelvault.auth"))
+    monkeypatch.setattr(database, "transaction", read_only)
+    with capture_logs() as logs:
+        assert api_keys.authenticate(token).key_id == info.id
+        api_keys.flush_last_use()
+        clock.advance(LAST_USE_INTERVAL)
+        assert api_keys.authenticate(token).key_id == info.id
+        api_keys.flush_last_use()
+    monkeypatch.undo()
+    assert _last_used(api_keys, info.id) is None
+    noted = [line for line in logs if line["event"] == "api key last use not recorded"]
+    assert [line["log_level"] for line in noted] == ["warning", "debug"]
+    assert noted[0]["cause"] == "cannot execute UPDATE in a read-only transaction"
+
+    clock.advance(LAST_USE_INTERVAL)  # writable again: the next use is written
+    api_keys.authenticate(token)
+    assert _last_used(api_keys, info.id) == datetime.fromtimestamp(clock.now(), UTC)
+
+
+@pytest.mark.db
+def test_a_read_only_sqlite_catalog_does_not_fail_authentication(
+    database: Database, clock: FakeClock, tenant_id: str, tmp_path: pathlib.Path
+) -> None:
+    if database.dialect_name != "sqlite":
+        pytest.skip("a read-only file is SQLite's")
+    info, token = ApiKeys(database, clock).create(tenant_id=tenant_id, role=Role.INGEST)
+    read_only = Database(f"sqlite:///file:{tmp_path / 'catalog.sqlite3'}?mode=ro&uri=true")
+    try:
+        keys = ApiKeys(read_only, clock, background_writes=False)
+        assert keys.authenticate(token).key_id == info.id
+        keys.flush_last_use()  # refused by SQLite: not raised
+        assert keys.get(info.id).last_used_at is None
+    finally:
+        read_only.dispose()
+
+
+@pytest.mark.db
+def test_a_locked_sqlite_catalog_does_not_delay_authentication(
+    database: Database, clock: FakeClock, tenant_id: str, tmp_path: pathlib.Path
+) -> None:
+    if database.dialect_name != "sqlite":
+        pytest.skip("SQLite's write lock")
+    info, token = ApiKeys(database, clock).create(tenant_id=tenant_id, role=Role.INGEST)
+    path = tmp_path / "catalog.sqlite3"
+    slow = Database(f"sqlite:///{path}", busy_timeout=2.0)
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        keys = ApiKeys(slow, clock)  # the background writer waits for the lock, not us
+        writer.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        started = time.monotonic()
+        for _ in range(3):
+            assert keys.authenticate(token).key_id == info.id
+            clock.advance(LAST_USE_INTERVAL)
+        assert time.monotonic() - started < 1.0
+        writer.execute("ROLLBACK")
+        keys.authenticate(token)
+        deadline = time.monotonic() + 10
+        while keys.get(info.id).last_used_at is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert keys.get(info.id).last_used_at is not None
+    finally:
+        writer.close()
+        slow.dispose()
+
+
+@pytest.mark.db
+def test_last_use_is_written_in_the_background(
+    database: Database, clock: FakeClock, tenant_id: str
+) -> None:
+    keys = ApiKeys(database, clock)
+    info, token = keys.create(tenant_id=tenant_id, role=Role.INGEST)
+    keys.authenticate(token)
+    deadline = time.monotonic() + 10
+    while keys.get(info.id).last_used_at is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert keys.get(info.id).last_used_at == datetime.fromtimestamp(clock.now(), UTC)
 
 
 @pytest.mark.db

@@ -142,3 +142,28 @@ def test_the_announced_catalog_hides_its_password(
     err = capsys.readouterr().err
     assert "reelvault apikey bootstrap: catalog postgresql+psycopg://admin:***@" in err
     assert "hunter2" not in err
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_database_url_does_not_name_the_catalog(
+    empty_cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """REELVAULT_DATABASE_URL="" reads as unset: it named nothing, and the command made
+    .reelvault/catalog.sqlite3 here."""
+    monkeypatch.setenv("REELVAULT_DATABASE_URL", value)
+    assert main(["apikey", "bootstrap", "--out", "admin.token"]) == 1
+    err = capsys.readouterr().err
+    assert "would act on the dev defaults" in err
+    assert list(empty_cwd.iterdir()) == []  # no catalog, no secret file
+
+
+def test_an_empty_database_url_in_the_environment_hides_the_configs(
+    empty_cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment's empty value wins over the file's, so the defaults would be used."""
+    config = empty_cwd / "reelvault.toml"
+    config.write_text(f'database_url = "sqlite:///{empty_cwd / "prod.sqlite3"}"\n')
+    monkeypatch.setenv("REELVAULT_DATABASE_URL", "")
+    assert main(["apikey", "bootstrap", "--config", str(config), "--out", "admin.token"]) == 1
+    assert "would act on the dev defaults" in capsys.readouterr().err
+    assert sorted(path.name for path in empty_cwd.iterdir()) == ["reelvault.toml"]

@@ -89,3 +89,11 @@ def test_warnings_are_logged_at_warning_level(tmp_path: Path) -> None:
         warn_at_startup(Settings(grpc_host="0.0.0.0"), path)
     assert [entry["log_level"] for entry in logs] == ["warning", "warning"]
     assert SECRET not in repr(logs)
+
+
+def test_a_password_in_a_query_parameter_counts_as_a_secret():
+    from reelvault.startup_warnings import _has_password  # noqa: PLC0415
+
+    assert _has_password("postgresql+psycopg://rv@db/reelvault?password=s3cret")
+    assert _has_password("postgresql+psycopg://rv@db/reelvault?host=x&PGPASSWORD=s3cret")
+    assert not _has_password("postgresql+psycopg://rv@db/reelvault?sslmode=require")

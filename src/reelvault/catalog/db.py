@@ -31,15 +31,23 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, InternalError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from reelvault._files import ensure_private
 from reelvault.errors import ConfigurationError, IntegrityError, Unavailable
 
-__all__ = ["DEFAULT_URL", "Database", "describe_failure", "head_revision"]
+__all__ = [
+    "DEFAULT_URL",
+    "Database",
+    "describe_failure",
+    "head_revision",
+    "safe_endpoint",
+    "safe_url",
+]
 
 DEFAULT_URL: Final = "sqlite:///.reelvault/catalog.sqlite3"
 """Embedded catalog, relative to the working directory (``.reelvault/`` is git-ignored)."""
@@ -50,7 +58,13 @@ _SQLITE_BEGIN: Final = "reelvault_sqlite_begin"
 # pg_advisory_xact_lock key that serializes migrate() across replicas starting together.
 _MIGRATION_LOCK_KEY: Final = 0x7265656C7661  # "reelva"
 # libpq and psycopg quote connection parameters in some messages; never a password.
-_PASSWORD_PARAMETER: Final = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+_PASSWORD_PARAMETER: Final = re.compile(r"(\w*password\w*\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+# A query parameter whose name holds "password" (password=, sslpassword=, PASSWORD=).
+_PASSWORD_QUERY: Final = re.compile(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", re.IGNORECASE)
+_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+# A URL inside a driver's message.
+_URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"]+")
+_HIDDEN: Final = "***"
 
 _log = structlog.get_logger("reelvault.catalog")
 
@@ -118,7 +132,7 @@ class Database:
         return self._engine.dialect.name
 
     def __repr__(self) -> str:
-        return f"Database({self._url.render_as_string(hide_password=True)!r})"
+        return f"Database({safe_url(self._url)!r})"
 
     @contextmanager
     def transaction(self, *, readonly: bool = False) -> Iterator[Session]:
@@ -160,6 +174,16 @@ class Database:
                         _sqlite_pragma(connection, "foreign_keys=ON")
                 else:
                     _upgrade(connection)
+        except CommandError as exc:  # the database names a revision this version lacks
+            raise ConfigurationError(
+                "REELVAULT_DATABASE_URL: the catalog's schema revision is unknown to this "
+                f"reelvault (was it migrated by a newer version?): {exc}"
+            ) from None
+        except (ProgrammingError, InternalError) as exc:  # e.g. no CREATE privilege
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else ""
+            raise ConfigurationError(
+                f"REELVAULT_DATABASE_URL: cannot migrate the catalog: {reason}"
+            ) from None
         except OperationalError as exc:
             raise self._unavailable(exc, "migrate") from exc
 
@@ -177,7 +201,7 @@ class Database:
         _log.warning(
             "catalog database unavailable",
             operation=operation,
-            database=self._url.render_as_string(hide_password=True),
+            database=safe_url(self._url),
             cause=describe_failure(exc),
         )
         return Unavailable("catalog database unavailable")
@@ -185,6 +209,14 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections (at shutdown, and in tests before deleting the file)."""
         self._engine.dispose()
+
+
+def is_known_revision(revision: str) -> bool:
+    """Whether ``revision`` is one of the migrations shipped with this reelvault."""
+    try:
+        return ScriptDirectory.from_config(_alembic_config()).get_revision(revision) is not None
+    except Exception:  # alembic raises its own errors for unknown or malformed ids
+        return False
 
 
 def head_revision() -> str:
@@ -206,7 +238,45 @@ def describe_failure(exc: BaseException) -> str | None:
         return None
     original = cause.orig if cause.orig is not None else cause
     text = " ".join(str(original).split()) or type(original).__name__
+    text = _URL_IN_TEXT.sub(lambda match: safe_endpoint(match.group()), text)
     return _PASSWORD_PARAMETER.sub(r"\1***", text)
+
+
+def safe_url(url: str | URL) -> str:
+    """A database URL fit for a message or a log: the password in the user part and the
+    value of every query parameter whose name holds "password" (any case) shown as
+    ``***``. Something that does not parse as a URL, or whose user or host part holds a
+    stray ``@`` (an unencoded one in the password), has everything up to its last ``@``
+    masked instead, so no part of a password shows whatever the input."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return safe_endpoint(str(url))
+    if "@" in (parsed.username or "") or "@" in (parsed.host or ""):
+        return safe_endpoint(parsed.render_as_string(hide_password=False), whole=True)
+    return _PASSWORD_QUERY.sub(rf"\1{_HIDDEN}", parsed.render_as_string(hide_password=True))
+
+
+def safe_endpoint(url: str, *, whole: bool = False) -> str:
+    """Any URL (an S3, KMS or tracing endpoint) fit for a message or a log: a password in
+    its user part (``user:***@``), or a user part without one (perhaps a token:
+    ``***@``), and password query parameters masked; anything else unchanged.
+
+    The user part is taken to end at the URL's last ``@``: a stray ``@`` elsewhere costs
+    some of what is shown, never a secret. ``whole``: mask all of the user part.
+    """
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme is not None else 0
+    head, rest = url[:start], url[start:]
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        user, colon, _password = userinfo.partition(":")
+        if whole or not colon or re.search(r"[@/?#\s]", user):
+            rest = f"{_HIDDEN}@{rest}"
+        else:
+            rest = f"{user}:{_HIDDEN}@{rest}"
+    return _PASSWORD_QUERY.sub(rf"\1{_HIDDEN}", head + rest)
 
 
 def _upgrade(connection: Connection) -> None:

@@ -142,7 +142,9 @@ def deployment_settings(args: argparse.Namespace, command: str) -> Settings:
 
 def describe_target(settings: Settings) -> str:
     """Which catalog, bucket and root key provider a command acts on; no secret."""
-    endpoint = settings.s3_endpoint_url or "AWS S3"
+    from reelvault.catalog.db import safe_endpoint  # noqa: PLC0415 - startup time
+
+    endpoint = safe_endpoint(settings.s3_endpoint_url) if settings.s3_endpoint_url else "AWS S3"
     if settings.root_key_provider == "aws-kms":
         keys = f"aws-kms key {settings.kms_key_id}"
     else:
