@@ -10,6 +10,7 @@ PostgreSQL in CI.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -24,6 +25,23 @@ from reelvault.clock import FakeClock
 from reelvault.keys.tenant import TenantKeys
 
 TEST_DATABASE_URL_ENV = "REELVAULT_TEST_DATABASE_URL"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Put the root logger back after each test: a test that runs ``serve`` or the CLI in
+    this process configures logging (level, handlers) for the whole process, and the
+    next test's captured output would then hold log lines it never asked for."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import structlog
 
@@ -64,7 +64,7 @@ def configure_logging(level: str = "info", log_format: str = "console") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -78,3 +78,20 @@ def configure_logging(level: str = "info", log_format: str = "console") -> None:
     root.setLevel(_LEVELS[level])
     # botocore logs request details (including signed headers) at DEBUG; keep it quieter.
     logging.getLogger("botocore").setLevel(max(_LEVELS[level], logging.INFO))
+
+
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """A handler writing to whatever ``sys.stderr`` is when a record is emitted, not what
+    it was when logging was configured: a process that swaps stderr (a test capturing
+    output, a daemonizing wrapper) must not leave the handler writing to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass  # always the current sys.stderr
