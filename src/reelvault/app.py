@@ -60,13 +60,19 @@ class Vault:
         audit_sink: AuditSink | None = None,
         audit_origin: str = "reelvault.local/audit",
         audit_key_name: str = "reelvault-audit",
+        instrumented: bool = False,
     ) -> Self:
         """Wire the domain over given parts (tests: fakes). The database must be migrated.
 
         Args:
             audit_sink: where audit events go; the catalog's audit log by default (a
                 benchmark swaps in a no-op to measure what auditing costs).
+            instrumented: measure (and trace) the catalog, the root key provider and the
+                store (:mod:`reelvault.instrument`), as every service process does.
         """
+        if instrumented:  # measured for the metrics endpoint and traced
+            instrument_catalog(database)
+            root, store = InstrumentedKeyProvider(root), InstrumentedStore(store)
         audit_log = AuditLog(
             database, root, clock, origin_prefix=audit_origin, key_name=audit_key_name
         )
@@ -98,31 +104,29 @@ class Vault:
         """
         database = Database(settings.resolved_database_url, timeout=settings.catalog_timeout)
         try:
-            instrument_catalog(database)
             if migrate:  # serve --check looks, and never changes what it checks
                 database.migrate()
             return cls.from_parts(
                 database=database,
-                root=InstrumentedKeyProvider(_root_provider(settings)),
-                store=InstrumentedStore(
-                    S3ObjectStore(
-                        settings.s3_bucket,
-                        endpoint_url=settings.s3_endpoint_url,
-                        region=settings.s3_region,
-                        access_key=settings.s3_access_key_id,
-                        secret_key=settings.s3_secret_access_key,
-                        part_size=settings.s3_part_size,
-                        max_in_flight=settings.s3_max_in_flight,
-                        connect_timeout=settings.s3_connect_timeout,
-                        read_timeout=settings.s3_read_timeout,
-                        max_attempts=settings.s3_max_attempts,
-                        operation_timeout=settings.s3_operation_timeout,
-                    )
+                root=_root_provider(settings),
+                store=S3ObjectStore(
+                    settings.s3_bucket,
+                    endpoint_url=settings.s3_endpoint_url,
+                    region=settings.s3_region,
+                    access_key=settings.s3_access_key_id,
+                    secret_key=settings.s3_secret_access_key,
+                    part_size=settings.s3_part_size,
+                    max_in_flight=settings.s3_max_in_flight,
+                    connect_timeout=settings.s3_connect_timeout,
+                    read_timeout=settings.s3_read_timeout,
+                    max_attempts=settings.s3_max_attempts,
+                    operation_timeout=settings.s3_operation_timeout,
                 ),
                 clock=SystemClock(),
                 key_cache_ttl=settings.key_cache_ttl,
                 audit_origin=settings.audit_origin,
                 audit_key_name=settings.audit_key_name,
+                instrumented=True,
             )
         except BaseException:
             database.dispose()

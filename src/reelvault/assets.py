@@ -216,7 +216,7 @@ def _info(row: AssetRow) -> AssetInfo:
     )
 
 
-def _context(tenant_id: str, asset_id: str) -> EncryptionContext:
+def asset_context(tenant_id: str, asset_id: str) -> EncryptionContext:
     return EncryptionContext.for_object(tenant_id=tenant_id, object_id=asset_id, kind=KIND_ASSET)
 
 
@@ -330,7 +330,9 @@ class Assets:
             )
         self._live[object_key] = None
         try:
-            sealer = Sealer(kek, _context(tenant_id, asset_id), frame_length=self._frame_length)
+            sealer = Sealer(
+                kek, asset_context(tenant_id, asset_id), frame_length=self._frame_length
+            )
             target = self._store.begin(object_key)
         except BaseException:
             self._live.pop(object_key, None)
@@ -371,7 +373,7 @@ class Assets:
             slot = rewrap_data_key(
                 upload.header,
                 self._keys.resolver(upload.tenant_id),
-                _context(upload.tenant_id, upload.asset_id),
+                asset_context(upload.tenant_id, upload.asset_id),
                 active,
             )
             key_slot, kek_version = slot.serialize(), active.version
@@ -542,7 +544,7 @@ class Assets:
             read_at,
             layout.ciphertext_size,
             self._keys.resolver(tenant_id),
-            _context(tenant_id, asset_id),
+            asset_context(tenant_id, asset_id),
             header=row.header,
             data_keys=slots,
             size_is_trusted=True,  # the catalog recorded the size when the upload committed
@@ -603,7 +605,7 @@ class Assets:
                 slot = rewrap_data_key(
                     row.header,
                     resolver,
-                    _context(tenant_id, row.id),
+                    asset_context(tenant_id, row.id),
                     kek,
                     data_keys=slots,
                 )

@@ -51,15 +51,14 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from reelvault import metrics
+from reelvault.assets import asset_context
 from reelvault.audit import Auditor, NullAuditSink, Outcome, Resource
 from reelvault.catalog import Database
 from reelvault.catalog.tables import AssetRow, ScrubFindingRow, ScrubPassRow
 from reelvault.clock import Clock
 from reelvault.crypto import (
     FRAME_OVERHEAD,
-    KIND_ASSET,
     EncryptedDataKey,
-    EncryptionContext,
     MessageLayout,
     OpenedMessage,
     open_frames,
@@ -437,9 +436,7 @@ class Scrubber:
                 Problem.CATALOG_HEADER_MALFORMED, "the catalog's copy of the header is malformed"
             )
             return outcome
-        context = EncryptionContext.for_object(
-            tenant_id=row.tenant_id, object_id=row.id, kind=KIND_ASSET
-        )
+        context = asset_context(row.tenant_id, row.id)
         slots: list[EncryptedDataKey] = []
         if row.key_slot is not None:
             try:

@@ -24,7 +24,6 @@ from serve_process import Process, serve_environment
 from reelvault.app import Vault
 from reelvault.auth import Role
 from reelvault.catalog import Database
-from reelvault.instrument import InstrumentedKeyProvider, InstrumentedStore, instrument_catalog
 from reelvault.keys import init_keyring
 from reelvault.metrics import MetricsServer, start_metrics_server
 from reelvault.storage.seaweed import SeaweedServer
@@ -42,12 +41,8 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 @pytest.fixture
 def vault(database, root_provider, clock, memory_store) -> Vault:
     """Measured as Vault.from_settings measures a production vault."""
-    instrument_catalog(database)
     return Vault.from_parts(
-        database=database,
-        root=InstrumentedKeyProvider(root_provider),
-        store=InstrumentedStore(memory_store),
-        clock=clock,
+        database=database, root=root_provider, store=memory_store, clock=clock, instrumented=True
     )
 
 

@@ -31,7 +31,6 @@ from reelvault.app import Vault
 from reelvault.auth import ApiKeys, Role
 from reelvault.clock import SystemClock
 from reelvault.config import Settings
-from reelvault.instrument import InstrumentedKeyProvider, InstrumentedStore, instrument_catalog
 from reelvault.keys import init_keyring
 from reelvault.storage.seaweed import SeaweedServer
 from reelvault.v1 import apikey_pb2, asset_pb2, tenant_pb2
@@ -47,12 +46,8 @@ MISSING = "0" * 32  # a well-formed asset id that no asset has
 @pytest.fixture
 def vault(database, root_provider, clock, memory_store) -> Vault:
     """Instrumented as Vault.from_settings instruments a production vault."""
-    instrument_catalog(database)
     return Vault.from_parts(
-        database=database,
-        root=InstrumentedKeyProvider(root_provider),
-        store=InstrumentedStore(memory_store),
-        clock=clock,
+        database=database, root=root_provider, store=memory_store, clock=clock, instrumented=True
     )
 
 
