@@ -244,16 +244,21 @@ class AuditLog:
 
     # -- 2. the sequencer ----------------------------------------------------------------
 
-    def integrate(self, log_id: str, *, limit: int = _INTEGRATE_BATCH) -> int:
+    def integrate(self, log_id: str, *, limit: int = _INTEGRATE_BATCH, wait: bool = False) -> int:
         """Integrate up to ``limit`` pending events of one log; how many it did (0 when
-        nothing was pending or another sequencer holds the log)."""
+        nothing was pending, or, without ``wait``, when another sequencer holds the log).
+
+        With ``wait`` a sequencer already at work on the log (another replica's background
+        round) is waited for, not skipped: a checkpoint or export served after it covers
+        every event that was durable when it was asked for.
+        """
         now = self._now()
         with self._db.transaction(readonly=True) as session:
             if not AuditRepository(session).pending(log_id, 1):
                 return 0  # and no tree row is made for a log that has no events
         with self._db.transaction() as session:
             repository = AuditRepository(session)
-            tree = repository.lock_tree(log_id, now)
+            tree = repository.lock_tree(log_id, now, wait=wait)
             if tree is None:
                 return 0
             pending = repository.pending(log_id, limit)
@@ -363,7 +368,7 @@ class AuditLog:
             NotFound: the log has no events yet (and so no tree).
         """
         if refresh:
-            while self.integrate(log_id) >= _INTEGRATE_BATCH:
+            while self.integrate(log_id, wait=True) >= _INTEGRATE_BATCH:
                 pass
         seed, public = self._signing_key()
         with self._db.transaction() as session:

@@ -96,7 +96,7 @@ class AuditReader:
     def export_batch(self, log_id: str, start: int, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` integrated events from ``start`` (integrating pending ones
         first, so a follower sees new events without waiting for the background round)."""
-        self.log.integrate(log_id)
+        self.log.integrate(log_id, wait=True)
         end = min(self.log.tree_size(log_id), start + limit)
         return list(self.log.export(log_id, start, end)) if end > start else []
 

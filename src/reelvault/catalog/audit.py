@@ -88,10 +88,11 @@ class AuditRepository:
     def add_events(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self._session.execute(AuditEventRow.__table__.insert(), list(rows))  # type: ignore[attr-defined]
 
-    def lock_tree(self, log_id: str, now: datetime) -> AuditTreeRow | None:
-        """The log's tree row, locked until commit; created empty if missing. None when
-        another transaction holds it (PostgreSQL ``SKIP LOCKED``: that sequencer is doing
-        the work, so this one need not wait)."""
+    def lock_tree(self, log_id: str, now: datetime, *, wait: bool = False) -> AuditTreeRow | None:
+        """The log's tree row, locked until commit; created empty if missing. Without
+        ``wait``, None when another transaction holds it (PostgreSQL ``SKIP LOCKED``: that
+        sequencer is doing the work, so a background round need not wait); with ``wait``,
+        after that transaction ends (a reader that must cover every durable event)."""
         self._insert_ignore(
             AuditTreeRow,
             {
@@ -103,7 +104,7 @@ class AuditRepository:
             },
         )
         query = select(AuditTreeRow).where(AuditTreeRow.log_id == log_id)
-        query = query.with_for_update(skip_locked=True)
+        query = query.with_for_update(skip_locked=not wait)
         return self._session.scalars(query).one_or_none()
 
     def tree(self, log_id: str) -> AuditTreeRow | None:

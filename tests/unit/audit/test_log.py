@@ -4,6 +4,7 @@ queries and retention, on SQLite and (with -m db in CI) PostgreSQL."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 import pytest
 from fakes import FakeRootKeyProvider
@@ -21,7 +22,7 @@ from reelvault.audit.events import Actor
 from reelvault.audit.note import open_note, parse_checkpoint
 from reelvault.audit.verify import verify_export
 from reelvault.catalog import Database
-from reelvault.catalog.audit import AuditFilter
+from reelvault.catalog.audit import AuditFilter, AuditRepository
 from reelvault.catalog.tables import TenantRow
 from reelvault.clock import FakeClock
 from reelvault.errors import InvalidArgument, NotFound, Unavailable
@@ -123,6 +124,35 @@ def test_concurrent_writers_and_two_sequencers_leave_no_gap_or_duplicate(
         checkpoint.verifier_key,
     )
     assert report.ok, report.problems
+
+
+def test_a_checkpoint_waits_for_a_sequencer_at_work_and_covers_every_durable_event(
+    log: AuditLog, auditor: Auditor, tenant: str, database: Database, clock: FakeClock
+):
+    # Another replica's background round holds the log's tree (it is integrating): a
+    # checkpoint asked for now must not skip it and sign the tree as it was before.
+    log.integrate(tenant)
+    _record(auditor, tenant, 5)
+    holding, release = threading.Event(), threading.Event()
+
+    def sequencer_at_work() -> None:
+        with database.transaction() as session:
+            assert AuditRepository(session).lock_tree(tenant, datetime.fromtimestamp(clock.now(), UTC)) is not None
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=sequencer_at_work)
+    holder.start()
+    assert holding.wait(30)
+    result: list[int] = []
+    reader = threading.Thread(target=lambda: result.append(log.checkpoint(tenant).size))
+    reader.start()
+    reader.join(0.5)
+    assert reader.is_alive(), "the checkpoint did not wait for the sequencer holding the log"
+    release.set()
+    holder.join()
+    reader.join(30)
+    assert result == [1 + 5]  # the tenant's creation and the five reads
 
 
 def test_proofs_from_the_stored_tree_verify(log: AuditLog, auditor: Auditor, tenant: str):
