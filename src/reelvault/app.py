@@ -18,7 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
-from reelvault.assets import Assets
+from reelvault.assets import DEFAULT_GRANT_LIFETIME, DEFAULT_GRANT_MAX_LIFETIME, Assets
 from reelvault.audit import AuditLog, Auditor, AuditReader, AuditSink
 from reelvault.auth import ApiKeys
 from reelvault.catalog import Database
@@ -61,6 +61,8 @@ class Vault:
         audit_origin: str = "reelvault.local/audit",
         audit_key_name: str = "reelvault-audit",
         instrumented: bool = False,
+        grant_lifetime: int = DEFAULT_GRANT_LIFETIME,
+        grant_max_lifetime: int = DEFAULT_GRANT_MAX_LIFETIME,
     ) -> Self:
         """Wire the domain over given parts (tests: fakes). The database must be migrated.
 
@@ -84,7 +86,15 @@ class Vault:
             tenant_keys=tenant_keys,
             api_keys=ApiKeys(database, clock, auditor=auditor),
             store=store,
-            assets=Assets(database, tenant_keys, store, clock, auditor=auditor),
+            assets=Assets(
+                database,
+                tenant_keys,
+                store,
+                clock,
+                auditor=auditor,
+                grant_lifetime=grant_lifetime,
+                grant_max_lifetime=grant_max_lifetime,
+            ),
             clock=clock,
             auditor=auditor,
             audit_log=audit_log,
@@ -121,12 +131,15 @@ class Vault:
                     read_timeout=settings.s3_read_timeout,
                     max_attempts=settings.s3_max_attempts,
                     operation_timeout=settings.s3_operation_timeout,
+                    public_endpoint_url=settings.s3_public_endpoint_url,
                 ),
                 clock=SystemClock(),
                 key_cache_ttl=settings.key_cache_ttl,
                 audit_origin=settings.audit_origin,
                 audit_key_name=settings.audit_key_name,
                 instrumented=True,
+                grant_lifetime=settings.grant_lifetime,
+                grant_max_lifetime=settings.grant_max_lifetime,
             )
         except BaseException:
             database.dispose()

@@ -47,7 +47,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from reelvault import deadline
 from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import Database
-from reelvault.catalog.tables import AssetRow, DeletedObjectRow, UploadRow
+from reelvault.catalog.tables import AssetRow, DeletedObjectRow, TenantRow, UploadRow
 from reelvault.clock import Clock
 from reelvault.crypto import (
     DEFAULT_FRAME_LENGTH,
@@ -61,6 +61,7 @@ from reelvault.crypto import (
     rewrap_data_key,
 )
 from reelvault.crypto.format import Incomplete, Malformed, parse_header
+from reelvault.crypto.message import open_header
 from reelvault.errors import (
     AlreadyExists,
     DecryptionError,
@@ -99,6 +100,9 @@ DEFAULT_PAGE_SIZE: Final = 100
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 
 _log = structlog.get_logger("reelvault.assets")
+
+DEFAULT_GRANT_LIFETIME: Final = 300
+DEFAULT_GRANT_MAX_LIFETIME: Final = 3600
 
 _ID = re.compile(r"[0-9a-f]{32}")
 _LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
@@ -150,6 +154,31 @@ class Download:
     @property
     def chunks(self) -> Iterator[bytes]:
         return rechunk(self.pieces, MAX_CHUNK)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadGrant:
+    """What a client needs to read one stored object itself (docs/direct-reads.md).
+
+    Attributes:
+        header: the stored message header, byte for byte.
+        frame_key: the content key of this object's frames (HKDF of its data key and
+            message id): it opens this object and unwraps nothing. Secret.
+        object_size: the stored object's size, from the catalog.
+        url: a presigned GET of the stored object, valid until ``expires_at``. A bearer
+            credential for the ciphertext: never logged.
+        offset, length: the plaintext range the audit event records (the intent; the
+            key and URL serve the whole object).
+    """
+
+    asset: AssetInfo
+    header: bytes
+    frame_key: bytes = field(repr=False)
+    object_size: int
+    url: str = field(repr=False)
+    expires_at: datetime
+    offset: int
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +299,8 @@ class Assets:
             its first byte is released or its asset committed (None: nothing recorded,
             for unit tests of other behaviour; ``Vault`` always passes one).
         frame_length: F for new assets; reelvault writes 64 KiB.
+        grant_lifetime, grant_max_lifetime: seconds a read grant's URL lives when the
+            caller names no lifetime, and the most a caller may ask for.
     """
 
     def __init__(
@@ -281,7 +312,13 @@ class Assets:
         *,
         auditor: Auditor | None = None,
         frame_length: int = DEFAULT_FRAME_LENGTH,
+        grant_lifetime: int = DEFAULT_GRANT_LIFETIME,
+        grant_max_lifetime: int = DEFAULT_GRANT_MAX_LIFETIME,
     ) -> None:
+        if not 1 <= grant_lifetime <= grant_max_lifetime:
+            raise ValueError("the default grant lifetime must be 1 to the maximum")
+        self._grant_lifetime = grant_lifetime
+        self._grant_max_lifetime = grant_max_lifetime
         self._db = database
         self._keys = tenant_keys
         self._store = store
@@ -564,6 +601,76 @@ class Assets:
         )
         self._audit.release()
         return Download(_info(row), start, count, frames)
+
+    def grant_read(
+        self,
+        tenant_id: str,
+        asset_id: str,
+        *,
+        offset: int | None = None,
+        length: int | None = None,
+        suffix: int | None = None,
+        lifetime: int | None = None,
+    ) -> ReadGrant:
+        """A read grant for one asset: its header, its frame key and a presigned URL of
+        its stored object (docs/direct-reads.md), for tenants whose policy enables direct
+        reads. The grant is recorded as a key release, durably, before it is returned.
+
+        The key is derived here, from the data key the tenant KEK unwraps, and the key
+        commitment and header tag are checked first: a grant is never issued for an
+        object the vault itself would refuse to open. The store is not read.
+
+        Raises:
+            InvalidArgument: a bad range or a lifetime outside 1 to the maximum.
+            OutOfRange, NotFound: as :meth:`open_download`.
+            FailedPrecondition: the tenant's policy does not enable direct reads, or the
+                object store cannot presign URLs.
+            KeyUnavailable: the KEK's state forbids reading.
+            IntegrityError: the catalog's header fails authentication.
+        """
+        if lifetime is None:
+            lifetime = self._grant_lifetime
+        if not 1 <= lifetime <= self._grant_max_lifetime:
+            raise InvalidArgument(
+                f"a grant's lifetime must be 1 to {self._grant_max_lifetime} seconds"
+            )
+        row = self._row(tenant_id, asset_id)
+        start, count = _resolve_range(row.size, offset, length, suffix)
+        with self._db.transaction(readonly=True) as session:
+            direct = session.scalar(select(TenantRow.direct_reads).where(TenantRow.id == tenant_id))
+        if not direct:
+            raise FailedPrecondition(
+                "direct reads are off for this tenant (a tenant admin enables them with "
+                "SetTenantPolicy); read through Download"
+            )
+        header = parse_header(row.header)
+        slots = [EncryptedDataKey.parse(row.key_slot)] if row.key_slot else []
+        opened = open_header(
+            header,
+            self._keys.resolver(tenant_id),
+            asset_context(tenant_id, asset_id),
+            data_keys=slots,
+        )
+        url = self._store.presign_get(row.object_key, lifetime)
+        expires_at = self._now() + timedelta(seconds=lifetime)
+        layout = MessageLayout.for_plaintext(len(row.header), header.frame_length, row.size)
+        # Recorded, durably, before the key leaves: a grant is a key release.
+        self._audit.note(
+            resource=Resource("asset", row.id, row.path, start, count),
+            kek_version=row.kek_version,
+            detail={"key_release": "frame_key", "grant_lifetime_s": lifetime},
+        )
+        self._audit.release()
+        return ReadGrant(
+            asset=_info(row),
+            header=row.header,
+            frame_key=opened.content_key,
+            object_size=layout.ciphertext_size,
+            url=url,
+            expires_at=expires_at,
+            offset=start,
+            length=count,
+        )
 
     @staticmethod
     def _frame_length_of(row: AssetRow) -> int:

@@ -417,6 +417,7 @@ class Action(StrEnum):
     TENANT_CREATE = "tenant.create"
     TENANT_READ = "tenant.read"
     TENANT_LIST = "tenant.list"
+    TENANT_POLICY = "tenant.policy"
     APIKEY_CREATE = "apikey.create"
     APIKEY_LIST = "apikey.list"
     APIKEY_REVOKE = "apikey.revoke"
@@ -425,6 +426,8 @@ class Action(StrEnum):
     ASSET_STAT = "asset.stat"
     ASSET_LIST = "asset.list"
     ASSET_DELETE = "asset.delete"
+    ASSET_GRANT = "asset.grant"
+    """A read grant: the asset's frame key and a presigned URL (a key release)."""
     AUDIT_READ = "audit.read"
     AUDIT_POLICY = "audit.policy"
 
@@ -446,6 +449,8 @@ PERMISSIONS: Final[Mapping[Action, frozenset[Role]]] = MappingProxyType(
         # Tenant roles: their own tenant only (require_tenant_access).
         Action.TENANT_READ: _PLATFORM | _TENANT_ROLES,
         Action.TENANT_LIST: _PLATFORM,
+        # Tenant admins: their own tenant only.
+        Action.TENANT_POLICY: _KEY_MANAGERS,
         # Tenant admins: their own tenant's keys only, never platform keys.
         Action.APIKEY_CREATE: _KEY_MANAGERS,
         Action.APIKEY_LIST: _KEY_MANAGERS,
@@ -456,6 +461,8 @@ PERMISSIONS: Final[Mapping[Action, frozenset[Role]]] = MappingProxyType(
         Action.ASSET_STAT: _ASSET_METADATA_READERS,
         Action.ASSET_LIST: _ASSET_METADATA_READERS,
         Action.ASSET_DELETE: _ASSET_WRITERS,
+        # Whoever may read the bytes through the vault may read them from the store.
+        Action.ASSET_GRANT: _ASSET_READERS,
         # Auditors read the log and nothing else; nobody else reads the log.
         Action.AUDIT_READ: _AUDITORS,
         Action.AUDIT_POLICY: _KEY_MANAGERS,

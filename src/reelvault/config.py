@@ -311,6 +311,22 @@ class Settings:
             _seconds,
         ),
     )
+    s3_public_endpoint_url: str | None = field(
+        default=None,
+        metadata=_meta(
+            "endpoint read grants' presigned URLs name, when clients reach the store at "
+            "another address than the vault (default: s3_endpoint_url)",
+            _optional_text,
+        ),
+    )
+    grant_lifetime: int = field(
+        default=300,
+        metadata=_meta("seconds a read grant's presigned URL stays valid by default", _integer),
+    )
+    grant_max_lifetime: int = field(
+        default=3600,
+        metadata=_meta("the longest read grant lifetime a caller may ask for, in seconds", _integer),
+    )
     catalog_timeout: float = field(
         default=10.0,
         metadata=_meta(
@@ -614,6 +630,16 @@ class Settings:
             "max_downloads_per_tenant",
         ):
             self._check(getattr(self, name) >= 1, name, "must be at least 1")
+        self._check(
+            1 <= self.grant_max_lifetime <= 7 * 24 * 3600,
+            "grant_max_lifetime",
+            "must be 1 to 604800 seconds (SigV4's limit)",
+        )
+        self._check(
+            1 <= self.grant_lifetime <= self.grant_max_lifetime,
+            "grant_lifetime",
+            f"must be 1 to {_env('grant_max_lifetime')} seconds",
+        )
         self._check(
             (self.s3_access_key_id is None) == (self.s3_secret_access_key is None),
             "s3_secret_access_key",

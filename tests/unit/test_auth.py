@@ -771,7 +771,7 @@ def _rpc_methods() -> set[str]:
 
 def test_every_rpc_has_an_action_and_nothing_else_does() -> None:
     methods = _rpc_methods()
-    assert len(methods) == 17
+    assert len(methods) == 19
     assert set(METHOD_ACTIONS) == methods
     for method, action in METHOD_ACTIONS.items():
         assert isinstance(action, Action), method
@@ -812,7 +812,7 @@ ASSET_ACTIONS = [action for action in Action if action.value.startswith("asset."
 
 
 def test_asset_methods_are_asset_actions() -> None:
-    assert len(ASSET_ACTIONS) == 5
+    assert len(ASSET_ACTIONS) == 6
     assert {
         action
         for method, action in METHOD_ACTIONS.items()
@@ -839,6 +839,8 @@ def test_the_suggested_role_split() -> None:
     assert allowed("AssetService/Upload") == {"admin", "ingest"}
     assert allowed("AssetService/DeleteAsset") == {"admin", "ingest"}
     assert allowed("AssetService/Download") == {"admin", "ingest", "renderer"}
+    assert allowed("AssetService/OpenAsset") == {"admin", "ingest", "renderer"}
+    assert allowed("TenantService/SetTenantPolicy") == {"platform-admin", "admin"}
     for method in ("StatAsset", "ListAssets"):
         assert allowed(f"AssetService/{method}") == {"admin", "ingest", "renderer", "distributor"}
     for method in (

@@ -74,6 +74,7 @@ __all__ = [
     "encrypt_stream",
     "open_frames",
     "open_header",
+    "open_with_frame_key",
     "rechunk",
     "rewrap_data_key",
 ]
@@ -329,10 +330,12 @@ def encrypt_stream(
 class OpenedMessage:
     """A header that has been authenticated, with the content key to open its frames."""
 
-    __slots__ = ("_final_prefix", "aead", "header", "regular_aad_prefix")
+    __slots__ = ("_final_prefix", "aead", "content_key", "header", "regular_aad_prefix")
 
     def __init__(self, header: Header, content_key: bytes) -> None:
         self.header = header
+        # the frame key: what a read grant releases (it opens this message, nothing else)
+        self.content_key = content_key
         self.aead = prim.Aead(content_key)
         self.regular_aad_prefix = header.message_id + FRAME_AAD_LABEL
         self._final_prefix = header.message_id + FINAL_FRAME_AAD_LABEL
@@ -392,6 +395,31 @@ def open_header(
         KeyUnavailable: the resolver refused the KEK because of its state.
     """
     return _open(header, resolver, expected_context, data_keys)[0]
+
+
+def open_with_frame_key(
+    header_bytes: bytes, frame_key: bytes, expected_context: EncryptionContext
+) -> OpenedMessage:
+    """Authenticate a header with its frame key (the content key a read grant releases)
+    rather than with a KEK: the reader of a grant holds no KEK and no data key.
+
+    The header tag under ``frame_key`` proves the header is the one that key was derived
+    for; the key commitment cannot be checked without the data key, so it is the vault,
+    which checked it when it released the key, that vouches for that part.
+
+    Raises:
+        DecryptionError: malformed header, wrong context, wrong key or header tag mismatch.
+    """
+    header = _parse_or_fail_complete(header_bytes)
+    if header.context != expected_context:
+        raise DecryptionError("encryption context mismatch")
+    if len(frame_key) != DATA_KEY_LEN:
+        raise DecryptionError("frame key has the wrong length")
+    try:
+        prim.Aead(frame_key).open(HEADER_AUTH_IV, header.auth_tag, header.body)
+    except prim.AuthenticationFailed:
+        raise DecryptionError("header tag mismatch") from None
+    return OpenedMessage(header, frame_key)
 
 
 def _open(
@@ -650,6 +678,9 @@ class RandomAccessReader:
         resolver, expected_context: as for :func:`decrypt_stream`.
         header: the message header if the caller already holds it (the catalog keeps it),
             saving the first read; it is authenticated all the same.
+        opened: a header already authenticated (:func:`open_with_frame_key`, for a read
+            grant's holder); ``resolver``, ``expected_context``, ``header`` and
+            ``data_keys`` are then unused (pass None for the first two).
         size_is_trusted: ``ciphertext_size`` comes from a record the caller trusts (the
             catalog wrote it when the upload committed), not from the store. The final
             frame is then fetched and authenticated only when a range reaches it, still
@@ -663,18 +694,24 @@ class RandomAccessReader:
         self,
         read_at: ReadAt,
         ciphertext_size: int,
-        resolver: KeyResolver,
-        expected_context: EncryptionContext,
+        resolver: KeyResolver | None,
+        expected_context: EncryptionContext | None,
         *,
         header: bytes | None = None,
         data_keys: Iterable[EncryptedDataKey] = (),
         size_is_trusted: bool = False,
+        opened: OpenedMessage | None = None,
     ) -> None:
         self._read_at = read_at
         self._ciphertext_size = ciphertext_size
-        raw = header if header is not None else self._read_header(ciphertext_size)
-        parsed = _parse_or_fail_complete(raw)
-        self._opened = open_header(parsed, resolver, expected_context, data_keys=data_keys)
+        if opened is None:
+            if resolver is None or expected_context is None:
+                raise TypeError("give a resolver and the expected context, or an opened header")
+            raw = header if header is not None else self._read_header(ciphertext_size)
+            parsed = _parse_or_fail_complete(raw)
+            opened = open_header(parsed, resolver, expected_context, data_keys=data_keys)
+        parsed = opened.header
+        self._opened = opened
         try:
             self.layout = MessageLayout.from_ciphertext_size(
                 parsed.length, parsed.frame_length, ciphertext_size

@@ -91,6 +91,8 @@ class Tenant:
     name: str
     created_at: datetime
     min_decryption_version: int
+    direct_reads: bool = False
+    """AssetService.OpenAsset may release read grants (off until a tenant admin enables it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +262,29 @@ class TenantKeys:
         # Noted once found: a tenant that does not exist gets no log.
         self._audit.note(tenant_id=tenant_id, resource=Resource("tenant", tenant_id))
         return tenant
+
+    def set_policy(self, tenant_id: str, *, direct_reads: bool | None = None) -> Tenant:
+        """Change the tenant's policies (None: unchanged). The change is recorded before
+        it takes effect.
+
+        Raises:
+            NotFound: no such tenant.
+        """
+        _check_tenant_id(tenant_id)
+        with self._db.transaction(readonly=True) as session:
+            TenantRepository(session).tenant(tenant_id)
+        detail: dict[str, str | int] = {}
+        if direct_reads is not None:
+            detail["direct_reads"] = int(direct_reads)
+        self._audit.note(
+            tenant_id=tenant_id, resource=Resource("tenant", tenant_id), detail=detail
+        )
+        self._audit.release()
+        with self._db.transaction() as session:
+            row = TenantRepository(session).tenant(tenant_id, lock=True)
+            if direct_reads is not None:
+                row.direct_reads = direct_reads
+            return _tenant(row)
 
     def list_tenants(self) -> list[Tenant]:
         """All tenants, by name."""
@@ -807,7 +832,9 @@ def _wrapped(row: TenantKeyVersionRow) -> WrappedKey:
 
 
 def _tenant(row: TenantRow) -> Tenant:
-    return Tenant(row.id, row.name, row.created_at, row.min_decryption_version)
+    return Tenant(
+        row.id, row.name, row.created_at, row.min_decryption_version, bool(row.direct_reads)
+    )
 
 
 def _version(row: TenantKeyVersionRow) -> KekVersion:

@@ -15,7 +15,7 @@ from typing import Final
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from reelvault.assets import AssetInfo, UploadSpec
+from reelvault.assets import AssetInfo, ReadGrant, UploadSpec
 from reelvault.audit import StoredEvent
 from reelvault.auth import ApiKeyInfo, Role
 from reelvault.crypto import rechunk
@@ -104,7 +104,10 @@ def role_from_proto(value: int) -> Role:
 
 def tenant_to_proto(tenant: Tenant) -> tenant_pb2.Tenant:
     return tenant_pb2.Tenant(
-        id=tenant.id, name=tenant.name, create_time=timestamp(tenant.created_at)
+        id=tenant.id,
+        name=tenant.name,
+        create_time=timestamp(tenant.created_at),
+        direct_reads=tenant.direct_reads,
     )
 
 
@@ -150,9 +153,24 @@ def upload_spec(metadata: asset_pb2.AssetMetadata) -> UploadSpec:
     )
 
 
-def download_range(request: asset_pb2.DownloadRequest) -> dict[str, int]:
-    """Keyword arguments for ``Assets.open_download``: ``offset`` and ``length``, or
-    ``suffix``, or none for the whole asset."""
+def read_grant_to_proto(grant: ReadGrant) -> asset_pb2.ReadGrant:
+    return asset_pb2.ReadGrant(
+        asset=asset_to_proto(grant.asset),
+        header=grant.header,
+        frame_key=grant.frame_key,
+        object_size=grant.object_size,
+        url=grant.url,
+        expire_time=timestamp(grant.expires_at),
+        offset=grant.offset,
+        length=grant.length,
+    )
+
+
+def download_range(
+    request: asset_pb2.DownloadRequest | asset_pb2.OpenAssetRequest,
+) -> dict[str, int]:
+    """Keyword arguments for ``Assets.open_download`` (or ``grant_read``): ``offset`` and
+    ``length``, or ``suffix``, or none for the whole asset."""
     which = request.WhichOneof("range")
     if which == "byte_range":
         return {"offset": request.byte_range.offset, "length": request.byte_range.length}

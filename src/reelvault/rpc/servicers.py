@@ -88,6 +88,21 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):  # type: ignore[mis
         tenants = await asyncio.to_thread(self._keys.list_tenants)
         return tenant_pb2.ListTenantsResponse(tenants=[convert.tenant_to_proto(t) for t in tenants])
 
+    async def SetTenantPolicy(  # noqa: N802 - gRPC method names
+        self, request: tenant_pb2.SetTenantPolicyRequest, context: Any
+    ) -> tenant_pb2.Tenant:
+        principal = current_principal()
+        _check_tenant_id(request.tenant_id)
+        tenant_id = _tenant_scope(principal, request.tenant_id)
+        if tenant_id is None:
+            raise InvalidArgument("name the tenant whose policy to set")
+        _require_access(principal, tenant_id, NotFound("tenant not found"))
+        direct_reads = request.direct_reads if request.HasField("direct_reads") else None
+        tenant = await asyncio.to_thread(
+            self._keys.set_policy, tenant_id, direct_reads=direct_reads
+        )
+        return convert.tenant_to_proto(tenant)
+
 
 class ApiKeyServicer(apikey_pb2_grpc.ApiKeyServiceServicer):  # type: ignore[misc, unused-ignore]
     """Tenant admins act on their own tenant (an empty ``tenant_id`` means it); platform
@@ -333,6 +348,21 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
         return asset_pb2.ListAssetsResponse(
             assets=[convert.asset_to_proto(a) for a in assets], next_page_token=next_token
         )
+
+    async def OpenAsset(  # noqa: N802 - gRPC method names
+        self, request: asset_pb2.OpenAssetRequest, context: Any
+    ) -> asset_pb2.ReadGrant:
+        # Catalog and key provider only (the URL is signed locally): no store slot.
+        grant = await asyncio.to_thread(
+            functools.partial(
+                self._assets.grant_read,
+                _caller_tenant(),
+                request.asset_id,
+                lifetime=request.lifetime_seconds or None,
+                **convert.download_range(request),
+            )
+        )
+        return convert.read_grant_to_proto(grant)
 
     async def DeleteAsset(  # noqa: N802 - gRPC method names
         self, request: asset_pb2.DeleteAssetRequest, context: Any

@@ -252,6 +252,16 @@ class ObjectStore(Protocol):
         """Size and ETag of the object, or ``None`` when there is none."""
         ...
 
+    def presign_get(self, key: str, lifetime: int) -> str:
+        """A URL that serves GETs of the object (any Range) to whoever holds it, for
+        ``lifetime`` seconds; computed locally, no request is sent. The URL is a bearer
+        credential for the stored bytes (ciphertext): never log it.
+
+        Raises:
+            FailedPrecondition: this store cannot presign URLs (the in-memory one).
+        """
+        ...
+
     def delete(self, key: str) -> None:
         """Remove the object and, in a versioned bucket, every version of it (erasure
         must not leave old ciphertext behind). Deleting a missing key is not an error."""

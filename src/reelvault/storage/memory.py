@@ -20,7 +20,7 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from reelvault.clock import Clock, SystemClock
-from reelvault.errors import InvalidArgument, NotFound, OutOfRange, Unavailable
+from reelvault.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange, Unavailable
 from reelvault.storage.base import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_PART_SIZE,
@@ -211,6 +211,10 @@ class MemoryObjectStore:
         if found is None:
             return None
         return ObjectInfo(key=key, size=len(found[0]), etag=found[1])
+
+    def presign_get(self, key: str, lifetime: int) -> str:
+        check_key(key)
+        raise FailedPrecondition("this object store cannot presign URLs")
 
     def delete(self, key: str) -> None:
         check_key(key)

@@ -44,6 +44,7 @@ from botocore.exceptions import (
 from reelvault.deadline import bound_botocore
 from reelvault.errors import (
     ConfigurationError,
+    InvalidArgument,
     NotFound,
     OutOfRange,
     ReelvaultError,
@@ -103,6 +104,7 @@ _MISCONFIGURED: Final = frozenset(
 )
 _VERSIONS_UNSUPPORTED: Final = frozenset({"NotImplemented", "MethodNotAllowed", "501", "405"})
 _BUCKET_MISSING: Final = frozenset({"NoSuchBucket", "404", "NotFound"})
+_MAX_PRESIGN_LIFETIME: Final = 7 * 24 * 3600  # SigV4's limit
 
 _log = structlog.get_logger("reelvault.storage")
 
@@ -197,6 +199,10 @@ class S3ObjectStore:
             The caller's deadline, where one is bound, stops retries earlier.
         client: a ready boto3 S3 client (tests, custom sessions); the endpoint, region,
             credential, timeout and retry arguments are then unused.
+        public_endpoint_url: the endpoint readers of presigned URLs reach the store at,
+            when it differs from ``endpoint_url`` (a cluster-internal name for the vault,
+            a public one for renderers). SigV4 signs the host, so the URL is signed for
+            this one. ``None``: the same endpoint as the vault's.
     """
 
     def __init__(
@@ -214,6 +220,7 @@ class S3ObjectStore:
         max_attempts: int = 3,
         operation_timeout: float = 30.0,
         client: S3Client | None = None,
+        public_endpoint_url: str | None = None,
     ) -> None:
         if not bucket:
             raise ConfigurationError("object store bucket is not set")
@@ -247,6 +254,19 @@ class S3ObjectStore:
             )
         self._client = client
         self._sink = _S3Sink(client, bucket)
+        self._presigner = client
+        if public_endpoint_url is not None:
+            # Presigning is local: this client never sends a request.
+            self._presigner = _make_client(
+                endpoint_url=public_endpoint_url,
+                region=region if region is not None else client.meta.region_name,
+                access_key=access_key,
+                secret_key=secret_key,
+                max_in_flight=1,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                max_attempts=1,
+            )
 
     @property
     def bucket(self) -> str:
@@ -289,6 +309,18 @@ class S3ObjectStore:
             except ClientError as exc:
                 if _error_code(exc) != "BucketAlreadyOwnedByYou":
                     raise
+
+    def presign_get(self, key: str, lifetime: int) -> str:
+        check_key(key)
+        if not 1 <= lifetime <= _MAX_PRESIGN_LIFETIME:
+            raise InvalidArgument(f"a presigned URL lives 1 to {_MAX_PRESIGN_LIFETIME} seconds")
+        with _translated():
+            url: str = self._presigner.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self._bucket, "Key": key},
+                ExpiresIn=lifetime,
+            )
+        return url
 
     def begin(self, key: str) -> BufferedUpload:
         return BufferedUpload(

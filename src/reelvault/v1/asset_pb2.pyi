@@ -148,3 +148,35 @@ class DeleteAssetRequest(_message.Message):
 class DeleteAssetResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class OpenAssetRequest(_message.Message):
+    __slots__ = ("asset_id", "byte_range", "suffix_length", "lifetime_seconds")
+    ASSET_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    SUFFIX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    asset_id: str
+    byte_range: ByteRange
+    suffix_length: int
+    lifetime_seconds: int
+    def __init__(self, asset_id: _Optional[str] = ..., byte_range: _Optional[_Union[ByteRange, _Mapping]] = ..., suffix_length: _Optional[int] = ..., lifetime_seconds: _Optional[int] = ...) -> None: ...
+
+class ReadGrant(_message.Message):
+    __slots__ = ("asset", "header", "frame_key", "object_size", "url", "expire_time", "offset", "length")
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    FRAME_KEY_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    asset: Asset
+    header: bytes
+    frame_key: bytes
+    object_size: int
+    url: str
+    expire_time: _timestamp_pb2.Timestamp
+    offset: int
+    length: int
+    def __init__(self, asset: _Optional[_Union[Asset, _Mapping]] = ..., header: _Optional[bytes] = ..., frame_key: _Optional[bytes] = ..., object_size: _Optional[int] = ..., url: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...

@@ -61,6 +61,11 @@ class AssetServiceStub:
                 request_serializer=reelvault_dot_v1_dot_asset__pb2.DeleteAssetRequest.SerializeToString,
                 response_deserializer=reelvault_dot_v1_dot_asset__pb2.DeleteAssetResponse.FromString,
                 _registered_method=True)
+        self.OpenAsset = channel.unary_unary(
+                '/reelvault.v1.AssetService/OpenAsset',
+                request_serializer=reelvault_dot_v1_dot_asset__pb2.OpenAssetRequest.SerializeToString,
+                response_deserializer=reelvault_dot_v1_dot_asset__pb2.ReadGrant.FromString,
+                _registered_method=True)
 
 
 class AssetServiceServicer:
@@ -109,6 +114,16 @@ class AssetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenAsset(self, request, context):
+        """A read grant: what a client needs to read the stored object straight from the object
+        store and decrypt it itself (docs/direct-reads.md). Only for tenants whose policy
+        enables direct reads (TenantService.SetTenantPolicy); otherwise FAILED_PRECONDITION.
+        Every grant is recorded in the audit log as a key release before it is returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +151,11 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.DeleteAsset,
                     request_deserializer=reelvault_dot_v1_dot_asset__pb2.DeleteAssetRequest.FromString,
                     response_serializer=reelvault_dot_v1_dot_asset__pb2.DeleteAssetResponse.SerializeToString,
+            ),
+            'OpenAsset': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenAsset,
+                    request_deserializer=reelvault_dot_v1_dot_asset__pb2.OpenAssetRequest.FromString,
+                    response_serializer=reelvault_dot_v1_dot_asset__pb2.ReadGrant.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +295,33 @@ class AssetService:
             '/reelvault.v1.AssetService/DeleteAsset',
             reelvault_dot_v1_dot_asset__pb2.DeleteAssetRequest.SerializeToString,
             reelvault_dot_v1_dot_asset__pb2.DeleteAssetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenAsset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/reelvault.v1.AssetService/OpenAsset',
+            reelvault_dot_v1_dot_asset__pb2.OpenAssetRequest.SerializeToString,
+            reelvault_dot_v1_dot_asset__pb2.ReadGrant.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,14 +10,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Tenant(_message.Message):
-    __slots__ = ("id", "name", "create_time")
+    __slots__ = ("id", "name", "create_time", "direct_reads")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_READS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    direct_reads: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., direct_reads: _Optional[bool] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
     __slots__ = ("name",)
@@ -40,3 +42,11 @@ class ListTenantsResponse(_message.Message):
     TENANTS_FIELD_NUMBER: _ClassVar[int]
     tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
     def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...
+
+class SetTenantPolicyRequest(_message.Message):
+    __slots__ = ("tenant_id", "direct_reads")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_READS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    direct_reads: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., direct_reads: _Optional[bool] = ...) -> None: ...

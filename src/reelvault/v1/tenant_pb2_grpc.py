@@ -51,6 +51,11 @@ class TenantServiceStub:
                 request_serializer=reelvault_dot_v1_dot_tenant__pb2.ListTenantsRequest.SerializeToString,
                 response_deserializer=reelvault_dot_v1_dot_tenant__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.SetTenantPolicy = channel.unary_unary(
+                '/reelvault.v1.TenantService/SetTenantPolicy',
+                request_serializer=reelvault_dot_v1_dot_tenant__pb2.SetTenantPolicyRequest.SerializeToString,
+                response_deserializer=reelvault_dot_v1_dot_tenant__pb2.Tenant.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
@@ -79,6 +84,13 @@ class TenantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTenantPolicy(self, request, context):
+        """Tenant admins (own tenant) and platform admins: the tenant's policies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +108,11 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.ListTenants,
                     request_deserializer=reelvault_dot_v1_dot_tenant__pb2.ListTenantsRequest.FromString,
                     response_serializer=reelvault_dot_v1_dot_tenant__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'SetTenantPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantPolicy,
+                    request_deserializer=reelvault_dot_v1_dot_tenant__pb2.SetTenantPolicyRequest.FromString,
+                    response_serializer=reelvault_dot_v1_dot_tenant__pb2.Tenant.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +198,33 @@ class TenantService:
             '/reelvault.v1.TenantService/ListTenants',
             reelvault_dot_v1_dot_tenant__pb2.ListTenantsRequest.SerializeToString,
             reelvault_dot_v1_dot_tenant__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/reelvault.v1.TenantService/SetTenantPolicy',
+            reelvault_dot_v1_dot_tenant__pb2.SetTenantPolicyRequest.SerializeToString,
+            reelvault_dot_v1_dot_tenant__pb2.Tenant.FromString,
             options,
             channel_credentials,
             insecure,
