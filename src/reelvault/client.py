@@ -35,6 +35,9 @@ import io
 import os
 import secrets
 import stat
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +52,14 @@ from grpc_health.v1 import (  # type: ignore[import-untyped, unused-ignore]
 )
 
 from reelvault import errors
+from reelvault.direct import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_PART_SIZE,
+    Grant,
+    GrantReader,
+    HttpRanges,
+    StoreUnreachable,
+)
 from reelvault.v1 import (
     apikey_pb2,
     apikey_pb2_grpc,
@@ -76,7 +87,9 @@ __all__ = [
     "DownloadStream",
     "InclusionProof",
     "MAX_MESSAGE_SIZE",
+    "READ_PATHS",
     "ROLES",
+    "ReadGrant",
     "TLS_CLIENT_CERT_ENV",
     "TLS_CLIENT_KEY_ENV",
     "TLS_ENV",
@@ -114,6 +127,15 @@ ROLES: Final = (
 )
 """Role names, as ``reelvault.auth.Role`` spells them (that enum's members are these strings)."""
 
+_POLICY_RECHECK: Final = 300.0
+_STORE_RECHECK: Final = 60.0
+_CACHED_GRANTS: Final = 64
+
+READ_PATHS: Final = ("auto", "direct", "vault")
+"""How ``download`` reads: ``direct`` from the object store with a read grant, ``vault``
+through the Download stream, ``auto`` direct where the tenant allows it and the store is
+reachable, else through the vault (docs/direct-reads.md)."""
+
 Source = str | os.PathLike[str] | IO[bytes] | bytes | bytearray | memoryview | Iterable[bytes]
 Destination = str | os.PathLike[str] | IO[bytes]
 Progress = Callable[[int], object]
@@ -127,6 +149,8 @@ class Tenant:
     id: str
     name: str
     created_at: datetime
+    direct_reads: bool = False
+    """``open_asset`` (and direct reads by ``download``) is enabled for the tenant."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +188,29 @@ class Asset:
     etag: str
     created_at: datetime
     kek_version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadGrant:
+    """A read grant (``open_asset``): what reading the stored object directly takes.
+
+    Attributes:
+        header: the stored header, byte for byte.
+        frame_key: the key of this object's frames. Secret: keep it in memory only.
+        object_size: the stored object's size in bytes.
+        url: a presigned GET of the stored object (a bearer credential: never log it).
+        expires_at: when the URL stops working.
+        offset, length: the range the audit event records.
+    """
+
+    asset: Asset
+    header: bytes
+    frame_key: bytes = field(repr=False)
+    object_size: int
+    url: str = field(repr=False)
+    expires_at: datetime
+    offset: int
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +482,9 @@ class Client:
         environ: where ``REELVAULT_ADDR``, ``REELVAULT_TOKEN`` and, unless one of the three
             TLS arguments is given, the ``REELVAULT_TLS*`` variables (:data:`TLS_ENV` and
             the three after it) are read; the CLI is configured this way.
+        read_path: how :meth:`download` reads by default, one of :data:`READ_PATHS`.
+        direct_concurrency: ranged GETs in flight per direct read.
+        direct_part_size: bytes per ranged GET of a direct read (whole frames).
 
     Raises:
         ConfigurationError: a TLS variable is malformed or names a file that cannot be
@@ -451,7 +501,21 @@ class Client:
         client_cert: tuple[bytes, bytes] | None = None,
         timeout: float | None = None,
         environ: Mapping[str, str] = os.environ,
+        read_path: str = "auto",
+        direct_concurrency: int = DEFAULT_CONCURRENCY,
+        direct_part_size: int = DEFAULT_PART_SIZE,
     ) -> None:
+        if read_path not in READ_PATHS:
+            raise errors.InvalidArgument(f"read_path must be one of {', '.join(READ_PATHS)}")
+        if direct_concurrency < 1 or direct_part_size < 1:
+            raise errors.InvalidArgument("direct concurrency and part size must be positive")
+        self._read_path = read_path
+        self._direct_concurrency = direct_concurrency
+        self._direct_part_size = direct_part_size
+        self._http: HttpRanges | None = None  # made at the first direct read
+        self._readers: OrderedDict[str, tuple[GrantReader, Asset]] = OrderedDict()
+        self._readers_lock = threading.Lock()
+        self._direct_off_until = 0.0  # monotonic: auto reads go through the vault until then
         self.addr = addr or environ.get(ADDR_ENV) or DEFAULT_ADDR
         token = token or environ.get(TOKEN_ENV) or None
         self._metadata: tuple[tuple[str, str], ...] = (
@@ -494,6 +558,10 @@ class Client:
     def close(self) -> None:
         """Close the channel; calls in progress are cancelled."""
         self._channel.close()
+        with self._readers_lock:
+            self._readers.clear()  # drops the frame keys this client holds
+            if self._http is not None:
+                self._http.close()
 
     def __enter__(self) -> Self:
         return self
@@ -522,6 +590,16 @@ class Client:
     def list_tenants(self) -> builtins.list[Tenant]:
         reply = self._unary(self._tenants.ListTenants, tenant_pb2.ListTenantsRequest())
         return [_tenant(t) for t in reply.tenants]
+
+    def set_tenant_policy(
+        self, tenant_id: str | None = None, *, direct_reads: bool | None = None
+    ) -> Tenant:
+        """Change a tenant's policies (tenant admin: its own tenant, ``None``); an
+        argument left ``None`` stays as it is."""
+        request = tenant_pb2.SetTenantPolicyRequest(tenant_id=tenant_id or "")
+        if direct_reads is not None:
+            request.direct_reads = direct_reads
+        return _tenant(self._unary(self._tenants.SetTenantPolicy, request))
 
     # -- API keys -----------------------------------------------------------------------
 
@@ -605,6 +683,7 @@ class Client:
         length: int | None = None,
         suffix: int | None = None,
         progress: Progress | None = None,
+        read_path: str | None = None,
     ) -> DownloadStream:
         """Read an asset, or a range of it.
 
@@ -616,6 +695,13 @@ class Client:
             dest: a path (written through a temporary file and renamed on success) or a
                 binary file object. ``None`` returns the stream unread, to iterate.
             progress: called with the total bytes received so far after each chunk.
+            read_path: this call's read path (:data:`READ_PATHS`); default the client's.
+                ``direct`` and ``auto`` read the stored object with a read grant
+                (``open_asset``, cached per asset while it is valid) and parallel ranged
+                GETs, every frame authenticated here; ``auto`` reads through the vault
+                instead when the tenant's policy refuses grants or the store cannot be
+                reached (and keeps doing so for a minute), also from the middle of a
+                transfer the store stopped serving.
 
         Returns:
             The stream, whose ``asset``, ``offset`` and ``length`` describe what it
@@ -631,6 +717,18 @@ class Client:
             raise errors.InvalidArgument("give either suffix, or offset and length")
         if length is not None and offset is None:
             offset = 0
+        path = read_path or self._read_path
+        if path not in READ_PATHS:
+            raise errors.InvalidArgument(f"read_path must be one of {', '.join(READ_PATHS)}")
+        if path == "direct" or (path == "auto" and time.monotonic() >= self._direct_off_until):
+            direct = self._direct_download(
+                asset_id, offset, length, suffix, forced=path == "direct"
+            )
+            if direct is not None:
+                if dest is not None:
+                    with direct:
+                        direct.save(dest, progress=progress)
+                return direct
         request = asset_pb2.DownloadRequest(asset_id=asset_id)
         if suffix is not None:
             request.suffix_length = suffix
@@ -647,6 +745,105 @@ class Client:
             with stream:
                 stream.save(dest, progress=progress)
         return stream
+
+    def open_asset(
+        self,
+        asset_id: str,
+        *,
+        offset: int | None = None,
+        length: int | None = None,
+        suffix: int | None = None,
+        lifetime: int | None = None,
+    ) -> ReadGrant:
+        """A read grant for the asset (docs/direct-reads.md); the range, if given, is
+        what the audit event records. ``download`` uses grants by itself; this is for
+        readers of their own.
+
+        Raises:
+            FailedPrecondition: the tenant's policy does not enable direct reads.
+        """
+        request = asset_pb2.OpenAssetRequest(asset_id=asset_id, lifetime_seconds=lifetime or 0)
+        if suffix is not None:
+            request.suffix_length = suffix
+        elif offset is not None and length is not None:
+            request.byte_range.offset = offset
+            request.byte_range.length = length
+        reply = self._unary(self._assets.OpenAsset, request)
+        return ReadGrant(
+            asset=_asset(reply.asset),
+            header=reply.header,
+            frame_key=reply.frame_key,
+            object_size=reply.object_size,
+            url=reply.url,
+            expires_at=_time(reply.expire_time),
+            offset=reply.offset,
+            length=reply.length,
+        )
+
+    def _direct_download(
+        self,
+        asset_id: str,
+        offset: int | None,
+        length: int | None,
+        suffix: int | None,
+        *,
+        forced: bool,
+    ) -> DownloadStream | None:
+        """A direct read, or None to read through the vault (``auto`` only)."""
+        grant_range: dict[str, int] = {}
+        if suffix is not None:
+            grant_range = {"suffix": suffix}
+        elif offset is not None and length is not None:
+            grant_range = {"offset": offset, "length": length}
+        try:
+            reader, asset = self._grant_reader(asset_id, grant_range)
+        except errors.FailedPrecondition:
+            if forced:
+                raise
+            self._direct_off_until = time.monotonic() + _POLICY_RECHECK
+            return None
+        except StoreUnreachable:
+            if forced:
+                raise errors.Unavailable("the object store cannot be reached from here") from None
+            self._direct_off_until = time.monotonic() + _STORE_RECHECK
+            return None
+        except errors.DecryptionError as exc:  # as through the vault: opaque DATA_LOSS
+            raise errors.IntegrityError(exc.message) from None
+        start, count = _plaintext_range(asset.size, offset, length, suffix)
+
+        def through_vault(at: int, n: int) -> DownloadStream | None:
+            if forced:
+                return None
+            self._direct_off_until = time.monotonic() + _STORE_RECHECK
+            return self.download(asset_id, offset=at, length=n, read_path="vault")
+
+        return DirectStream(reader, asset, start, count, through_vault)
+
+    def _grant_reader(
+        self, asset_id: str, grant_range: Mapping[str, int]
+    ) -> tuple[GrantReader, Asset]:
+        with self._readers_lock:
+            cached = self._readers.get(asset_id)
+            if cached is not None and cached[0].fresh:
+                self._readers.move_to_end(asset_id)
+                return cached
+            if self._http is None:
+                self._http = HttpRanges(concurrency=self._direct_concurrency)
+            http = self._http
+        grant = self.open_asset(asset_id, **grant_range)
+        reader = GrantReader(
+            _direct_grant(grant),
+            http,
+            lambda: _direct_grant(self.open_asset(asset_id)),
+            concurrency=self._direct_concurrency,
+            part_size=self._direct_part_size,
+        )
+        with self._readers_lock:
+            self._readers[asset_id] = (reader, grant.asset)
+            self._readers.move_to_end(asset_id)
+            while len(self._readers) > _CACHED_GRANTS:
+                self._readers.popitem(last=False)
+        return reader, grant.asset
 
     def stat(self, asset_id: str) -> Asset:
         request = asset_pb2.StatAssetRequest(asset_id=asset_id)
@@ -1026,6 +1223,112 @@ class DownloadStream:
         self.close()
 
 
+class DirectStream(DownloadStream):
+    """A download read from the object store with a read grant (``Client.download``);
+    the same interface as the gRPC stream. If the store stops answering mid-transfer, an
+    ``auto`` read goes on through the vault from the first byte not yet returned."""
+
+    def __init__(
+        self,
+        reader: GrantReader,
+        asset: Asset,
+        offset: int,
+        length: int,
+        through_vault: Callable[[int, int], DownloadStream | None],
+    ) -> None:
+        self.asset = asset
+        self.offset = offset
+        self.length = length
+        self._received = 0
+        self._done = False
+        self._through_vault = through_vault
+        self._pieces: Iterator[bytes] = reader.iter_range(offset, length)
+        self._vault: DownloadStream | None = None
+
+    def __next__(self) -> bytes:
+        while not self._done:
+            try:
+                piece = next(self._pieces)
+            except StopIteration:
+                self._done = True
+                break
+            except StoreUnreachable:
+                self._switch()
+                continue
+            except errors.DecryptionError as exc:
+                self.close()
+                # as through the vault: DATA_LOSS with an opaque message
+                raise errors.IntegrityError(exc.message) from None
+            except BaseException:
+                self.close()
+                raise
+            self._received += len(piece)
+            if piece:
+                return piece
+        raise StopIteration
+
+    def _switch(self) -> None:
+        _close_pieces(self._pieces)
+        rest = self.length - self._received
+        stream = self._through_vault(self.offset + self._received, rest) if rest else None
+        if rest and stream is None:
+            self._done = True
+            raise errors.Unavailable("the object store stopped answering")
+        self._vault = stream
+        self._pieces = iter(stream) if stream is not None else iter(())
+
+    def close(self) -> None:
+        self._done = True
+        _close_pieces(self._pieces)
+        if self._vault is not None:
+            self._vault.close()
+
+
+def _close_pieces(pieces: Iterator[bytes]) -> None:
+    close = getattr(pieces, "close", None)
+    if close is not None:
+        close()
+
+
+def _direct_grant(grant: ReadGrant) -> Grant:
+    return Grant(
+        tenant_id=grant.asset.tenant_id,
+        asset_id=grant.asset.id,
+        size=grant.asset.size,
+        header=grant.header,
+        frame_key=grant.frame_key,
+        object_size=grant.object_size,
+        url=grant.url,
+        expires_at=grant.expires_at.timestamp(),
+    )
+
+
+def _plaintext_range(
+    size: int, offset: int | None, length: int | None, suffix: int | None
+) -> tuple[int, int]:
+    """The server's range rules (``Assets.open_download``), applied to a grant's size."""
+    if suffix is not None:
+        if suffix <= 0:
+            raise errors.InvalidArgument("suffix length must be positive")
+        if size == 0:
+            raise errors.OutOfRange("range not satisfiable for an empty asset")
+        count = min(suffix, size)
+        return size - count, count
+    if offset is None:
+        return 0, size
+    if offset < 0:
+        raise errors.InvalidArgument("offset must not be negative and length must be positive")
+    if length is None:
+        if offset >= size:
+            raise errors.OutOfRange(f"range start {offset} is not before the size {size}")
+        return offset, size - offset
+    if length <= 0:
+        raise errors.InvalidArgument("offset must not be negative and length must be positive")
+    if offset + length > size:
+        raise errors.OutOfRange("range outside the asset")
+    return offset, length
+
+
 # --- streaming helpers -----------------------------------------------------------------
 
 
@@ -1148,7 +1451,12 @@ def _time(value: Any) -> datetime:
 
 
 def _tenant(message: tenant_pb2.Tenant) -> Tenant:
-    return Tenant(id=message.id, name=message.name, created_at=_time(message.create_time))
+    return Tenant(
+        id=message.id,
+        name=message.name,
+        created_at=_time(message.create_time),
+        direct_reads=message.direct_reads,
+    )
 
 
 def _api_key(message: apikey_pb2.ApiKey) -> ApiKey:

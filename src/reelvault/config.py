@@ -325,7 +325,7 @@ class Settings:
     )
     grant_max_lifetime: int = field(
         default=3600,
-        metadata=_meta("the longest read grant lifetime a caller may ask for, in seconds", _integer),
+        metadata=_meta("the longest read grant lifetime a caller may ask for (seconds)", _integer),
     )
     catalog_timeout: float = field(
         default=10.0,

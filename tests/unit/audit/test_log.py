@@ -137,7 +137,8 @@ def test_a_checkpoint_waits_for_a_sequencer_at_work_and_covers_every_durable_eve
 
     def sequencer_at_work() -> None:
         with database.transaction() as session:
-            assert AuditRepository(session).lock_tree(tenant, datetime.fromtimestamp(clock.now(), UTC)) is not None
+            now = datetime.fromtimestamp(clock.now(), UTC)
+            assert AuditRepository(session).lock_tree(tenant, now) is not None
             holding.set()
             release.wait(30)
 

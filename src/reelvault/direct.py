@@ -1,0 +1,292 @@
+"""Direct reads: a client reads an asset's stored object straight from the object store
+with a read grant (``AssetService.OpenAsset``) and decrypts it itself.
+
+A grant carries the stored header, the frame key of this one object and a presigned GET
+URL (docs/direct-reads.md). Before a byte of plaintext is trusted, :class:`GrantReader`
+
+1. authenticates the grant's header under its frame key and checks that its encryption
+   context names this tenant and asset (a grant for another object is refused);
+2. fetches the stored header and requires it to be the grant's, byte for byte (a swapped
+   or rewritten object fails here, as it does through the vault);
+3. fetches and authenticates the final frame at the offset the catalog's size implies,
+   and requires the store's object size (``Content-Range``) to be the catalog's, so the
+   size is proven, not claimed.
+
+Ranges are then fetched with parallel ranged GETs of whole frames (``concurrency`` parts of
+``part_size`` bytes in flight at most, so memory stays at about ``concurrency *
+part_size`` whatever the asset's size) and every frame is authenticated before its bytes
+are yielded. A URL that expires mid-transfer is renewed through ``renew`` (a new grant for
+the same object: its header must be the same bytes).
+
+HTTP goes through urllib3, which boto3 already brings (a pinned dependency, no new one).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Final
+
+import urllib3
+
+from reelvault.crypto import KIND_ASSET, EncryptionContext, RandomAccessReader
+from reelvault.crypto.format import FRAME_OVERHEAD
+from reelvault.crypto.message import open_with_frame_key
+from reelvault.errors import DecryptionError, IntegrityError, OutOfRange
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_PART_SIZE",
+    "Grant",
+    "GrantExpired",
+    "GrantReader",
+    "HttpRanges",
+    "StoreUnreachable",
+]
+
+DEFAULT_CONCURRENCY: Final = 4
+DEFAULT_PART_SIZE: Final = 8 * 1024 * 1024
+RENEW_MARGIN: Final = 30.0
+"""Seconds before its expiry a grant is renewed rather than used for a new request."""
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+class StoreUnreachable(Exception):
+    """The object store could not be reached or refused the URL for a reason other than
+    its expiry: the caller falls back to reading through the vault."""
+
+
+class GrantExpired(Exception):
+    """The store refused the URL because it expired: renew the grant."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A read grant as the client holds it (the fields of ``ReadGrant``)."""
+
+    tenant_id: str
+    asset_id: str
+    size: int
+    header: bytes
+    frame_key: bytes = field(repr=False)
+    object_size: int
+    url: str = field(repr=False)
+    expires_at: float
+    """Seconds since the epoch (the server's clock)."""
+
+
+class HttpRanges:
+    """Ranged GETs of presigned URLs over one urllib3 pool (thread-safe).
+
+    Args:
+        concurrency: connections kept per host.
+        connect_timeout, read_timeout: seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        self._pool = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=max(1, concurrency),
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            retries=urllib3.Retry(
+                total=2,
+                connect=1,
+                read=1,
+                status=2,
+                status_forcelist=(500, 502, 503, 504),
+                allowed_methods=frozenset({"GET"}),
+                backoff_factor=0.1,
+                raise_on_status=False,
+                redirect=0,
+            ),
+        )
+
+    def fetch(self, url: str, start: int, length: int, object_size: int) -> bytes:
+        """Exactly ``length`` bytes of the object at ``start``.
+
+        Raises:
+            GrantExpired: the store refused the URL as expired (HTTP 403 naming expiry).
+            StoreUnreachable: connection failures, 5xx after retries, other refusals.
+            IntegrityError: the object is missing (404), shorter than the catalog says
+                (416, a short body) or another size (``Content-Range``).
+        """
+        headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        try:
+            response = self._pool.request(
+                "GET", url, headers=headers, preload_content=False, decode_content=False
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise StoreUnreachable(type(exc).__name__) from None
+        try:
+            status = response.status
+            if status == 206:
+                return _read_exactly(response, start, length, object_size)
+            body = response.read(4096)
+            if status == 403 and (b"expired" in body.lower() or b"Expired" in body):
+                raise GrantExpired()
+            if status in (404, 416):
+                raise IntegrityError("the stored object is missing or truncated")
+            raise StoreUnreachable(f"HTTP {status}")
+        except urllib3.exceptions.HTTPError as exc:  # the body broke off
+            raise StoreUnreachable(type(exc).__name__) from None
+        finally:
+            response.release_conn()
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+def _read_exactly(
+    response: urllib3.BaseHTTPResponse, start: int, length: int, total: int
+) -> bytearray:
+    served = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+    if served is None or (int(served[1]), int(served[2])) != (start, start + length - 1):
+        raise IntegrityError("the store did not serve the requested range")
+    if int(served[3]) != total:
+        raise IntegrityError("the stored object is not the size the vault recorded")
+    buf = bytearray(length)
+    view = memoryview(buf)
+    pos = 0
+    while pos < length:
+        n = response.readinto(view[pos:])
+        if not n:
+            raise IntegrityError("the stored object is missing or truncated")
+        pos += n
+    if response.read(1):
+        raise IntegrityError("the store sent more than the requested range")
+    return buf  # a bytearray, not copied again: read wherever bytes are
+
+
+class GrantReader:
+    """Decrypt ranges of one asset from its stored object under a read grant.
+
+    Args:
+        grant: the grant; verified here (module docstring, steps 1 to 3), so a bad
+            grant or a tampered object raises before a reader exists.
+        http: the fetcher (shared by a client's readers).
+        renew: returns a fresh grant for the same asset, called when the URL expires.
+        concurrency: ranged GETs in flight per range.
+        part_size: bytes per ranged GET (rounded down to whole frames).
+        clock: seconds since the epoch (tests pass their own).
+
+    Raises:
+        IntegrityError: the grant or the stored object fails a check.
+        GrantExpired, StoreUnreachable: as :meth:`HttpRanges.fetch`.
+    """
+
+    def __init__(
+        self,
+        grant: Grant,
+        http: HttpRanges,
+        renew: Callable[[], Grant],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        part_size: int = DEFAULT_PART_SIZE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if concurrency < 1 or part_size < 1:
+            raise ValueError("concurrency and part size must be positive")
+        self._grant = grant
+        self._http = http
+        self._renew = renew
+        self._concurrency = concurrency
+        self._clock = clock
+        self._lock = threading.Lock()
+        context = EncryptionContext.for_object(
+            tenant_id=grant.tenant_id, object_id=grant.asset_id, kind=KIND_ASSET
+        )
+        try:
+            opened = open_with_frame_key(grant.header, grant.frame_key, context)
+        except DecryptionError:
+            raise IntegrityError("the read grant does not open this asset") from None
+        self._step = opened.frame_length + FRAME_OVERHEAD
+        self._part = max(1, part_size // self._step) * self._step
+        stored = self._read_at(0, len(grant.header))
+        if stored != grant.header:
+            raise DecryptionError("stored header differs from the grant's")
+        # Fetches and authenticates the final frame at the offset the size implies.
+        self._reader = RandomAccessReader(
+            self._read_at, grant.object_size, None, None, opened=opened
+        )
+        if self._reader.plaintext_size != grant.size:
+            raise DecryptionError("the stored object's size differs from the grant's")
+
+    @property
+    def size(self) -> int:
+        return self._grant.size
+
+    @property
+    def fresh(self) -> bool:
+        """The grant is not about to expire (a new request may start with it)."""
+        return self._clock() < self._grant.expires_at - RENEW_MARGIN
+
+    def iter_range(self, start: int, length: int) -> Iterator[bytes]:
+        """Plaintext ``[start, start + length)``, frame by frame, every frame authenticated.
+
+        Raises:
+            OutOfRange: the range is not within the asset (before anything is fetched).
+            IntegrityError, StoreUnreachable: while iterating.
+        """
+        if start < 0 or length < 0 or start + length > self.size:
+            raise OutOfRange("range outside the asset")
+        return self._reader.stream_range(start, length, self._parallel)
+
+    # -- fetching ------------------------------------------------------------------------
+
+    def _read_at(self, start: int, length: int) -> bytes:
+        for attempt in range(2):
+            grant = self._grant
+            try:
+                return self._http.fetch(grant.url, start, length, grant.object_size)
+            except GrantExpired:
+                if attempt:
+                    raise
+                self._renewed(grant)
+        raise AssertionError("unreachable")
+
+    def _renewed(self, expired: Grant) -> None:
+        with self._lock:
+            if self._grant is not expired:
+                return  # another part renewed it already
+            fresh = self._renew()
+            if (fresh.header, fresh.frame_key, fresh.object_size) != (
+                expired.header,
+                expired.frame_key,
+                expired.object_size,
+            ):
+                raise DecryptionError("a renewed grant names another object")
+            self._grant = fresh
+
+    def _parallel(self, offset: int, length: int) -> Iterator[bytes]:
+        """The stored bytes ``[offset, offset + length)`` in order, fetched as parts of
+        whole frames with up to ``concurrency`` ranged GETs in flight."""
+        end = offset + length
+        starts = iter(range(offset, end, self._part))
+        pending: deque[Future[bytes]] = deque()
+        with ThreadPoolExecutor(self._concurrency, thread_name_prefix="reelvault-direct") as pool:
+            try:
+                for at in starts:
+                    pending.append(pool.submit(self._read_at, at, min(self._part, end - at)))
+                    if len(pending) >= self._concurrency:
+                        break
+                while pending:
+                    data = pending.popleft().result()
+                    at = next(starts, None)
+                    if at is not None:
+                        pending.append(pool.submit(self._read_at, at, min(self._part, end - at)))
+                    yield data
+            finally:
+                for future in pending:
+                    future.cancel()
