@@ -129,9 +129,7 @@ class TenantRow(Base):
     # A legal hold blocks every purge of the tenant's audit log.
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     # AssetService.OpenAsset may release read grants (direct reads from the store).
-    direct_reads: Mapped[bool] = mapped_column(
-        Boolean, default=False, server_default=text("false")
-    )
+    direct_reads: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 _STATE_IN = "state IN ({})".format(", ".join(f"'{state}'" for state in KEK_STATES))

@@ -276,9 +276,7 @@ class TenantKeys:
         detail: dict[str, str | int] = {}
         if direct_reads is not None:
             detail["direct_reads"] = int(direct_reads)
-        self._audit.note(
-            tenant_id=tenant_id, resource=Resource("tenant", tenant_id), detail=detail
-        )
+        self._audit.note(tenant_id=tenant_id, resource=Resource("tenant", tenant_id), detail=detail)
         self._audit.release()
         with self._db.transaction() as session:
             row = TenantRepository(session).tenant(tenant_id, lock=True)

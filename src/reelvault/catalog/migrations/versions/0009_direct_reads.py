@@ -19,9 +19,7 @@ depends_on: str | None = None
 def upgrade() -> None:
     with op.batch_alter_table("tenants") as batch:
         batch.add_column(
-            sa.Column(
-                "direct_reads", sa.Boolean(), nullable=False, server_default=sa.text("false")
-            )
+            sa.Column("direct_reads", sa.Boolean(), nullable=False, server_default=sa.text("false"))
         )
 
 
