@@ -294,6 +294,41 @@ def test_tenant_key_put_get_ranges_ls_stat_rm(dev: Dev, tmp_path: Path) -> None:
     assert_cli_error(raw(dev, "asset", "ls", token=ingest), "invalid API key")
 
 
+def test_direct_reads_switched_by_the_tenant_admin_and_forced_either_way(
+    dev: Dev, tmp_path: Path
+) -> None:
+    admin = dev.admin_token
+    tenant = run(dev, "tenant", "create", "direct-studios", token=admin)
+    keys = {
+        role: run(dev, "apikey", "create", "--tenant", tenant["id"], "--role", role, token=admin)[
+            "secret"
+        ]
+        for role in ("admin", "renderer")
+    }
+    plaintext = random.randbytes(SIZE)
+    source = tmp_path / "master.mp4"
+    source.write_bytes(plaintext)
+    asset = run(dev, "asset", "put", str(source), "--path", "d/m.mp4", token=keys["admin"])
+    out = tmp_path / "out.bin"
+    get = ("asset", "get", asset["id"], "-o", str(out))
+    # off by default: forcing the direct path is refused, auto and vault read through the vault
+    assert_cli_error(raw(dev, *get, "--read-path", "direct", token=keys["renderer"]), "direct")
+    run(dev, *get, token=keys["renderer"])
+    assert out.read_bytes() == plaintext
+    assert_cli_error(
+        raw(dev, "tenant", "policy", "--direct-reads", "on", token=keys["renderer"]),
+        "may not do tenant.policy",
+    )
+    policy = run(dev, "tenant", "policy", "--direct-reads", "on", token=keys["admin"])
+    assert policy["direct_reads"] is True
+    for path in ("direct", "vault", "auto"):
+        out.unlink()
+        run(dev, *get, "--read-path", path, "--concurrency", "2", token=keys["renderer"])
+        assert out.read_bytes() == plaintext, path
+    run(dev, *get, "--read-path", "direct", "--range", "-1000", token=keys["renderer"])
+    assert out.read_bytes() == plaintext[-1000:]
+
+
 def test_put_from_stdin(dev: Dev, tmp_path: Path) -> None:
     admin = dev.admin_token
     tenant = run(dev, "tenant", "create", "stdin-studios", token=admin)

@@ -95,8 +95,8 @@ def describe_os_error(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def client() -> Client:
-    return Client()
+def client(**options: Any) -> Client:
+    return Client(**options)
 
 
 def add_dev_flag(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,8 @@ from typing import IO, Any, Final
 from reelvault import errors
 from reelvault.cli import _common
 from reelvault.cli._common import Groups, Output, human, progress_bar, showing, table, when
-from reelvault.client import ADDR_ENV, TOKEN_ENV, Asset
+from reelvault.client import ADDR_ENV, READ_PATHS, TOKEN_ENV, Asset
+from reelvault.direct import DEFAULT_CONCURRENCY
 
 __all__ = ["ByteRange", "RangeSyntaxError", "add_commands", "parse_range"]
 
@@ -114,6 +115,20 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
         metavar="RANGE",
         help="bytes START-END (inclusive), START- (to the end) or -N (the last N)",
     )
+    get.add_argument(
+        "--read-path",
+        choices=READ_PATHS,
+        default="auto",
+        help="direct: from the object store with a read grant; vault: through the service; "
+        "auto (default): direct where the tenant allows it and the store is reachable",
+    )
+    get.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"ranged GETs in flight for a direct read (default {DEFAULT_CONCURRENCY})",
+    )
     get.set_defaults(handler=_asset_get)
 
     stat = commands.add_parser("stat", parents=[common], help="show an asset's metadata")
@@ -155,10 +170,16 @@ def _asset_put(args: argparse.Namespace) -> Output:
 
 def _asset_get(args: argparse.Namespace) -> Output:
     selected: ByteRange = args.range or ByteRange()
+    if args.concurrency < 1:
+        raise errors.InvalidArgument("--concurrency must be at least 1")
     with (
-        _common.client() as client,
+        _common.client(direct_concurrency=args.concurrency) as client,
         client.download(
-            args.id, offset=selected.offset, length=selected.length, suffix=selected.suffix
+            args.id,
+            offset=selected.offset,
+            length=selected.length,
+            suffix=selected.suffix,
+            read_path=args.read_path,
         ) as stream,
     ):
         bar = progress_bar(args, stream.length)

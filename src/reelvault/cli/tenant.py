@@ -24,6 +24,21 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
     create.set_defaults(handler=_tenant_create)
     ls = commands.add_parser("ls", parents=[common], help="list tenants")
     ls.set_defaults(handler=_tenant_ls)
+    policy = commands.add_parser(
+        "policy",
+        parents=[common],
+        help="set a tenant's policies (tenant admin: its own; platform admin: any)",
+    )
+    policy.add_argument(
+        "--tenant", default=None, metavar="ID", help="the tenant (default: the key's own)"
+    )
+    policy.add_argument(
+        "--direct-reads",
+        choices=("on", "off"),
+        default=None,
+        help="let readers fetch ciphertext from the store with read grants (docs/direct-reads.md)",
+    )
+    policy.set_defaults(handler=_tenant_policy)
 
 
 def _tenant_create(args: argparse.Namespace) -> Output:
@@ -38,6 +53,14 @@ def _tenant_create(args: argparse.Namespace) -> Output:
     )
 
 
+def _tenant_policy(args: argparse.Namespace) -> Output:
+    direct = None if args.direct_reads is None else args.direct_reads == "on"
+    with _common.client() as client:
+        tenant = client.set_tenant_policy(args.tenant, direct_reads=direct)
+    state = "on" if tenant.direct_reads else "off"
+    return Output(data=_tenant_data(tenant), text=f"{tenant.name}: direct reads {state}")
+
+
 def _tenant_ls(args: argparse.Namespace) -> Output:
     with _common.client() as client:
         tenants = client.list_tenants()
@@ -49,4 +72,9 @@ def _tenant_ls(args: argparse.Namespace) -> Output:
 
 
 def _tenant_data(tenant: Tenant) -> dict[str, Any]:
-    return {"id": tenant.id, "name": tenant.name, "created_at": tenant.created_at.isoformat()}
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "created_at": tenant.created_at.isoformat(),
+        "direct_reads": tenant.direct_reads,
+    }
