@@ -62,6 +62,7 @@ import ctypes
 import gc
 import hashlib
 import io
+import itertools
 import json
 import os
 import platform
@@ -104,6 +105,7 @@ from reelvault.crypto.format import (
     MessageLayout,
     parse_header,
 )
+from reelvault.direct import DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE
 from reelvault.keys.local import init_keyring
 from reelvault.rpc.server import MAX_MESSAGE_BYTES
 from reelvault.storage.seaweed import SeaweedServer, find_weed
@@ -117,12 +119,20 @@ RSS_INTERVAL = 0.05
 VAULT_BUCKET = "reelvault-bench"
 BASE_BUCKET = "boto3-bench"
 RV, B3, B3P, RLY = "reelvault", "boto3", "boto3-parts", "relay"
+DIR1, DIRN, B3N = "direct-1", "direct-n", "boto3-n"
 LABELS = {
     RV: "reelvault (gRPC client)",
     B3: "boto3 direct to S3",
     B3P: "boto3 upload_part, bytes bodies",
     RLY: "raw gRPC relay of S3 (no crypto)",
+    DIR1: "reelvault read grant, 1 stream",
+    DIRN: f"reelvault read grant, {DEFAULT_CONCURRENCY} streams",
+    B3N: f"boto3 {DEFAULT_CONCURRENCY} parallel ranged GETs",
 }
+TARGET_DIRECT_VS_BOTO3 = 0.9
+TARGET_GRPC_VS_RELAY = 0.85
+TARGET_DIRECT_RANGE_LATENCY = 1.2
+GRANT_CALLS = 200
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -414,6 +424,7 @@ class Stack:
         self._start_relay(env)
         with Client(self.addr, self.admin_token, timeout=30) as admin:
             tenant = admin.create_tenant("service-bench")
+            admin.set_tenant_policy(tenant.id, direct_reads=True)  # for the read-grant contenders
             _, self.token = admin.create_api_key(
                 role="ingest", tenant_id=tenant.id, description="service benchmark"
             )
@@ -504,6 +515,8 @@ class Bench:
     transfer: TransferConfig
     sampler: RssSampler
     relay_channel: Any = None
+    direct_1: Client | None = None  # read grants, one ranged GET at a time
+    direct_n: Client | None = None  # read grants, the client's default concurrency
     vault_asset: str = ""
     base_key: str = ""
 
@@ -581,6 +594,48 @@ class Bench:
             raise AssertionError("boto3 read back other bytes than were stored")
         return n
 
+    def direct_download(self, client: Client, asset_id: str, verify: bool) -> int:
+        """``Client.download`` with ``read_path="direct"``: a read grant (cached by the
+        client while valid) and ranged GETs of the stored ciphertext, decrypted here."""
+        sha = hashlib.sha256() if verify else None
+        n = 0
+        for chunk in client.download(asset_id, read_path="direct"):
+            n += len(chunk)
+            if sha is not None:
+                sha.update(chunk)
+        if n != self.payload.size or (sha is not None and sha.digest() != self.payload.sha256):
+            raise AssertionError("the direct read returned other bytes than were stored")
+        return n
+
+    def b3_parallel_download(self, key: str, verify: bool) -> int:
+        """The baseline at the direct reader's concurrency: ``DEFAULT_CONCURRENCY`` ranged
+        GETs of ``DEFAULT_PART_SIZE`` in flight, consumed in order (as the reader does)."""
+        sha = hashlib.sha256() if verify else None
+        size, part = self.payload.size, DEFAULT_PART_SIZE
+
+        def get(at: int) -> bytes:
+            span = f"bytes={at}-{min(at + part, size) - 1}"
+            body = self.s3.get_object(Bucket=BASE_BUCKET, Key=key, Range=span)["Body"]
+            with contextlib.closing(body):
+                data: bytes = body.read()
+                return data
+
+        n = 0
+        starts = iter(range(0, size, part))
+        with ThreadPoolExecutor(DEFAULT_CONCURRENCY) as pool:
+            pending = [pool.submit(get, at) for at in itertools.islice(starts, DEFAULT_CONCURRENCY)]
+            while pending:
+                data = pending.pop(0).result()
+                at = next(starts, None)
+                if at is not None:
+                    pending.append(pool.submit(get, at))
+                n += len(data)
+                if sha is not None:
+                    sha.update(data)
+        if n != size or (sha is not None and sha.digest() != self.payload.sha256):
+            raise AssertionError("boto3 read back other bytes than were stored")
+        return n
+
     def relay_download(self, key: str, verify: bool) -> int:
         """The same object as ``b3_download``, through the raw gRPC relay."""
         sha = hashlib.sha256() if verify else None
@@ -646,6 +701,9 @@ def bench_throughput(bench: Bench) -> tuple[list[dict[str, Any]], list[dict[str,
         ("download", RV): [],
         ("download", B3): [],
         ("download", RLY): [],
+        ("download", DIR1): [],
+        ("download", DIRN): [],
+        ("download", B3N): [],
     }
     windows: list[dict[str, Any]] = []
     prev: dict[str, str] = {}
@@ -677,7 +735,7 @@ def bench_throughput(bench: Bench) -> tuple[list[dict[str, Any]], list[dict[str,
         # the previous round's objects go once this round's exist (keeps disk use flat)
         bench.cleanup(prev)
         prev = ids
-        down_order = [RV, B3, RLY]
+        down_order = [RV, B3, RLY, DIR1, DIRN, B3N]
         k = rnd % len(down_order)
         for who in down_order[k:] + down_order[:k]:
 
@@ -686,10 +744,21 @@ def bench_throughput(bench: Bench) -> tuple[list[dict[str, Any]], list[dict[str,
                     bench.rv_download(ids[RV], verify=warm)
                 elif who == B3:
                     bench.b3_download(ids[B3], verify=warm)
-                else:  # the relay reads the baseline's plaintext object
+                elif who == RLY:  # the relay reads the baseline's plaintext object
                     bench.relay_download(ids[B3], verify=warm)
+                elif who == B3N:
+                    bench.b3_parallel_download(ids[B3], verify=warm)
+                else:
+                    reader = bench.direct_1 if who == DIR1 else bench.direct_n
+                    assert reader is not None
+                    bench.direct_download(reader, ids[RV], verify=warm)
 
-            servers = {RV: bench.stack.server, RLY: bench.stack.relay}
+            servers = {
+                RV: bench.stack.server,
+                RLY: bench.stack.relay,
+                DIR1: bench.stack.server,
+                DIRN: bench.stack.server,
+            }
             m = measure(bench, down, servers.get(who))
             show(tag, "download", who, m, "  (content verified)" if warm else "")
             windows.append({"operation": "download", "contender": who, "round": rnd, **m})
@@ -700,6 +769,10 @@ def bench_throughput(bench: Bench) -> tuple[list[dict[str, Any]], list[dict[str,
         bench.rv_download(prev[RV], verify=True)
         bench.b3_download(prev[B3], verify=True)
         bench.relay_download(prev[B3], verify=True)
+        bench.b3_parallel_download(prev[B3], verify=True)
+        for reader in (bench.direct_1, bench.direct_n):
+            assert reader is not None
+            bench.direct_download(reader, prev[RV], verify=True)
     bench.vault_asset, bench.base_key = prev[RV], prev[B3]
 
     rows: list[dict[str, Any]] = []
@@ -764,6 +837,15 @@ def bench_ranges(bench: Bench) -> dict[str, Any]:
             n += len(chunk)
         return n
 
+    def rv_direct(start: int) -> int:
+        assert bench.direct_n is not None
+        n = 0
+        for chunk in bench.direct_n.download(
+            bench.vault_asset, offset=start, length=RANGE_LENGTH, read_path="direct"
+        ):
+            n += len(chunk)
+        return n
+
     def b3_plain(start: int) -> int:
         span = f"bytes={start}-{start + RANGE_LENGTH - 1}"
         body = bench.s3.get_object(Bucket=BASE_BUCKET, Key=bench.base_key, Range=span)["Body"]
@@ -782,17 +864,26 @@ def bench_ranges(bench: Bench) -> dict[str, Any]:
         got = b"".join(bench.client.download(bench.vault_asset, offset=start, length=RANGE_LENGTH))
         if got != bench.payload.slice(start, RANGE_LENGTH):
             raise AssertionError(f"range at {start} differs")
+        assert bench.direct_n is not None  # and warms its grant cache
+        got = b"".join(
+            bench.direct_n.download(
+                bench.vault_asset, offset=start, length=RANGE_LENGTH, read_path="direct"
+            )
+        )
+        if got != bench.payload.slice(start, RANGE_LENGTH):
+            raise AssertionError(f"direct range at {start} differs")
         b3_plain(start)
         b3_span(start)
 
     log(f"timing {len(offsets)} ranges ...")
-    samples: dict[str, list[float]] = {"rv": [], "b3_plain": [], "b3_span": []}
+    samples: dict[str, list[float]] = {"rv": [], "rv_direct": [], "b3_plain": [], "b3_span": []}
     fetched: list[dict[str, Any]] = []
     perf = time.perf_counter
     gc.collect()
     for i, start in enumerate(offsets):
         steps: list[tuple[str, Callable[[int], object]]] = [
             ("rv", rv),
+            ("rv_direct", rv_direct),
             ("b3_plain", b3_plain),
             ("b3_span", b3_span),
         ]
@@ -831,6 +922,7 @@ def bench_ranges(bench: Bench) -> dict[str, Any]:
         "ms_p90": {k: v * 1e3 for k, v in p90.items()},
         "ms_runs": {k: [x * 1e3 for x in v] for k, v in samples.items()},
         "vs_b3_plain": med["b3_plain"] / med["rv"],
+        "direct_latency_vs_b3_plain": med["rv_direct"] / med["b3_plain"],
         "vs_b3_span": med["b3_span"] / med["rv"],
         "fetched": fetched,
         "fetched_bytes_median": statistics.median(fetched_bytes),
@@ -842,6 +934,37 @@ def bench_ranges(bench: Bench) -> dict[str, Any]:
         "bound_bytes": bound,
         "final_frame_bytes": final_frame,
         "amplification": statistics.median(fetched_bytes) / RANGE_LENGTH,
+    }
+
+
+def bench_grants(bench: Bench) -> dict[str, Any]:
+    """Latency of the grant RPC (``open_asset``: catalog row, policy, KEK unwrap from the
+    cache, HKDF, a local presign, the audit event made durable) beside StatAsset (catalog
+    row and audit event), interleaved, ``GRANT_CALLS`` each."""
+    assert bench.direct_n is not None
+    reader = bench.direct_n
+    calls: dict[str, Callable[[], object]] = {
+        "grant": lambda: reader.open_asset(bench.vault_asset),
+        "stat": lambda: reader.stat(bench.vault_asset),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for fn in calls.values():  # warm
+        fn()
+    perf = time.perf_counter
+    for i in range(GRANT_CALLS):
+        order = list(calls.items())
+        for name, fn in order[i % 2 :] + order[: i % 2]:
+            t0 = perf()
+            fn()
+            samples[name].append(perf() - t0)
+
+    def pct(values: list[float], q: int) -> float:
+        return statistics.quantiles(values, n=100)[q - 1] * 1e3
+
+    return {
+        "calls": GRANT_CALLS,
+        "ms_p50": {k: statistics.median(v) * 1e3 for k, v in samples.items()},
+        "ms_p99": {k: pct(v, 99) for k, v in samples.items()},
     }
 
 
@@ -921,6 +1044,7 @@ def report(
     rng: dict[str, Any],
     rss: dict[str, Any],
     args: argparse.Namespace,
+    grants: dict[str, Any],
 ) -> list[dict[str, Any]]:
     size = rows[0]["size_bytes"]
     sz = f"{size // MIB // 1024} GiB" if size % (1024 * MIB) == 0 else f"{size // MIB} MiB"
@@ -942,6 +1066,12 @@ def report(
     ms, p90 = rng["ms"], rng["ms_p90"]
     range_rows = [
         ("reelvault Client.download(offset,len)", ms["rv"], p90["rv"], rng["vs_b3_plain"]),
+        (
+            "reelvault direct, cached grant",
+            ms["rv_direct"],
+            p90["rv_direct"],
+            1 / rng["direct_latency_vs_b3_plain"],
+        ),
         ("boto3 ranged GET, 1 MiB plaintext", ms["b3_plain"], p90["b3_plain"], 1.0),
         (
             "boto3 ranged GET, ciphertext span",
@@ -996,6 +1126,35 @@ def report(
     print()
 
     targets: list[dict[str, Any]] = []
+    if ("download", RLY) in by:
+        relayed = by[("download", RV)]["mbps"] / by[("download", RLY)]["mbps"]
+        targets.append(
+            {
+                "name": f"download {sz}: reelvault gRPC >= {TARGET_GRPC_VS_RELAY}x the raw relay",
+                "measured": f"{relayed:.2f}x",
+                "ok": relayed >= TARGET_GRPC_VS_RELAY,
+            }
+        )
+    for direct, base in ((DIR1, B3), (DIRN, B3N)):
+        if ("download", direct) in by:
+            ratio = by[("download", direct)]["mbps"] / by[("download", base)]["mbps"]
+            targets.append(
+                {
+                    "name": f"download {sz}: {LABELS[direct]} >= {TARGET_DIRECT_VS_BOTO3}x "
+                    f"{LABELS[base]}",
+                    "measured": f"{ratio:.2f}x",
+                    "ok": ratio >= TARGET_DIRECT_VS_BOTO3,
+                }
+            )
+    latency = rng["direct_latency_vs_b3_plain"]
+    targets.append(
+        {
+            "name": f"range 1 MiB: direct (cached grant) <= {TARGET_DIRECT_RANGE_LATENCY}x "
+            "a ranged GET's latency",
+            "measured": f"{latency:.2f}x ({ms['rv_direct']:.2f} vs {ms['b3_plain']:.2f} ms)",
+            "ok": latency <= TARGET_DIRECT_RANGE_LATENCY,
+        }
+    )
     for row in rows:
         if row["contender"] == RV:
             targets.append(
@@ -1032,6 +1191,12 @@ def report(
     print(
         f"  info  range latency: reelvault {rng['vs_b3_plain']:.2f}x a direct 1 MiB ranged GET "
         f"({ms['rv']:.2f} vs {ms['b3_plain']:.2f} ms median; no target)"
+    )
+    g50, g99 = grants["ms_p50"], grants["ms_p99"]
+    print(
+        f"  info  grant RPC (OpenAsset) p50 {g50['grant']:.2f} ms, p99 {g99['grant']:.2f} ms; "
+        f"StatAsset beside it p50 {g50['stat']:.2f} ms, p99 {g99['stat']:.2f} ms "
+        f"({grants['calls']} calls each)"
     )
     print()
     return targets
@@ -1075,6 +1240,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(root, extra_env=dict(item.split("=", 1) for item in args.server_env))
     sampler: RssSampler | None = None
     client: Client | None = None
+    direct_1: Client | None = None
+    direct_n: Client | None = None
     relay_channel: Any = None
     try:
         log(f"preparing {args.size_mib} MiB of payload ...")
@@ -1086,7 +1253,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         sampler = RssSampler(stack.server.pid, t0)
         sampler.start()
-        client = Client(stack.addr, stack.token)
+        client = Client(stack.addr, stack.token, read_path="vault")
+        direct_1 = Client(stack.addr, stack.token, read_path="direct", direct_concurrency=1)
+        direct_n = Client(stack.addr, stack.token, read_path="direct")
         settings = stack.settings
         assert settings is not None
         base = stack.seaweed.object_store(
@@ -1105,7 +1274,18 @@ def main(argv: list[str] | None = None) -> int:
             stack.relay_addr,
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
-        bench = Bench(args, stack, payload, client, base.client, transfer, sampler, relay_channel)
+        bench = Bench(
+            args,
+            stack,
+            payload,
+            client,
+            base.client,
+            transfer,
+            sampler,
+            relay_channel,
+            direct_1=direct_1,
+            direct_n=direct_n,
+        )
         time.sleep(1.0)
         baseline = sampler.level(0, sampler.now())
         log(
@@ -1114,6 +1294,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows, windows = bench_throughput(bench)
         rng = bench_ranges(bench)
+        grants = bench_grants(bench)
         sampler.stop()
         hwm_kib = proc_status_kib(stack.server.pid, "VmHWM") or 0
         vault_w = [w for w in windows if w["contender"] == RV]
@@ -1133,7 +1314,7 @@ def main(argv: list[str] | None = None) -> int:
                 for w in windows
             ],
         }
-        targets = report(rows, rng, rss, args)
+        targets = report(rows, rng, rss, args, grants)
         env["loadavg_end"] = os.getloadavg()
         print(f"load average at the end: {' '.join(f'{x:.2f}' for x in env['loadavg_end'])}")
         if args.json:
@@ -1153,6 +1334,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "throughput": rows,
                 "range": rng,
+                "grants": grants,
                 "rss": rss,
                 "targets": targets,
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1176,6 +1358,9 @@ def main(argv: list[str] | None = None) -> int:
             cleanup.callback(log, "stopping the server and SeaweedFS ...")
             if client is not None:
                 cleanup.callback(client.close)
+            for other in (direct_1, direct_n):
+                if other is not None:
+                    cleanup.callback(other.close)
             if relay_channel is not None:
                 cleanup.callback(relay_channel.close)
             if sampler is not None:

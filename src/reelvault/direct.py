@@ -18,11 +18,13 @@ part_size`` whatever the asset's size) and every frame is authenticated before i
 are yielded. A URL that expires mid-transfer is renewed through ``renew`` (a new grant for
 the same object: its header must be the same bytes).
 
-HTTP goes through urllib3, which boto3 already brings (a pinned dependency, no new one).
+HTTP goes through the standard library's ``http.client`` (see :class:`HttpRanges` for why
+not urllib3).
 """
 
 from __future__ import annotations
 
+import http.client
 import re
 import threading
 import time
@@ -31,8 +33,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
-
-import urllib3
+from urllib.parse import urlsplit
 
 from reelvault.crypto import KIND_ASSET, EncryptionContext, RandomAccessReader
 from reelvault.crypto.format import FRAME_OVERHEAD
@@ -82,11 +83,18 @@ class Grant:
 
 
 class HttpRanges:
-    """Ranged GETs of presigned URLs over one urllib3 pool (thread-safe).
+    """Ranged GETs of presigned URLs over a small pool of keep-alive connections
+    (thread-safe).
+
+    ``http.client`` from the standard library, not urllib3 (which boto3 brings): reading
+    a body with ``readinto`` straight into the part's buffer cost a quarter of the CPU of
+    urllib3's ``readinto`` here, and ran 1.6x as fast on one stream (a probe against
+    SeaweedFS, 8 MiB ranges: 674 vs 427 MB/s; docs/direct-reads.md).
 
     Args:
-        concurrency: connections kept per host.
-        connect_timeout, read_timeout: seconds.
+        concurrency: idle connections kept per host (the reader's ranged GETs in flight).
+        connect_timeout: seconds to open a connection.
+        read_timeout: seconds the store may stay silent while answering.
     """
 
     def __init__(
@@ -96,62 +104,94 @@ class HttpRanges:
         connect_timeout: float = 3.0,
         read_timeout: float = 30.0,
     ) -> None:
-        self._pool = urllib3.PoolManager(
-            num_pools=4,
-            maxsize=max(1, concurrency),
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            retries=urllib3.Retry(
-                total=2,
-                connect=1,
-                read=1,
-                status=2,
-                status_forcelist=(500, 502, 503, 504),
-                allowed_methods=frozenset({"GET"}),
-                backoff_factor=0.1,
-                raise_on_status=False,
-                redirect=0,
-            ),
-        )
+        self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._max_idle = max(1, concurrency)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
 
-    def fetch(self, url: str, start: int, length: int, object_size: int) -> bytes:
+    def fetch(self, url: str, start: int, length: int, object_size: int) -> bytearray:
         """Exactly ``length`` bytes of the object at ``start``.
 
         Raises:
             GrantExpired: the store refused the URL as expired (HTTP 403 naming expiry).
-            StoreUnreachable: connection failures, 5xx after retries, other refusals.
+            StoreUnreachable: connection failures, 5xx (after one retry), other refusals.
             IntegrityError: the object is missing (404), shorter than the catalog says
                 (416, a short body) or another size (``Content-Range``).
         """
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise StoreUnreachable("the grant's URL is not an HTTP URL")
+        target = f"{parts.path}?{parts.query}" if parts.query else parts.path
         headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        key = (parts.scheme, parts.netloc)
+        for attempt in range(2):  # a dropped keep-alive connection or a 5xx: once more
+            connection = self._take(key, parts.hostname, parts.port)
+            reusable = False
+            try:
+                connection.request("GET", target, headers=headers)
+                response = connection.getresponse()
+                status = response.status
+                if status == 206:
+                    data = _read_exactly(response, start, length, object_size)
+                    reusable = not response.will_close
+                    return data
+                body = response.read(4096)
+                if status == 403 and b"expired" in body.lower():
+                    raise GrantExpired()
+                if status in (404, 416):
+                    raise IntegrityError("the stored object is missing or truncated")
+                if status >= 500 and attempt == 0:
+                    continue
+                raise StoreUnreachable(f"HTTP {status}")
+            except (OSError, http.client.HTTPException) as exc:
+                if attempt:
+                    raise StoreUnreachable(type(exc).__name__) from None
+            finally:
+                if reusable:
+                    self._give_back(key, connection)
+                else:
+                    connection.close()
+        raise StoreUnreachable("the store did not answer")
+
+    def _take(
+        self, key: tuple[str, str], host: str, port: int | None
+    ) -> http.client.HTTPConnection:
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+        kind = http.client.HTTPSConnection if key[0] == "https" else http.client.HTTPConnection
+        connection = kind(host, port, timeout=self._connect_timeout)
         try:
-            response = self._pool.request(
-                "GET", url, headers=headers, preload_content=False, decode_content=False
-            )
-        except urllib3.exceptions.HTTPError as exc:
+            connection.connect()
+        except OSError as exc:
+            connection.close()
             raise StoreUnreachable(type(exc).__name__) from None
-        try:
-            status = response.status
-            if status == 206:
-                return _read_exactly(response, start, length, object_size)
-            body = response.read(4096)
-            if status == 403 and (b"expired" in body.lower() or b"Expired" in body):
-                raise GrantExpired()
-            if status in (404, 416):
-                raise IntegrityError("the stored object is missing or truncated")
-            raise StoreUnreachable(f"HTTP {status}")
-        except urllib3.exceptions.HTTPError as exc:  # the body broke off
-            raise StoreUnreachable(type(exc).__name__) from None
-        finally:
-            response.release_conn()
+        assert connection.sock is not None
+        connection.sock.settimeout(self._read_timeout)
+        return connection
+
+    def _give_back(self, key: tuple[str, str], connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self._max_idle:
+                idle.append(connection)
+                return
+        connection.close()
 
     def close(self) -> None:
-        self._pool.clear()
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
 
 
 def _read_exactly(
-    response: urllib3.BaseHTTPResponse, start: int, length: int, total: int
+    response: http.client.HTTPResponse, start: int, length: int, total: int
 ) -> bytearray:
-    served = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+    served = _CONTENT_RANGE.fullmatch(response.getheader("Content-Range") or "")
     if served is None or (int(served[1]), int(served[2])) != (start, start + length - 1):
         raise IntegrityError("the store did not serve the requested range")
     if int(served[3]) != total:
@@ -166,7 +206,7 @@ def _read_exactly(
         pos += n
     if response.read(1):
         raise IntegrityError("the store sent more than the requested range")
-    return buf  # a bytearray, not copied again: read wherever bytes are
+    return buf
 
 
 class GrantReader:
