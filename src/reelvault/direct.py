@@ -313,6 +313,9 @@ class GrantReader:
         """The stored bytes ``[offset, offset + length)`` in order, fetched as parts of
         whole frames with up to ``concurrency`` ranged GETs in flight."""
         end = offset + length
+        if length <= self._part:  # one GET: no thread to start
+            yield self._read_at(offset, length)
+            return
         starts = iter(range(offset, end, self._part))
         pending: deque[Future[bytes]] = deque()
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="reelvault-direct") as pool:
