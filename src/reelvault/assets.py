@@ -643,6 +643,7 @@ class Assets:
                 "direct reads are off for this tenant (a tenant admin enables them with "
                 "SetTenantPolicy); read through Download"
             )
+        url = self._store.presign_get(row.object_key, lifetime)  # local: nothing is sent
         header = parse_header(row.header)
         slots = [EncryptedDataKey.parse(row.key_slot)] if row.key_slot else []
         opened = open_header(
@@ -651,7 +652,6 @@ class Assets:
             asset_context(tenant_id, asset_id),
             data_keys=slots,
         )
-        url = self._store.presign_get(row.object_key, lifetime)
         expires_at = self._now() + timedelta(seconds=lifetime)
         layout = MessageLayout.for_plaintext(len(row.header), header.frame_length, row.size)
         # Recorded, durably, before the key leaves: a grant is a key release.

@@ -241,6 +241,9 @@ def _calls(api: Stubs, md: Metadata, tenant_id: str, tag: str) -> dict[str, Call
         f"{svc}TenantService/ListTenants": lambda: api.tenants.ListTenants(
             tenant_pb2.ListTenantsRequest(), metadata=md
         ),
+        f"{svc}TenantService/SetTenantPolicy": lambda: api.tenants.SetTenantPolicy(
+            tenant_pb2.SetTenantPolicyRequest(tenant_id=tenant_id), metadata=md
+        ),
         f"{svc}ApiKeyService/CreateApiKey": lambda: api.keys.CreateApiKey(
             apikey_pb2.CreateApiKeyRequest(tenant_id=tenant_id, role=apikey_pb2.ROLE_RENDERER),
             metadata=md,
@@ -265,6 +268,9 @@ def _calls(api: Stubs, md: Metadata, tenant_id: str, tag: str) -> dict[str, Call
         ),
         f"{svc}AssetService/DeleteAsset": lambda: api.assets.DeleteAsset(
             asset_pb2.DeleteAssetRequest(asset_id="0" * 32), metadata=md
+        ),
+        f"{svc}AssetService/OpenAsset": lambda: api.assets.OpenAsset(
+            asset_pb2.OpenAssetRequest(asset_id="0" * 32), metadata=md
         ),
         f"{svc}AuditService/ListAuditEvents": lambda: audit.ListAuditEvents(
             audit_pb2.ListAuditEventsRequest(tenant_id=tenant_id, start_time=start, end_time=end),

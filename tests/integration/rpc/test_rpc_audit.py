@@ -92,6 +92,16 @@ def test_every_rpc_leaves_an_event_with_what_the_domain_knows(
     audit.SetAuditRetention(
         audit_pb2.SetAuditRetentionRequest(retention_days=400), metadata=acme.md()
     )
+    api.tenants.SetTenantPolicy(
+        tenant_pb2.SetTenantPolicyRequest(direct_reads=True), metadata=acme.md()
+    )
+    # this vault's in-memory store cannot presign: a failed grant, recorded all the same
+    refused = rpc_error(
+        lambda: api.assets.OpenAsset(
+            asset_pb2.OpenAssetRequest(asset_id=asset.id), metadata=renderer
+        )
+    )
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
     api.assets.DeleteAsset(asset_pb2.DeleteAssetRequest(asset_id=asset.id), metadata=acme.md())
 
     recorded = events(vault, acme.id) + events(vault, PLATFORM_LOG) + events(vault, other.id)
