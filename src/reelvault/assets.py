@@ -644,7 +644,10 @@ class Assets:
                 "SetTenantPolicy); read through Download"
             )
         url = self._store.presign_get(row.object_key, lifetime)  # local: nothing is sent
-        header = parse_header(row.header)
+        try:
+            header = parse_header(row.header)
+        except (Incomplete, Malformed):
+            raise IntegrityError("the catalog's header is malformed") from None
         slots = [EncryptedDataKey.parse(row.key_slot)] if row.key_slot else []
         opened = open_header(
             header,
