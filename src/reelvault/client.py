@@ -56,8 +56,10 @@ from reelvault.direct import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
     Grant,
+    GrantExpired,
     GrantReader,
     HttpRanges,
+    ObjectMissing,
     StoreUnreachable,
 )
 from reelvault.v1 import (
@@ -762,12 +764,14 @@ class Client:
         Raises:
             FailedPrecondition: the tenant's policy does not enable direct reads.
         """
-        request = asset_pb2.OpenAssetRequest(asset_id=asset_id, lifetime_seconds=lifetime or 0)
+        request = asset_pb2.OpenAssetRequest(
+            asset_id=asset_id, lifetime_seconds=_int_field(lifetime or 0, "lifetime", 31)
+        )
         if suffix is not None:
-            request.suffix_length = suffix
+            request.suffix_length = _int_field(suffix, "suffix length", 63)
         elif offset is not None and length is not None:
-            request.byte_range.offset = offset
-            request.byte_range.length = length
+            request.byte_range.offset = _int_field(offset, "offset", 63)
+            request.byte_range.length = _int_field(length, "length", 63)
         reply = self._unary(self._assets.OpenAsset, request)
         return ReadGrant(
             asset=_asset(reply.asset),
@@ -790,6 +794,14 @@ class Client:
         forced: bool,
     ) -> DownloadStream | None:
         """A direct read, or None to read through the vault (``auto`` only)."""
+
+        def missing() -> None:
+            """The store has no object (404): a deleted asset is NotFound, as through the
+            vault; otherwise the caller raises DATA_LOSS. The cached reader goes."""
+            with self._readers_lock:
+                self._readers.pop(asset_id, None)
+            self.stat(asset_id)
+
         grant_range: dict[str, int] = {}
         if suffix is not None:
             grant_range = {"suffix": suffix}
@@ -802,11 +814,14 @@ class Client:
                 raise
             self._direct_off_until = time.monotonic() + _POLICY_RECHECK
             return None
-        except StoreUnreachable:
+        except (StoreUnreachable, GrantExpired) as exc:
             if forced:
-                raise errors.Unavailable("the object store cannot be reached from here") from None
+                raise errors.Unavailable(_store_failure(exc)) from None
             self._direct_off_until = time.monotonic() + _STORE_RECHECK
             return None
+        except ObjectMissing:
+            missing()  # NotFound if the asset was deleted meanwhile
+            raise
         except errors.DecryptionError as exc:  # as through the vault: opaque DATA_LOSS
             raise errors.IntegrityError(exc.message) from None
         start, count = _plaintext_range(asset.size, offset, length, suffix)
@@ -817,7 +832,7 @@ class Client:
             self._direct_off_until = time.monotonic() + _STORE_RECHECK
             return self.download(asset_id, offset=at, length=n, read_path="vault")
 
-        return DirectStream(reader, asset, start, count, through_vault)
+        return DirectStream(reader, asset, start, count, through_vault, missing=missing)
 
     def _grant_reader(
         self, asset_id: str, grant_range: Mapping[str, int]
@@ -831,6 +846,8 @@ class Client:
                 self._http = HttpRanges(concurrency=self._direct_concurrency)
             http = self._http
         grant = self.open_asset(asset_id, **grant_range)
+        if grant.asset.id != asset_id:  # the header check binds the grant's own asset only
+            raise errors.IntegrityError("the read grant is for another asset")
         reader = GrantReader(
             _direct_grant(grant),
             http,
@@ -1235,6 +1252,8 @@ class DirectStream(DownloadStream):
         offset: int,
         length: int,
         through_vault: Callable[[int, int], DownloadStream | None],
+        *,
+        missing: Callable[[], None] | None = None,
     ) -> None:
         self.asset = asset
         self.offset = offset
@@ -1242,6 +1261,7 @@ class DirectStream(DownloadStream):
         self._received = 0
         self._done = False
         self._through_vault = through_vault
+        self._missing = missing
         self._pieces: Iterator[bytes] = reader.iter_range(offset, length)
         self._vault: DownloadStream | None = None
 
@@ -1252,9 +1272,19 @@ class DirectStream(DownloadStream):
             except StopIteration:
                 self._done = True
                 break
-            except StoreUnreachable:
-                self._switch()
+            except (StoreUnreachable, GrantExpired, errors.FailedPrecondition) as exc:
+                # the store stopped answering, keeps refusing the URL as expired, or the
+                # renewal was refused (direct reads turned off): the vault may still serve
+                if self._vault is not None:  # the vault's own answer: not ours to switch
+                    self.close()
+                    raise
+                self._switch(exc)
                 continue
+            except ObjectMissing:
+                self.close()
+                if self._missing is not None:
+                    self._missing()  # NotFound if the asset was deleted meanwhile
+                raise
             except errors.DecryptionError as exc:
                 self.close()
                 # as through the vault: DATA_LOSS with an opaque message
@@ -1267,13 +1297,15 @@ class DirectStream(DownloadStream):
                 return piece
         raise StopIteration
 
-    def _switch(self) -> None:
+    def _switch(self, cause: Exception) -> None:
         _close_pieces(self._pieces)
         rest = self.length - self._received
         stream = self._through_vault(self.offset + self._received, rest) if rest else None
         if rest and stream is None:
             self._done = True
-            raise errors.Unavailable("the object store stopped answering")
+            if isinstance(cause, errors.ReelvaultError):
+                raise cause  # read_path="direct": the refusal itself
+            raise errors.Unavailable(_store_failure(cause, "stopped answering")) from None
         self._vault = stream
         self._pieces = iter(stream) if stream is not None else iter(())
 
@@ -1282,6 +1314,12 @@ class DirectStream(DownloadStream):
         _close_pieces(self._pieces)
         if self._vault is not None:
             self._vault.close()
+
+
+def _store_failure(cause: Exception, unreachable: str = "cannot be reached from here") -> str:
+    if isinstance(cause, GrantExpired):  # renewed, and refused as expired again
+        return "the object store refuses the read grant as expired (clocks apart?)"
+    return f"the object store {unreachable}"
 
 
 def _close_pieces(pieces: Iterator[bytes]) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "GrantExpired",
     "GrantReader",
     "HttpRanges",
+    "ObjectMissing",
     "StoreUnreachable",
 ]
 
@@ -55,7 +56,8 @@ DEFAULT_PART_SIZE: Final = 8 * 1024 * 1024
 RENEW_MARGIN: Final = 30.0
 """Seconds before its expiry a grant is renewed rather than used for a new request."""
 
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+# bounded: int() refuses (ValueError) a hostile header's thousands of digits
+_CONTENT_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19})")
 
 
 class StoreUnreachable(Exception):
@@ -65,6 +67,12 @@ class StoreUnreachable(Exception):
 
 class GrantExpired(Exception):
     """The store refused the URL because it expired: renew the grant."""
+
+
+class ObjectMissing(IntegrityError):
+    """The store has no object at the URL (HTTP 404): lost or deleted by someone with
+    write access to the store, or the asset was deleted after the grant was issued (the
+    caller asks the vault which: only the first is data loss)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +123,11 @@ class HttpRanges:
 
         Raises:
             GrantExpired: the store refused the URL as expired (HTTP 403 naming expiry).
-            StoreUnreachable: connection failures, 5xx (after one retry), other refusals.
-            IntegrityError: the object is missing (404), shorter than the catalog says
-                (416, a short body) or another size (``Content-Range``).
+            StoreUnreachable: connection failures (a body that breaks off too), 5xx (after
+                one retry), other refusals.
+            IntegrityError: the object is missing (404: :class:`ObjectMissing`), shorter
+                than the catalog says (416) or another size (``Content-Range``), or the
+                answer is not the range asked for.
         """
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -126,7 +136,9 @@ class HttpRanges:
         headers = {"Range": f"bytes={start}-{start + length - 1}"}
         key = (parts.scheme, parts.netloc)
         for attempt in range(2):  # a dropped keep-alive connection or a 5xx: once more
-            connection = self._take(key, parts.hostname, parts.port)
+            # the retry on a new connection: the idle ones may all have been closed by the
+            # store meanwhile (its keep-alive timeout), and one attempt on each would fail
+            connection = self._take(key, parts.hostname, parts.port, fresh=attempt > 0)
             reusable = False
             try:
                 connection.request("GET", target, headers=headers)
@@ -139,7 +151,9 @@ class HttpRanges:
                 body = response.read(4096)
                 if status == 403 and b"expired" in body.lower():
                     raise GrantExpired()
-                if status in (404, 416):
+                if status == 404:
+                    raise ObjectMissing("the stored object is missing or truncated")
+                if status == 416:
                     raise IntegrityError("the stored object is missing or truncated")
                 if status >= 500 and attempt == 0:
                     continue
@@ -155,12 +169,13 @@ class HttpRanges:
         raise StoreUnreachable("the store did not answer")
 
     def _take(
-        self, key: tuple[str, str], host: str, port: int | None
+        self, key: tuple[str, str], host: str, port: int | None, *, fresh: bool = False
     ) -> http.client.HTTPConnection:
-        with self._lock:
-            idle = self._idle.get(key)
-            if idle:
-                return idle.pop()
+        if not fresh:
+            with self._lock:
+                idle = self._idle.get(key)
+                if idle:
+                    return idle.pop()
         kind = http.client.HTTPSConnection if key[0] == "https" else http.client.HTTPConnection
         connection = kind(host, port, timeout=self._connect_timeout)
         try:
@@ -202,7 +217,12 @@ def _read_exactly(
     while pos < length:
         n = response.readinto(view[pos:])
         if not n:
-            raise IntegrityError("the stored object is missing or truncated")
+            if response.length == 0:  # all its own Content-Length announced: a lie
+                raise IntegrityError("the store sent less than the requested range")
+            # the body broke off (http.client's readinto returns 0 at a premature end
+            # rather than raise): a transfer failure, retried, not a truncated object,
+            # whose size Content-Range proved
+            raise http.client.IncompleteRead(b"", length - pos)
         pos += n
     if response.read(1):
         raise IntegrityError("the store sent more than the requested range")

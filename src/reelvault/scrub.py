@@ -13,7 +13,10 @@ bytes, perhaps years later. A pass walks the catalog's assets in id order and, f
 4. streams every frame, in spans of at most :data:`SPAN` bytes (one ranged GET each), and
    authenticates each with :func:`reelvault.crypto.open_frames`, as a download would. A
    frame that fails is reported with its sequence number and offset, and the check goes on
-   at the next frame, so the report also says how many frames are damaged.
+   at the next frame, so the report also says how many frames are damaged;
+5. when every frame authenticates, compares the plaintext's SHA-256 with the one recorded
+   at upload: frames re-sealed with the object's own content key (which a read grant
+   releases) authenticate, but cannot keep that digest.
 
 Nothing stops the pass but the store: a damaged asset is recorded (in ``scrub_findings``,
 in the tenant's audit log, in the log) and the pass goes on. A store (or key provider)
@@ -37,6 +40,7 @@ otherwise by the next pass; one deleted during a pass is not reported.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import secrets
 import threading
 import time
@@ -128,6 +132,7 @@ class Problem(StrEnum):
     SIZE_MISMATCH = "size-mismatch"
     HEADER_MISMATCH = "header-mismatch"
     FRAME_INVALID = "frame-invalid"
+    CONTENT_MISMATCH = "content-mismatch"
     KEY_UNAVAILABLE = "key-unavailable"
     UNAVAILABLE = "unavailable"
 
@@ -506,8 +511,12 @@ class Scrubber:
         run: _Run,
         damaged: Callable[..., None],
     ) -> None:
-        """Authenticate every frame, span by span; record the first bad frame and how many."""
+        """Authenticate every frame, span by span; record the first bad frame and how many.
+        When every frame authenticates, the plaintext's SHA-256 must be the one recorded at
+        upload: frames re-sealed with this object's own content key (released to a read
+        grant's holder, docs/direct-reads.md) authenticate, but cannot keep the digest."""
         final = layout.final_sequence
+        digest = hashlib.sha256()
         per_span = max(1, SPAN // (layout.frame_length + FRAME_OVERHEAD))
         first_bad: int | None = None
         bad, reason, failures = 0, "", 0
@@ -520,7 +529,8 @@ class Scrubber:
             try:
                 with contextlib.closing(run.stream(row.object_key, start, end - start)) as span:
                     bound = None if last == final else last
-                    for _ in open_frames(span, opened, sequence, bound):
+                    for plain in open_frames(span, opened, sequence, bound):
+                        digest.update(plain)
                         verified += 1
                 sequence = last + 1
             except DecryptionError as exc:
@@ -538,6 +548,13 @@ class Scrubber:
                     raise
                 run.wait(self._retry_delay * 2 ** (failures - 1))
                 sequence += verified  # resume after the frames already authenticated
+        if first_bad is None and not secrets.compare_digest(digest.digest(), row.sha256):
+            damaged(
+                Problem.CONTENT_MISMATCH,
+                "every frame authenticates but the plaintext's SHA-256 is not the one recorded "
+                "at upload (frames re-sealed with the object's content key, which read grants "
+                "release, or a changed catalog row)",
+            )
         if first_bad is not None:
             damaged(
                 Problem.FRAME_INVALID,

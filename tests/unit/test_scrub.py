@@ -13,18 +13,19 @@ from collections.abc import Callable, Generator
 
 import pytest
 from asset_helpers import put
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
 from reelvault import scrub
-from reelvault.assets import Assets
+from reelvault.assets import Assets, asset_context
 from reelvault.audit import Auditor, MemoryAuditSink, Outcome
 from reelvault.catalog.tables import AssetRow, ScrubPassRow
 from reelvault.cli.scrub import RateSyntaxError, parse_rate
 from reelvault.clock import FakeClock
 from reelvault.config import Settings
-from reelvault.crypto import FRAME_OVERHEAD, MessageLayout
-from reelvault.crypto.format import parse_header
+from reelvault.crypto import FRAME_OVERHEAD, MessageLayout, message
+from reelvault.crypto.format import frame_aad, frame_iv, parse_header
 from reelvault.errors import ConfigurationError, NotFound, Unavailable
 from reelvault.scrub import Problem, Result, Scrubber, StopReason, TokenBucket
 from reelvault.storage import MemoryObjectStore
@@ -273,6 +274,31 @@ def test_a_flipped_byte_in_a_middle_frame_names_that_frame(small, tenant, store,
     assert (finding.frame, finding.frames) == (5, 1)
     assert finding.byte_offset == layout.frame_offset(5)
     assert "frame 5 of 11" in finding.detail
+
+
+def test_frames_resealed_with_the_released_content_key_are_caught_by_their_digest(
+    small, tenant, tenant_keys, store, database, make
+):
+    # A read grant releases an object's content key; with write access to the bucket too,
+    # its holder can re-seal a frame that authenticates (docs/direct-reads.md). The pass
+    # still catches it: the plaintext no longer has the SHA-256 recorded at upload.
+    info = put(small, tenant, os.urandom(10 * F + 5))
+    key, layout = key_of(database, info.id), layout_of(database, info.id)
+    with database.transaction(readonly=True) as session:
+        header = parse_header(session.get(AssetRow, info.id).header)
+    opened, _ = message._open(header, tenant_keys.resolver(tenant), asset_context(tenant, info.id))
+    sealed = AESGCM(opened.content_key).encrypt(
+        frame_iv(4), b"F" * F, frame_aad(header.message_id, 4, F, final=False)
+    )
+    data = stored(store, key)
+    at = layout.frame_offset(4)
+    data[at : at + F + FRAME_OVERHEAD] = (4).to_bytes(4, "big") + frame_iv(4) + sealed
+    replace(store, key, data)
+
+    [finding] = make().run().latest.findings
+
+    assert finding.problem is Problem.CONTENT_MISMATCH
+    assert "SHA-256" in finding.detail
 
 
 def test_every_damaged_frame_is_counted_the_first_named(small, tenant, store, database, make):
