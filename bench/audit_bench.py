@@ -30,7 +30,16 @@ suite's database ``test`` is never touched). Each part starts on a fresh, migrat
    After each round without a sequencer its backlog is integrated (``AuditLog.integrate``
    until nothing is pending, each call one transaction of up to ``_INTEGRATE_BATCH``
    events): the sequencer's rate. ``AuditLog._commit`` is wrapped (by a
-   subclass) to count the events each group commit carries.
+   subclass) to count the events each group commit carries. A fourth contender is the
+   ceiling of this design on this machine: 16 threads, each handing one pre-rendered row
+   (a real event's row, its id stamped in) to a minimal group committer with no reelvault
+   code in the loop (``RawGroupCommitter``: as many committer threads as ``AuditLog``
+   allows commits in flight, each with a raw driver connection, taking every queued row,
+   ``executemany`` and commit, then waking those rows' writers). The 16-writer rate is
+   reported as a ratio of it, round by round (the two run side by side in each round,
+   in turns first). Between contenders the write-ahead log is checkpointed (untimed), so
+   that none pays for the writes of the one before. ``--write-contenders`` picks
+   contenders.
 3. **Queries.** ``--events`` events of one tenant (default 1,000,000) are written with
    ``AuditRepository.add_events`` in transactions of ``--fill-batch`` rows (actors,
    assets, actions, outcomes drawn from skewed distributions; times spread over 30
@@ -132,8 +141,18 @@ RPC_LABELS = {
     PAUSED: "audited, sequencer paused",
     NOOP: "NullAuditSink",
 }
-W1, W16, W16S = "w1", "w16", "w16+seq"
-WRITE_LABELS = {W1: "1 writer", W16: f"{WRITERS} writers", W16S: f"{WRITERS} writers + sequencer"}
+W1, W16, W16S, RAW16 = "w1", "w16", "w16+seq", "raw16"
+WRITE_LABELS = {
+    W1: "1 writer",
+    W16: f"{WRITERS} writers",
+    W16S: f"{WRITERS} writers + sequencer",
+    RAW16: f"{WRITERS} writers, raw driver",
+}
+WRITE_CONTENDERS = (W1, W16, W16S, RAW16)
+# Every column of an audit_events row but its id, in the table's order: what the ceiling
+# contender inserts (seq and leaf_hash NULL, as the write path leaves them).
+_EVENTS_TABLE: Any = AuditEventRow.__table__
+EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in _EVENTS_TABLE.columns if c.name != "id")
 STAT_METHOD = "/reelvault.v1.AssetService/StatAsset"
 USER_AGENT = f"grpc-python/{grpc.__version__} grpc-c/48.0.0 (linux; chttp2)"
 CHANNEL_OPTIONS = [
@@ -658,16 +677,142 @@ class MeteredAuditLog(AuditLog):
         super().__init__(*args, **kwargs)
         self.commits: list[tuple[int, float]] = []
 
-    def _commit(self, rows: list[dict[str, Any]]) -> None:
+    def _commit(self, rows: list[tuple[Any, ...]]) -> None:
         t0 = time.perf_counter()
         try:
             super()._commit(rows)
-        finally:  # only the batch's leader commits, one at a time
+        finally:  # each batch's leader (list.append is atomic)
             self.commits.append((len(rows), time.perf_counter() - t0))
 
 
+class RawGroupCommitter:
+    """The ceiling contender (module docstring, part 2): the group commit ``AuditLog.write``
+    does, with no reelvault code in the loop. Each writer appends its row and a locked
+    lock (the cheapest wake-up CPython has) to the queue and blocks on the lock; each of
+    ``in_flight`` committer threads, with a raw driver connection of its own, takes every
+    row queued so far, inserts them with ``executemany`` in one transaction, commits, and
+    releases their writers. Durable before release, as in ``AuditLog``; no per-caller
+    failure isolation (nothing fails here)."""
+
+    def __init__(self, backend: Backend, url: str, in_flight: int) -> None:
+        self.commits: list[tuple[int, float]] = []
+        self._backend = backend
+        self._url = url
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._rows: list[tuple[Any, ...]] = []
+        self._waiters: list[Any] = []
+        self._stop = False
+        self._error: BaseException | None = None
+        names = ", ".join(EVENT_COLUMNS)
+        marks = ", ".join(["?" if backend.name == "sqlite" else "%s"] * len(EVENT_COLUMNS))
+        self._sql = f"INSERT INTO audit_events ({names}) VALUES ({marks})"
+        self._threads = [
+            threading.Thread(target=self._run, args=(self._connect(),), daemon=True)
+            for _ in range(in_flight)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _connect(self) -> Any:
+        if self._backend.name == "sqlite":
+            # As reelvault.catalog.db sets SQLite up: WAL, synchronous FULL (the default),
+            # BEGIN IMMEDIATE issued by hand.
+            conn = sqlite3.connect(
+                make_url(self._url).database or "", isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            return conn
+        plain = make_url(self._url).set(drivername="postgresql")
+        return psycopg.connect(plain.render_as_string(hide_password=False))
+
+    def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        if self._backend.name == "sqlite":
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(self._sql, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return
+        with conn.transaction(), conn.cursor() as cursor:
+            cursor.executemany(self._sql, rows)
+
+    def write(self, row: tuple[Any, ...]) -> None:
+        """Return once ``row`` is committed."""
+        waiter = threading.Lock()
+        waiter.acquire()
+        with self._lock:
+            self._rows.append(row)
+            self._waiters.append(waiter)
+            self._ready.notify()
+        waiter.acquire()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self, conn: Any) -> None:
+        perf = time.perf_counter
+        try:
+            while True:
+                with self._lock:
+                    while not self._rows:
+                        if self._stop:
+                            return
+                        self._ready.wait()
+                    rows, waiters = self._rows, self._waiters
+                    self._rows, self._waiters = [], []
+                t0 = perf()
+                try:
+                    self._insert(conn, rows)
+                except BaseException as exc:
+                    self._error = exc
+                self.commits.append((len(rows), perf() - t0))
+                for waiter in waiters:
+                    waiter.release()
+        finally:
+            conn.close()
+
+    def writer(self, log_id: str, index: int) -> Callable[[], None]:
+        """One writer thread's call: hands a pre-rendered row (a real StatAsset event's, as
+        ``AuditLog.write`` would insert it) with a fresh event id stamped into its
+        ``event_id`` column and its body's ``metadata.uid``."""
+        clock = SystemClock()
+        template = event_row(stat_event(log_id, secrets.token_hex(8), secrets.token_hex(16), clock))
+        uid = template["event_id"]
+        head, _, tail = template["body"].partition(f'"{uid}"')
+        values = [template[name] for name in EVENT_COLUMNS]
+        at_id, at_body = EVENT_COLUMNS.index("event_id"), EVENT_COLUMNS.index("body")
+        prefix = f"{index:02x}{secrets.token_hex(7)}"  # 16 + 16 hex digits: 32, as event ids
+        counter = iter(range(2**62))
+        write = self.write
+
+        def one() -> None:
+            event_id = f"{prefix}{next(counter):016x}"
+            row = values.copy()
+            row[at_id] = event_id
+            row[at_body] = f'{head}"{event_id}"{tail}'
+            write(tuple(row))
+
+        return one
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._ready.notify_all()
+        for thread in self._threads:
+            thread.join(30)
+
+
 def write_round(
-    audit: MeteredAuditLog, log_id: str, writers: int, seconds: float, sequencer: bool
+    audit: MeteredAuditLog,
+    log_id: str,
+    writers: int,
+    seconds: float,
+    sequencer: bool,
+    raw: RawGroupCommitter | None = None,
 ) -> dict[str, Any]:
     clock = SystemClock()
     key_id = secrets.token_hex(8)
@@ -680,9 +825,15 @@ def write_round(
 
     def writer(i: int) -> None:
         out = latencies[i]
+        one = raw.writer(log_id, i) if raw is not None else None
         barrier.wait()
         end = deadline[0]
         try:
+            if one is not None:  # the ceiling: a pre-rendered row, no reelvault code
+                while (t0 := perf()) < end:
+                    one()
+                    out.append(perf() - t0)
+                return
             while (t0 := perf()) < end:
                 audit.write([stat_event(log_id, key_id, asset_id, clock)])
                 out.append(perf() - t0)
@@ -702,7 +853,8 @@ def write_round(
     threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(writers)]
     for t in threads:
         t.start()
-    audit.commits.clear()
+    metered = raw if raw is not None else audit
+    metered.commits.clear()
     gc.collect()
     c0 = cpu_now()
     deadline[0] = perf() + seconds
@@ -712,7 +864,7 @@ def write_round(
         t.join()
     wall = perf() - t0
     cpu = cpu_now() - c0
-    commits = list(audit.commits)
+    commits = list(metered.commits)
     lag = 0
     if seq_thread is not None:
         stop.set()
@@ -782,14 +934,46 @@ def integrate_backlog(
     }
 
 
+def round_order(order: Sequence[str], rnd: int) -> list[str]:
+    """The contenders of round ``rnd``: rotated from round to round, with the 16-writer
+    contender and the ceiling side by side, in turns first, so that the two a ratio
+    compares run within seconds of each other, each as often after the other."""
+    k = rnd % len(order)
+    rotated = list(order[k:]) + list(order[:k])
+    if W16 in rotated and RAW16 in rotated:
+        rotated.remove(RAW16)
+        at = rotated.index(W16)
+        rotated.insert(at + 1 if rnd % 2 == 0 else at, RAW16)
+    return rotated
+
+
+def settle(backend: Backend, url: str) -> None:
+    """Between two contenders, untimed: the write-ahead log checkpointed, so that no
+    contender pays for the writes of the one before it. (On SQLite the round after the
+    sequencer's would otherwise start by checkpointing what the sequencer wrote: the
+    ceiling ran at half its rate whenever it came right after that round.)"""
+    if backend.name == "sqlite":
+        path = make_url(url).database or ""
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return
+    with backend.direct(url) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def bench_write(backend: Backend, args: argparse.Namespace) -> dict[str, Any]:
     with backend.fresh() as url:
         db = Database(url)
+        raw: RawGroupCommitter | None = None
         try:
             db.migrate()
             audit = MeteredAuditLog(db, new_keyring(), SystemClock())
-            logs = {who: secrets.token_hex(16) for who in (W1, W16, W16S)}
             plan = {W1: (1, False), W16: (WRITERS, False), W16S: (WRITERS, True)}
+            plan[RAW16] = (WRITERS, False)
+            plan = {who: plan[who] for who in args.write_contenders}
+            logs = {who: secrets.token_hex(16) for who in plan}
+            if RAW16 in plan:  # as many commits in flight as AuditLog allows itself
+                raw = RawGroupCommitter(backend, url, audit._max_in_flight)
             results: dict[str, list[dict[str, Any]]] = {who: [] for who in plan}
             integrations: dict[str, list[dict[str, Any]]] = {W1: [], W16: []}
             written = dict.fromkeys(plan, 0)
@@ -797,11 +981,12 @@ def bench_write(backend: Backend, args: argparse.Namespace) -> dict[str, Any]:
             for rnd in range(args.warmup + args.write_rounds):
                 warm = rnd < args.warmup
                 tag = "warm-up" if warm else f"run {rnd - args.warmup + 1}/{args.write_rounds}"
-                k = rnd % len(order)
-                for who in order[k:] + order[:k]:
+                for who in round_order(order, rnd):
                     writers, with_seq = plan[who]
                     seconds = args.write_seconds if not warm else min(2.0, args.write_seconds)
-                    m = write_round(audit, logs[who], writers, seconds, with_seq)
+                    m = write_round(
+                        audit, logs[who], writers, seconds, with_seq, raw if who == RAW16 else None
+                    )
                     written[who] += m["events"]
                     note = f"  pending at end {m['pending_at_end']}" if with_seq else ""
                     log(
@@ -810,7 +995,8 @@ def bench_write(backend: Backend, args: argparse.Namespace) -> dict[str, Any]:
                         f"commit p50 {m['commit_p50_ms']:5.2f} ms  "
                         f"cpu {m['cpu_ms_per_event']:.3f} ms/event{note}"
                     )
-                    # integrate what is left (all of it, for the rounds without sequencer)
+                    # integrate what is left (all of it, for the rounds without sequencer;
+                    # the ceiling's rows too, so that no later round's sequencer sees them)
                     integ = integrate_backlog(audit, logs[who])
                     if who in integrations and integ["events"]:
                         log(
@@ -822,6 +1008,10 @@ def bench_write(backend: Backend, args: argparse.Namespace) -> dict[str, Any]:
                             integrations[who].append(integ)
                     if not warm:
                         results[who].append(m)
+                    settle(backend, url)
+            if raw is not None:
+                raw.close()
+                raw = None
             rows = []
             for who, runs in results.items():
                 rows.append(
@@ -859,8 +1049,31 @@ def bench_write(backend: Backend, args: argparse.Namespace) -> dict[str, Any]:
                         f"log {who} holds {audit.tree_size(log_id)} events, {written[who]} "
                         "were written"
                     )
-            return {"rows": rows, "integration": integ_rows, "seconds": args.write_seconds}
+            out: dict[str, Any] = {
+                "rows": rows,
+                "integration": integ_rows,
+                "seconds": args.write_seconds,
+            }
+            if W16 in results and RAW16 in results:
+                # rounds are paired: both contenders ran side by side in the same round,
+                # so the disk's and the host's drift hits both
+                paired = [
+                    a["events_per_s"] / b["events_per_s"]
+                    for a, b in zip(results[W16], results[RAW16], strict=True)
+                ]
+                reelvault = statistics.median(r["events_per_s"] for r in results[W16])
+                ceiling = statistics.median(r["events_per_s"] for r in results[RAW16])
+                out["ceiling"] = {
+                    "events_per_s": ceiling,
+                    "reelvault_events_per_s": reelvault,
+                    "ratio": reelvault / ceiling,
+                    "ratio_rounds": paired,
+                    "ratio_rounds_median": statistics.median(paired),
+                }
+            return out
         finally:
+            if raw is not None:
+                raw.close()
             db.dispose()
 
 
@@ -1349,6 +1562,19 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
                         f"{row['events_per_s']:,.0f}/s",
                         row["events_per_s"] >= TARGET_WRITES_PER_S,
                     )
+            ceiling = write.get("ceiling")
+            if ceiling:
+                rounds = ", ".join(f"{x:.2f}" for x in ceiling["ratio_rounds"])
+                print(
+                    f"{name:<11}{WRITERS} writers / raw driver: {ceiling['ratio']:.2f} of the "
+                    f"ceiling ({ceiling['reelvault_events_per_s']:,.0f} / "
+                    f"{ceiling['events_per_s']:,.0f} events/s; per round {rounds})"
+                )
+                if ceiling["events_per_s"] < TARGET_WRITES_PER_S:
+                    print(
+                        f"{'':<11}the ceiling itself is under {TARGET_WRITES_PER_S:,.0f} events/s: "
+                        "out of reach here for a design where each caller waits for durability"
+                    )
             for who, integ in write["integration"].items():
                 print(
                     f"{name:<11}{'sequencer, ' + WRITE_LABELS[who] + ' backlog':<26}"
@@ -1358,7 +1584,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
                 )
         print(
             "batch: events per group commit (mean); pending: events not yet integrated when "
-            "the writers stopped (max over rounds); CPU: this process only."
+            "the writers stopped (max over rounds); CPU: this process only. raw driver: the "
+            "same group commit with pre-rendered rows and no reelvault code (the ceiling)."
         )
         print()
 
@@ -1456,6 +1683,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpc-requests", type=int, default=400, help="calls per cell and round")
     parser.add_argument("--write-rounds", type=int, default=3, help="timed rounds, part 2")
     parser.add_argument("--write-seconds", type=float, default=5.0, help="seconds per round")
+    parser.add_argument(
+        "--write-contenders",
+        default=",".join(WRITE_CONTENDERS),
+        help=f"comma-separated, part 2: {', '.join(WRITE_CONTENDERS)} (raw16: the ceiling)",
+    )
     parser.add_argument("--events", type=int, default=1_000_000, help="events in parts 3 and 4")
     parser.add_argument("--fill-batch", type=int, default=10_000, help="rows per transaction")
     parser.add_argument("--query-runs", type=int, default=15, help="timed runs per query")
@@ -1479,6 +1711,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--backends takes sqlite and/or postgresql")
     if not set(parts) <= {"rpc", "write", "log"} or not parts:
         parser.error("--parts takes rpc, write and/or log")
+    args.write_contenders = [w.strip() for w in args.write_contenders.split(",") if w.strip()]
+    if not set(args.write_contenders) <= set(WRITE_CONTENDERS) or not args.write_contenders:
+        parser.error(f"--write-contenders takes {', '.join(WRITE_CONTENDERS)}")
     if args.postgres_database in RESERVED_DATABASES:
         parser.error(f"--postgres-database must not be {args.postgres_database!r}")
     if args.events < 1000 or args.rpc_rounds < 1 or args.write_rounds < 1 or args.warmup < 0:

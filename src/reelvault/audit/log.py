@@ -39,10 +39,10 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
 from reelvault.audit import merkle
-from reelvault.audit.events import AuditEvent, cap, render, seal_record
+from reelvault.audit.events import AuditEvent, cap, render_json, seal_record
 from reelvault.audit.note import Checkpoint, encode_verifier_key, sign_note
 from reelvault.catalog import Database
 from reelvault.catalog.audit import AuditFilter, AuditRepository
@@ -62,6 +62,21 @@ __all__ = [
 
 _log = structlog.get_logger("reelvault.audit")
 _EVENTS: Final = insert(AuditEventRow)
+# What the write path inserts, in the order of _values; seq and leaf_hash stay NULL until
+# the sequencer integrates the event.
+_WRITE_COLUMNS: Final = (
+    "event_id",
+    "log_id",
+    "time_us",
+    "action",
+    "outcome",
+    "status",
+    "method",
+    "actor_key_id",
+    "resource_type",
+    "resource_id",
+    "body",
+)
 
 MAX_PAGE_SIZE: Final = 1000
 DEFAULT_PAGE_SIZE: Final = 100
@@ -110,16 +125,32 @@ class CheckpointInfo:
 
 class _Slot:
     """One caller's events waiting for a group commit. Each has its own wake-up, so a
-    commit wakes exactly the callers it concerns (and the next leader), not every waiter."""
+    commit wakes exactly the callers it concerns (and the next leader), not every waiter.
 
-    __slots__ = ("done", "error", "rows", "taken", "wake")
+    The wake-up is a bare lock, held while nobody has woken the caller: the caller blocks
+    acquiring it, a waker releases it. A ``threading.Event`` does the same through a
+    condition variable, a lock per wait and a few dozen bytecodes more, once per event.
+    ``woken`` (read and written under ``AuditLog._lock``) says the lock is released and
+    not yet taken back, so that two wake-ups in a row release it once."""
 
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
+    __slots__ = ("done", "error", "rows", "taken", "wake", "woken")
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
         self.rows = rows
         self.taken = False  # in a batch being committed
         self.done = False
         self.error: BaseException | None = None
-        self.wake = threading.Event()
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.woken = False
+
+    def signal(self) -> bool:
+        """Whether a waker must release ``wake`` (``AuditLog._lock`` held): False if a
+        wake-up is already pending."""
+        if self.woken:
+            return False
+        self.woken = True
+        return True
 
 
 class AuditLog:
@@ -159,6 +190,8 @@ class AuditLog:
         self._max_in_flight = 1 if database.dialect_name == "sqlite" else max_in_flight
         self._signer_lock = threading.Lock()
         self._signer: tuple[bytes, bytes] | None = None  # (private seed, public key)
+        self._insert_sql = _insert_sql(database.engine.dialect.paramstyle)
+        self._warm: list[Connection] = []  # for the next group commit (_checkin)
 
     # -- 1. durable first (group commit) -------------------------------------------------
 
@@ -170,39 +203,61 @@ class AuditLog:
         """
         if not events:
             return
-        slot = _Slot([_row(event) for event in events])
-        with self._lock:
+        slot = _Slot([_values(event) for event in events])
+        lock = self._lock
+        with lock:
             self._queue.append(slot)
+            batch = self._lead()
         while True:
-            with self._lock:
-                if slot.done:
-                    break
-                batch: list[_Slot] = []
-                if not slot.taken and self._in_flight < self._max_in_flight:
-                    self._in_flight += 1
-                    batch = self._take()
             if not batch:
                 # Woken when our batch is durable, or when we may lead the next one.
-                slot.wake.wait()
-                slot.wake.clear()
+                slot.wake.acquire()
+                if slot.done:  # set before the wake-up: no need for the lock to see it
+                    break
+                with lock:
+                    slot.woken = False
+                    if slot.done:
+                        break
+                    batch = [] if slot.taken else self._lead()
                 continue
             errors: list[BaseException | None] = [Unavailable("audit write interrupted")] * len(
                 batch
             )
+            interrupted = True
             try:
                 errors = self._commit_batch(batch)
+                interrupted = False
             finally:
-                with self._lock:
+                with lock:
                     for taken, error in zip(batch, errors, strict=True):
                         taken.done, taken.error = True, error
                     self._in_flight -= 1
-                    head = self._queue[0] if self._queue else None
-                for taken in batch:
-                    taken.wake.set()
-                if head is not None:
-                    head.wake.set()  # it leads the next batch
+                    # the batch's other callers; released below
+                    wake = [taken for taken in batch if taken is not slot and taken.signal()]
+                    done = slot.done
+                    # the queue was longer than a batch: ours may still be in it
+                    batch = [] if interrupted or done or slot.taken else self._lead()
+                    # the next leader, if a commit may start (else the one in flight
+                    # wakes it when it ends)
+                    if (
+                        self._queue
+                        and self._in_flight < self._max_in_flight
+                        and self._queue[0].signal()
+                    ):
+                        wake.append(self._queue[0])
+                for woken in wake:
+                    woken.wake.release()
+            if done:
+                break
         if slot.error is not None:
             raise Unavailable("audit log unavailable") from slot.error
+
+    def _lead(self) -> list[_Slot]:
+        """A batch for a caller to commit, if a commit may start now (the lock held)."""
+        if self._in_flight >= self._max_in_flight or not self._queue:
+            return []
+        self._in_flight += 1
+        return self._take()
 
     def _take(self) -> list[_Slot]:
         """The next batch from the front of the queue (the lock held)."""
@@ -219,7 +274,10 @@ class AuditLog:
         """Commit a batch; if that fails, each caller's events alone, so one bad event
         cannot fail the others' calls. Returns each slot's error (None: durable)."""
         try:
-            self._commit([row for taken in batch for row in taken.rows])
+            if len(batch) == 1:
+                self._commit(batch[0].rows)
+            else:
+                self._commit([row for taken in batch for row in taken.rows])
             return [None] * len(batch)
         except Exception as exc:
             if len(batch) == 1:
@@ -233,14 +291,66 @@ class AuditLog:
                 errors.append(exc)
         return errors
 
-    def _commit(self, rows: list[dict[str, Any]]) -> None:
-        # A Core connection, not an ORM session: this runs once per audited call, and the
-        # session's bookkeeping is measurable there (bench/audit_bench.py).
+    def _commit(self, rows: list[tuple[Any, ...]]) -> None:
+        # A Core connection, not an ORM session, and the insert as driver SQL with
+        # positional rows, not a Core construct with a dict per row: this runs for every
+        # batch, and both the session's bookkeeping and Core's per-row parameter handling
+        # were measurable there (bench/audit_bench.py). Still run through the engine, so
+        # the catalog's metrics, traces and disconnect handling see it.
+        retry = True
+        while True:
+            connection, warm = self._checkout()
+            try:
+                with connection.begin():
+                    if self._insert_sql is not None:
+                        connection.exec_driver_sql(self._insert_sql, rows)
+                    else:
+                        mappings = [dict(zip(_WRITE_COLUMNS, row, strict=True)) for row in rows]
+                        connection.execute(_EVENTS, mappings)
+            except Exception as exc:  # any database failure: not durable
+                lost = warm and connection.invalidated  # e.g. the server restarted
+                _close(connection)
+                if not (lost and retry):
+                    raise Unavailable("audit log unavailable") from exc
+                # A warm connection skipped the pool's liveness check: once more on one
+                # that passes it. (Had the lost commit gone through after all, the event
+                # ids, which are unique, make this one fail instead of repeating it.)
+                retry = False
+                self._drop_warm()
+                continue
+            self._checkin(connection)
+            return
+
+    def _checkout(self) -> tuple[Connection, bool]:
+        """A connection for a commit, and whether it is a warm one (``_checkin``)."""
+        with self._lock:
+            if self._warm:
+                return self._warm.pop(), True
         try:
-            with self._db.engine.begin() as connection:
-                connection.execute(_EVENTS, rows)
-        except Exception as exc:  # any database failure: not durable
+            return self._db.engine.connect(), False
+        except Exception as exc:
             raise Unavailable("audit log unavailable") from exc
+
+    def _checkin(self, connection: Connection) -> None:
+        """After a commit: while callers are queued, the connection stays out of the pool
+        for the next leader (warm), which saves the pool's checkout, liveness check (a
+        round trip on PostgreSQL) and reset for each commit under load. When nothing is
+        queued it goes back, with any warm one: an idle log holds no connection. There are
+        never more than ``max_in_flight`` (a leader opens one only when none is warm)."""
+        with self._lock:
+            if self._queue:
+                self._warm.append(connection)
+                return
+            idle, self._warm = self._warm, []
+        _close(connection)
+        for other in idle:
+            _close(other)
+
+    def _drop_warm(self) -> None:
+        with self._lock:
+            idle, self._warm = self._warm, []
+        for connection in idle:
+            _close(connection)
 
     # -- 2. the sequencer ----------------------------------------------------------------
 
@@ -551,25 +661,52 @@ class AuditLog:
         return datetime.fromtimestamp(self._clock.now(), UTC)
 
 
-def _row(event: AuditEvent) -> dict[str, Any]:
+def _close(connection: Connection) -> None:
+    """Give a connection back to the pool (which discards it if it was invalidated)."""
+    try:
+        connection.close()
+    except Exception:  # a broken connection: the pool has dropped it
+        _log.debug("audit: closing a catalog connection failed", exc_info=True)
+
+
+def _insert_sql(paramstyle: str) -> str | None:
+    """The write path's insert for a driver taking positional parameters as ``?``
+    (sqlite3) or ``%s`` (psycopg); None for any other (Core does it then)."""
+    marker = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(paramstyle)
+    if marker is None:
+        return None
+    names = ", ".join(_WRITE_COLUMNS)
+    marks = ", ".join([marker] * len(_WRITE_COLUMNS))
+    return f"INSERT INTO {AuditEventRow.__tablename__} ({names}) VALUES ({marks})"  # noqa: S608
+
+
+def _values(event: AuditEvent) -> tuple[Any, ...]:
+    """The row of a new event, in the order of ``_WRITE_COLUMNS``."""
     resource = event.resources[0] if event.resources else None
-    return {
-        "event_id": event.event_id,
-        "log_id": event.log_id,
-        "seq": None,
-        "time_us": event.time_us,
-        "action": cap(event.action, 48),
-        "outcome": event.outcome.value,
-        "status": event.status,
-        "method": cap(event.request.operation, 128),
-        "actor_key_id": event.actor.key_id,
-        "resource_type": cap(resource.type, 16) if resource else None,
-        "resource_id": cap(resource.id, 64) if resource and resource.id else None,
-        # Not canonical yet (no sorting, which costs a third of this function): the
-        # sequencer seals the canonical leaf bytes from it (events.seal_record).
-        "body": json.dumps(render(event), separators=(",", ":")),
-        "leaf_hash": None,
-    }
+    return (
+        event.event_id,
+        event.log_id,
+        event.time_us,
+        cap(event.action, 48),
+        event.outcome.value,
+        event.status,
+        cap(event.request.operation, 128),
+        event.actor.key_id,
+        cap(resource.type, 16) if resource else None,
+        cap(resource.id, 64) if resource and resource.id else None,
+        # json.dumps(render(event), separators=(",", ":")), not canonical yet (sorting
+        # would cost a third of this function): the sequencer seals the canonical leaf
+        # bytes from it (events.seal_record).
+        render_json(event),
+    )
+
+
+def _row(event: AuditEvent) -> dict[str, Any]:
+    """The row of a new event as a mapping of every column (for bulk inserts of
+    ``AuditRepository.add_events``, the benchmark's)."""
+    row: dict[str, Any] = dict(zip(_WRITE_COLUMNS, _values(event), strict=True))
+    row["seq"] = row["leaf_hash"] = None
+    return row
 
 
 def _stored(row: AuditEventRow) -> StoredEvent:
