@@ -25,6 +25,7 @@ not urllib3).
 from __future__ import annotations
 
 import http.client
+import itertools
 import re
 import threading
 import time
@@ -305,7 +306,7 @@ class GrantReader:
 
     # -- fetching ------------------------------------------------------------------------
 
-    def _read_at(self, start: int, length: int) -> bytes:
+    def _read_at(self, start: int, length: int) -> bytearray:
         for attempt in range(2):
             grant = self._grant
             try:
@@ -329,7 +330,7 @@ class GrantReader:
                 raise DecryptionError("a renewed grant names another object")
             self._grant = fresh
 
-    def _parallel(self, offset: int, length: int) -> Iterator[bytes]:
+    def _parallel(self, offset: int, length: int) -> Iterator[bytearray]:
         """The stored bytes ``[offset, offset + length)`` in order, fetched as parts of
         whole frames with up to ``concurrency`` ranged GETs in flight."""
         end = offset + length
@@ -337,18 +338,18 @@ class GrantReader:
             yield self._read_at(offset, length)
             return
         starts = iter(range(offset, end, self._part))
-        pending: deque[Future[bytes]] = deque()
+        pending: deque[Future[bytearray]] = deque()
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="reelvault-direct") as pool:
             try:
-                for at in starts:
-                    pending.append(pool.submit(self._read_at, at, min(self._part, end - at)))
-                    if len(pending) >= self._concurrency:
-                        break
+                for first in itertools.islice(starts, self._concurrency):
+                    pending.append(pool.submit(self._read_at, first, min(self._part, end - first)))
                 while pending:
                     data = pending.popleft().result()
-                    at = next(starts, None)
-                    if at is not None:
-                        pending.append(pool.submit(self._read_at, at, min(self._part, end - at)))
+                    after = next(starts, None)
+                    if after is not None:
+                        pending.append(
+                            pool.submit(self._read_at, after, min(self._part, end - after))
+                        )
                     yield data
             finally:
                 for future in pending:
