@@ -54,6 +54,8 @@ __all__ = [
 
 DEFAULT_CONCURRENCY: Final = 4
 DEFAULT_PART_SIZE: Final = 8 * 1024 * 1024
+STREAM_CHUNK: Final = 1024 * 1024
+"""Bytes per read of a single-stream GET."""
 RENEW_MARGIN: Final = 30.0
 """Seconds before its expiry a grant is renewed rather than used for a new request."""
 
@@ -169,6 +171,72 @@ class HttpRanges:
                     connection.close()
         raise StoreUnreachable("the store did not answer")
 
+    def stream(
+        self, url: str, start: int, length: int, object_size: int, *, chunk: int = STREAM_CHUNK
+    ) -> Iterator[bytearray]:
+        """``length`` bytes of the object at ``start`` from one GET, in chunks of ``chunk``
+        bytes (the last may be shorter), read as they arrive: one request for a whole
+        span, so a single stream pays one time-to-first-byte, not one per part.
+
+        The request is sent, and its answer checked, at the first ``next()``. Raises as
+        :meth:`fetch`; a body that breaks off raises :class:`StoreUnreachable` (no retry:
+        the caller has the chunks before it). Closing the iterator early drops the
+        connection.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise StoreUnreachable("the grant's URL is not an HTTP URL")
+        target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+        headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        key = (parts.scheme, parts.netloc)
+        response: http.client.HTTPResponse | None = None
+        connection: http.client.HTTPConnection | None = None
+        for attempt in range(2):
+            connection = self._take(key, parts.hostname, parts.port, fresh=attempt > 0)
+            try:
+                connection.request("GET", target, headers=headers)
+                response = connection.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                if attempt:
+                    raise StoreUnreachable(type(exc).__name__) from None
+                continue
+            if response.status == 206:
+                break
+            try:
+                body = response.read(4096)
+            except (OSError, http.client.HTTPException):
+                body = b""
+            connection.close()
+            if response.status == 403 and b"expired" in body.lower():
+                raise GrantExpired()
+            if response.status == 404:
+                raise ObjectMissing("the stored object is missing or truncated")
+            if response.status == 416:
+                raise IntegrityError("the stored object is missing or truncated")
+            if response.status >= 500 and attempt == 0:
+                continue
+            raise StoreUnreachable(f"HTTP {response.status}")
+        assert response is not None and connection is not None
+        reusable = False
+        try:
+            _check_served(response, start, length, object_size)
+            done = 0
+            while done < length:
+                buf = bytearray(min(chunk, length - done))
+                _fill(response, buf)
+                done += len(buf)
+                yield buf
+            _finish(response)
+            reusable = not response.will_close
+        except (OSError, http.client.HTTPException) as exc:
+            raise StoreUnreachable(type(exc).__name__) from None
+        finally:
+            if reusable:
+                self._give_back(key, connection)
+            else:
+                connection.close()
+
     def _take(
         self, key: tuple[str, str], host: str, port: int | None, *, fresh: bool = False
     ) -> http.client.HTTPConnection:
@@ -204,29 +272,42 @@ class HttpRanges:
                 connection.close()
 
 
-def _read_exactly(
-    response: http.client.HTTPResponse, start: int, length: int, total: int
-) -> bytearray:
+def _check_served(response: http.client.HTTPResponse, start: int, length: int, total: int) -> None:
     served = _CONTENT_RANGE.fullmatch(response.getheader("Content-Range") or "")
     if served is None or (int(served[1]), int(served[2])) != (start, start + length - 1):
         raise IntegrityError("the store did not serve the requested range")
     if int(served[3]) != total:
         raise IntegrityError("the stored object is not the size the vault recorded")
-    buf = bytearray(length)
+
+
+def _fill(response: http.client.HTTPResponse, buf: bytearray) -> None:
+    """Read exactly ``len(buf)`` bytes of the body into ``buf``."""
     view = memoryview(buf)
-    pos = 0
+    pos, length = 0, len(buf)
     while pos < length:
         n = response.readinto(view[pos:])
         if not n:
             if response.length == 0:  # all its own Content-Length announced: a lie
                 raise IntegrityError("the store sent less than the requested range")
             # the body broke off (http.client's readinto returns 0 at a premature end
-            # rather than raise): a transfer failure, retried, not a truncated object,
-            # whose size Content-Range proved
+            # rather than raise): a transfer failure, not a truncated object, whose size
+            # Content-Range proved
             raise http.client.IncompleteRead(b"", length - pos)
         pos += n
+
+
+def _finish(response: http.client.HTTPResponse) -> None:
     if response.read(1):
         raise IntegrityError("the store sent more than the requested range")
+
+
+def _read_exactly(
+    response: http.client.HTTPResponse, start: int, length: int, total: int
+) -> bytearray:
+    _check_served(response, start, length, total)
+    buf = bytearray(length)
+    _fill(response, buf)
+    _finish(response)
     return buf
 
 
@@ -317,6 +398,26 @@ class GrantReader:
                 self._renewed(grant)
         raise AssertionError("unreachable")
 
+    def _stream(self, offset: int, length: int) -> Iterator[bytearray]:
+        for attempt in range(2):
+            grant = self._grant
+            chunks = self._http.stream(
+                grant.url, offset, length, grant.object_size, chunk=min(self._part, STREAM_CHUNK)
+            )
+            try:
+                first = next(chunks)
+            except GrantExpired:
+                if attempt:
+                    raise
+                self._renewed(grant)
+                continue
+            try:
+                yield first
+                yield from chunks
+            finally:
+                chunks.close()  # an abandoned read drops its connection now
+            return
+
     def _renewed(self, expired: Grant) -> None:
         with self._lock:
             if self._grant is not expired:
@@ -336,6 +437,9 @@ class GrantReader:
         end = offset + length
         if length <= self._part:  # one GET: no thread to start
             yield self._read_at(offset, length)
+            return
+        if self._concurrency == 1:  # one stream: one GET for the whole span
+            yield from self._stream(offset, length)
             return
         starts = iter(range(offset, end, self._part))
         pending: deque[Future[bytearray]] = deque()

@@ -228,7 +228,7 @@ def test_a_swapped_or_truncated_object_is_refused(
 @pytest.mark.usefixtures("enabled")
 def test_an_expired_url_is_renewed_mid_transfer(server, acme, asset_id, data, vault, monkeypatch):
     grants = []
-    with _renderer(server, acme, read_path="direct", direct_concurrency=1) as renderer:
+    with _renderer(server, acme, read_path="direct", direct_concurrency=2) as renderer:
         real_open = renderer.open_asset
 
         def short_lived(asset_id: str, **kw):
@@ -284,3 +284,22 @@ def test_an_unreachable_store_falls_back_to_the_vault(
                 renderer.download(asset_id, read_path="direct")
     finally:
         server.close()
+
+
+@pytest.mark.usefixtures("enabled")
+def test_one_stream_reads_a_span_with_one_get_and_still_checks_every_frame(
+    server, acme, asset_id, data, vault, seaweed_store
+):
+    with _renderer(server, acme, read_path="direct", direct_concurrency=1) as renderer:
+        assert b"".join(renderer.download(asset_id)) == data
+        assert b"".join(renderer.download(asset_id, offset=F + 3, length=MiB)) == (
+            data[F + 3 : F + 3 + MiB]
+        )
+        header_length = len(renderer.open_asset(asset_id).header)
+    _tamper(seaweed_store, _object_key(vault, asset_id), header_length + 20 * (F + 32) + 5)
+    received = bytearray()
+    renderer = _renderer(server, acme, read_path="direct", direct_concurrency=1)
+    with renderer, pytest.raises(errors.IntegrityError):
+        for piece in renderer.download(asset_id):
+            received += piece
+    assert len(received) <= 20 * F and bytes(received) == data[: len(received)]

@@ -255,7 +255,7 @@ def test_direct_reads_turned_off_mid_transfer_go_on_through_the_vault(
     """Finding (fixed in the client): the URL expires mid-transfer after a tenant admin
     turned direct reads off, so the renewal is refused (FAILED_PRECONDITION); an ``auto``
     read failed with it instead of going on through the vault, which still serves."""
-    with _renderer(server, acme, direct_concurrency=1) as renderer:
+    with _renderer(server, acme, direct_concurrency=2) as renderer:
         real_open = renderer.open_asset
         monkeypatch.setattr(
             renderer, "open_asset", lambda a, **kw: real_open(a, **{**kw, "lifetime": 1})
