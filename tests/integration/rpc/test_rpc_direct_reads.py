@@ -292,8 +292,9 @@ def test_one_stream_reads_a_span_with_one_get_and_still_checks_every_frame(
 ):
     with _renderer(server, acme, read_path="direct", direct_concurrency=1) as renderer:
         assert b"".join(renderer.download(asset_id)) == data
-        assert b"".join(renderer.download(asset_id, offset=F + 3, length=MiB)) == (
-            data[F + 3 : F + 3 + MiB]
+        assert (
+            b"".join(renderer.download(asset_id, offset=F + 3, length=MiB))
+            == (data[F + 3 : F + 3 + MiB])
         )
         header_length = len(renderer.open_asset(asset_id).header)
     _tamper(seaweed_store, _object_key(vault, asset_id), header_length + 20 * (F + 32) + 5)
