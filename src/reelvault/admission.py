@@ -15,8 +15,9 @@ Memory under the limits (docs/reliability.md): each upload holds at most
 ``(max_in_flight + 2) * part_size`` of parts (the parts in flight, the one filling, and
 the copy that joins it) plus up to about 12 MiB of gRPC receive buffers and message
 copies (HTTP/2 windows grow with the bandwidth-delay product), and each download about
-4 MiB, so a process stays within
-``idle RSS + uploads * ((max_in_flight + 2) * part_size + 12 MiB) + downloads * 4 MiB``
+7 MiB (the 2 MiB batch being sent, the next one fetched ahead, and the store's stream),
+so a process stays within
+``idle RSS + uploads * ((max_in_flight + 2) * part_size + 12 MiB) + downloads * 7 MiB``
 (measured by tests/integration/rpc/test_rpc_isolation.py).
 """
 

@@ -27,6 +27,7 @@ asset service streaming to a client) authenticate the final frame first with
 
 from __future__ import annotations
 
+import io
 import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -536,16 +537,42 @@ def open_frames(
             and including the final frame.
 
     Every frame's sequence number, IV and tag are checked before its plaintext is yielded;
-    input that ends early or runs on raises ``DecryptionError``. The loop over whole frames
-    is written out inline: it is the hot path of every download.
+    input that ends early or runs on raises ``DecryptionError``.
+    """
+    frame_length = opened.frame_length
+    aad_prefix = opened.regular_aad_prefix
+    aead_open = opened.aead.open
+    for sequence, frame, final in _frames(chunks, opened, first, last):
+        if final:
+            plain = opened.open_final(sequence, frame)
+            if plain:
+                yield plain
+            continue
+        try:
+            plain = aead_open(
+                frame[4:16], frame[16:], aad_prefix + _AAD_TAIL.pack(sequence, frame_length)
+            )
+        except prim.AuthenticationFailed:
+            raise DecryptionError("frame tag mismatch") from None
+        yield plain
+
+
+def _frames(
+    chunks: Iterable[Buffer], opened: OpenedMessage, first: int, last: int | None
+) -> Iterator[tuple[int, memoryview, bool]]:
+    """The frames in ``chunks`` (as for :func:`open_frames`), one ``(sequence, frame,
+    final)`` at a time, not yet authenticated: the caller authenticates each before it
+    uses any of its bytes. A regular frame comes whole (F + 32 bytes), its sequence number
+    and IV checked; a final frame is for :meth:`OpenedMessage.open_final` to check.
+
+    Errors in the framing (order, sizes, bytes after the last frame, truncation) are
+    raised once every frame before them has been yielded. The loop over whole frames is
+    written out inline: it is the hot path of every download.
     """
     buf = bytearray()
     sequence = first
     done = False
-    frame_length = opened.frame_length
-    step = frame_length + FRAME_OVERHEAD
-    aad_prefix = opened.regular_aad_prefix
-    aead_open = opened.aead.open
+    step = opened.frame_length + FRAME_OVERHEAD
     stop = MAX_SEQUENCE if last is None else last
     for chunk in chunks:
         view = memoryview(chunk).cast("B")
@@ -560,12 +587,14 @@ def open_frames(
             size = _frame_size(opened, buf, sequence)
             if size is None or len(buf) < size:
                 continue
-            plain, done = _open_frame(opened, memoryview(buf), sequence)
-            done = done or sequence == stop
+            frame = memoryview(buf)
             buf = bytearray()
+            final = _is_final(frame)
+            if not final:
+                _check_order(frame, sequence)
+            yield sequence, frame, final
+            done = final or sequence == stop
             sequence += 1
-            if plain:
-                yield plain
             if done:
                 if pos < len(view):
                     raise DecryptionError("bytes after the last frame")
@@ -577,18 +606,10 @@ def open_frames(
                 break
             if seq != sequence or zero or iv_seq != sequence or sequence > stop:
                 raise DecryptionError("frame out of order")
-            try:
-                plain = aead_open(
-                    view[pos + 4 : pos + 16],
-                    view[pos + 16 : pos + step],
-                    aad_prefix + _AAD_TAIL.pack(sequence, frame_length),
-                )
-            except prim.AuthenticationFailed:
-                raise DecryptionError("frame tag mismatch") from None
+            yield sequence, view[pos : pos + step], False
             pos += step
             done = sequence == stop
             sequence += 1
-            yield plain
         rest = view[pos:]
         if done:
             if rest:
@@ -597,10 +618,13 @@ def open_frames(
         size = _frame_size(opened, rest, sequence) if rest else None
         if size is not None and len(rest) >= size:
             # only a final frame can be complete here: a whole regular frame was consumed above
-            plain, done = _open_frame(opened, rest[:size], sequence)
+            frame = rest[:size]
+            final = _is_final(frame)
+            if not final:
+                _check_order(frame, sequence)
+            yield sequence, frame, final
+            done = final
             sequence += 1
-            if plain:
-                yield plain
             if len(rest) > size:
                 raise DecryptionError("bytes after the last frame")
         else:
@@ -609,7 +633,20 @@ def open_frames(
         raise DecryptionError("message truncated")
 
 
+def _is_final(frame: memoryview) -> bool:
+    marker: int = _MARKER.unpack_from(frame)[0]
+    return marker == END_MARKER
+
+
+def _check_order(frame: memoryview, sequence: int) -> None:
+    """A whole regular frame's sequence number and IV must name ``sequence``."""
+    seq, zero, iv_seq = _FRAME_PREFIX.unpack_from(frame)
+    if seq != sequence or zero or iv_seq != sequence:
+        raise DecryptionError("frame out of order")
+
+
 _FRAME_PREFIX: Final = struct.Struct(">IQI")  # sequence, IV = 8 zero bytes || sequence
+_MARKER: Final = struct.Struct(">I")  # a frame's first field: END_MARKER for the final frame
 _AAD_TAIL: Final = struct.Struct(">IQ")
 _MIN_FRAME_PREFIX: Final = 24  # enough bytes to know any frame's size
 
@@ -645,16 +682,9 @@ def _frame_size(opened: OpenedMessage, data: Buffer, sequence: int) -> int | Non
     return FINAL_FRAME_OVERHEAD + length
 
 
-def _open_frame(opened: OpenedMessage, frame: memoryview, sequence: int) -> tuple[bytes, bool]:
-    (marker,) = struct.unpack_from(">I", frame)
-    if marker == END_MARKER:
-        return opened.open_final(sequence, frame), True
-    return opened.open_regular(sequence, frame), False
-
-
 # --- random access ---------------------------------------------------------------------
 
-ReadAt = Callable[[int, int], bytes]
+ReadAt = Callable[[int, int], bytes | bytearray]
 """read_at(offset, length) -> exactly ``length`` bytes of the stored message at ``offset``."""
 
 StreamAt = Callable[[int, int], Iterable[Buffer]]
@@ -780,7 +810,7 @@ class RandomAccessReader:
         """
         return self.stream_range(start, length, self._read_pieces)
 
-    def _read_pieces(self, offset: int, length: int) -> Iterator[bytes]:
+    def _read_pieces(self, offset: int, length: int) -> Iterator[bytes | bytearray]:
         piece = max(1, MAX_READ // self.frame_step) * self.frame_step
         end = offset + length
         while offset < end:
@@ -788,7 +818,7 @@ class RandomAccessReader:
             yield self._read_exact(offset, n)
             offset += n
 
-    def _read_exact(self, offset: int, length: int) -> bytes:
+    def _read_exact(self, offset: int, length: int) -> bytes | bytearray:
         data = self._read_at(offset, length)
         if len(data) != length:
             raise DecryptionError("short read from the object store")
@@ -809,20 +839,227 @@ class RandomAccessReader:
             return iter(())
         plan = self.layout.plan(start, length)
         end = min(plan.offset + plan.length, self.layout.final_frame_offset)
+        ciphertext: Iterable[Buffer] | None = None
+        last = 0
         if end > plan.offset:
             last = plan.first_sequence + (end - plan.offset) // (self.frame_step) - 1
-            frames = open_frames(
-                stream_at(plan.offset, end - plan.offset), self._opened, plan.first_sequence, last
-            )
-        else:
-            frames = iter(())
+            ciphertext = stream_at(plan.offset, end - plan.offset)
+        final = None
         if plan.offset + plan.length > self.layout.final_frame_offset:
-            frames = itertools.chain(frames, (self._open_final_frame(),))
-        return _trim(frames, plan.skip, plan.take)
+            final = self._open_final_frame()
+        return _Range(
+            self._opened,
+            ciphertext,
+            first=plan.first_sequence,
+            last=last,
+            final=final,
+            skip=plan.skip,
+            take=plan.take,
+        )
 
     @property
     def frame_step(self) -> int:
         return self._opened.frame_length + FRAME_OVERHEAD
+
+
+class _Range:
+    """The plaintext of a range, as :meth:`RandomAccessReader.stream_range` returns it: an
+    iterator of authenticated frames, trimmed to the range (the regular frames from
+    ``ciphertext``, then the final frame's plaintext ``final``, opened already, if the
+    range reaches it).
+
+    :func:`rechunk` of a range not yet started takes :meth:`chunks` instead, which opens
+    each frame straight into its chunk: the same chunks without a buffer per frame nor a
+    join. Either way the range is consumed once; :meth:`close` releases the stream of
+    stored bytes.
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_ciphertext",
+        "_consumer",
+        "_final",
+        "_first",
+        "_last",
+        "_opened",
+        "_skip",
+        "_take",
+    )
+
+    def __init__(
+        self,
+        opened: OpenedMessage,
+        ciphertext: Iterable[Buffer] | None,
+        *,
+        first: int,
+        last: int,
+        final: bytes | None,
+        skip: int,
+        take: int,
+    ) -> None:
+        self._opened = opened
+        self._ciphertext = ciphertext
+        self._first = first
+        self._last = last
+        self._final = final
+        self._skip = skip
+        self._take = take
+        self._consumer: Iterator[bytes] | None = None  # whichever way it is read
+        self._chunks: Iterator[bytes] | None = None  # set if by chunks()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._chunks is not None:
+            raise RuntimeError("this range is being read in chunks")
+        if self._consumer is None:
+            frames: Iterator[bytes] = iter(())
+            if self._ciphertext is not None:
+                frames = open_frames(self._ciphertext, self._opened, self._first, self._last)
+            if self._final is not None:
+                frames = itertools.chain(frames, (self._final,))
+            self._consumer = _trim(frames, self._skip, self._take)
+        return next(self._consumer)
+
+    def chunks(self, size: int, prefix: Callable[[int], bytes] | None) -> Iterator[bytes]:
+        """What ``rechunk(self, size, prefix=prefix)`` yields."""
+        if self._consumer is not None:  # already started: join what is left
+            return _join(self, size, prefix)
+        self._consumer = self._chunks = _open_into_chunks(
+            _frames(self._ciphertext, self._opened, self._first, self._last)
+            if self._ciphertext is not None
+            else iter(()),
+            self._opened,
+            self._final,
+            self._skip,
+            _Chunker(self._take, size, prefix),
+        )
+        return self._consumer
+
+    def close(self) -> None:
+        """Stop reading: close the consumer, then the stored bytes' stream."""
+        for iterator in (self._consumer, self._ciphertext):
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+
+def _open_into_chunks(
+    frames: Iterator[tuple[int, memoryview, bool]],
+    opened: OpenedMessage,
+    final: bytes | None,
+    skip: int,
+    out: _Chunker,
+) -> Iterator[bytes]:
+    """The chunks of a range (:meth:`_Range.chunks`). A regular frame that lies whole in
+    a chunk is opened into it (:meth:`~reelvault.crypto._primitives.Aead.open_into`
+    checks the tag before a chunk leaves, and zeroes what it wrote if the tag fails); any
+    other frame (trimmed, across two chunks, the final one) is opened and then copied.
+
+    Every frame is authenticated before the chunk holding any of its bytes is yielded,
+    and the last chunk only once the stream's end has been checked, as ``rechunk`` of the
+    trimmed frames would.
+    """
+    frame_length = opened.frame_length
+    aad_prefix = opened.regular_aad_prefix
+    aead = opened.aead
+    last: list[bytes] = []  # the last chunk, held until the stream's end has been checked
+    for sequence, frame, is_final in frames:
+        if out.left <= 0:
+            break  # as _trim does: one item more was asked for, so the end was checked
+        if is_final:
+            done = out.place(memoryview(opened.open_final(sequence, frame))[skip:])
+        else:
+            iv, body = frame[4:16], frame[16:]
+            aad = aad_prefix + _AAD_TAIL.pack(sequence, frame_length)
+            whole = not skip and out.room() >= frame_length
+            try:
+                if whole:
+                    aead.open_into(iv, body, aad, out.slot(frame_length))
+                else:
+                    plain = aead.open(iv, body, aad)
+            except prim.AuthenticationFailed:
+                raise DecryptionError("frame tag mismatch") from None
+            done = out.commit(frame_length) if whole else out.place(memoryview(plain)[skip:])
+        skip = 0
+        if done:
+            if not out.left:
+                last = done[-1:]
+                del done[-1]
+            yield from done
+    if final is not None and out.left > 0:
+        done = out.place(memoryview(final)[skip:])
+        if done:
+            last = done[-1:]
+            yield from done[:-1]
+    if out.left > 0:
+        raise DecryptionError("range ended early")
+    yield from last
+
+
+class _Chunker:
+    """Fills chunks in place: each ``prefix(n)`` then ``n`` bytes, with ``n = size`` but
+    for the last, until ``left`` bytes are placed. A chunk is built in a ``BytesIO``
+    (zero-filled when sized, so no byte of it is ever uninitialized memory), whose value
+    CPython hands over without a copy once no view of it is left."""
+
+    __slots__ = ("_at", "_buffer", "_end", "_prefix", "_size", "_view", "left")
+
+    def __init__(self, left: int, size: int, prefix: Callable[[int], bytes] | None) -> None:
+        if size < 1:
+            raise ValueError("chunk size must be positive")
+        self.left = left
+        self._size = size
+        self._prefix = prefix
+        self._buffer = io.BytesIO()
+        self._view = memoryview(b"")
+        self._at = self._end = 0
+        if left > 0:
+            self._start()
+
+    def _start(self) -> None:
+        n = min(self._size, self.left)
+        head = self._prefix(n) if self._prefix is not None else b""
+        buffer = io.BytesIO()
+        buffer.write(head)
+        buffer.seek(len(head) + n - 1)
+        buffer.write(b"\0")
+        self._buffer = buffer
+        self._view = buffer.getbuffer()
+        self._at = len(head)
+        self._end = len(head) + n
+
+    def room(self) -> int:
+        """Bytes the current chunk still takes."""
+        return self._end - self._at
+
+    def slot(self, n: int) -> memoryview:
+        """The next ``n`` bytes of the current chunk, to be written and then committed."""
+        return self._view[self._at : self._at + n]
+
+    def commit(self, n: int) -> list[bytes]:
+        """``n`` bytes were written into :meth:`slot`; the chunk, if that completed it."""
+        self._at += n
+        self.left -= n
+        if self._at < self._end:
+            return []
+        self._view.release()
+        chunk = self._buffer.getvalue()
+        if self.left > 0:
+            self._start()
+        return [chunk]
+
+    def place(self, data: memoryview) -> list[bytes]:
+        """Copy ``data`` (up to what is left) into the chunks; the chunks it completed."""
+        done: list[bytes] = []
+        data = data[: self.left]
+        while data:
+            n = min(len(data), self._end - self._at)
+            self._view[self._at : self._at + n] = data[:n]
+            data = data[n:]
+            done += self.commit(n)
+        return done
 
 
 def _trim(frames: Iterator[bytes], skip: int, take: int) -> Iterator[bytes]:
@@ -857,7 +1094,18 @@ def rechunk(
 
     ``prefix(n)``, if given, is put in front of each chunk of ``n`` bytes by the same join,
     so a caller can frame chunks (a protobuf field key and length) without a second copy.
+
+    The plaintext of :meth:`RandomAccessReader.stream_range` (a download's pieces) needs
+    no join: its frames are opened straight into the chunks.
     """
+    if isinstance(pieces, _Range):
+        return pieces.chunks(size, prefix)
+    return _join(pieces, size, prefix)
+
+
+def _join(
+    pieces: Iterable[Buffer], size: int, prefix: Callable[[int], bytes] | None
+) -> Iterator[bytes]:
     pending: list[Buffer] = [b""]  # slot 0: the prefix, filled in when a chunk is cut
     have = 0
     for piece in pieces:

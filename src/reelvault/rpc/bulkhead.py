@@ -28,7 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from reelvault.admission import Admission, Slot
 
-__all__ = ["StorePool", "admitted", "run", "run_to_end"]
+__all__ = ["StorePool", "admitted", "run", "run_to_end", "submit"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -50,6 +50,19 @@ async def run(
     context = contextvars.copy_context()
     call = functools.partial(context.run, function, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+
+def submit(
+    function: Callable[..., _T], *args: Any, pool: ThreadPoolExecutor | None
+) -> asyncio.Future[_T]:
+    """:func:`run`, started now and awaited later: the future of ``function(*args)`` in a
+    worker thread of ``pool``, with the caller's context variables. A stream fetches its
+    next chunks with it while gRPC is still sending the last ones.
+
+    Await the future (or retrieve its exception) in every case; cancelling it does not
+    stop a function that has started."""
+    context = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(pool, context.run, function, *args)
 
 
 async def run_to_end(

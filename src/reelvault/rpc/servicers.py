@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from reelvault import auth, deadline
 from reelvault.admission import Admission
@@ -311,6 +311,7 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
         # serialized here, in the worker thread, so the event loop only hands bytes to grpc
         messages = convert.download_chunk_messages(download.pieces, MAX_CHUNK)
         lock = threading.Lock()
+        fetch: asyncio.Future[list[bytes]] | None = None
         try:
             yield asset_pb2.DownloadResponse(
                 header=asset_pb2.DownloadHeader(
@@ -319,13 +320,20 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):  # type: ignore[misc, 
                     length=download.length,
                 )
             )
-            while True:
+            check_deadline(context)
+            fetch = _submit_locked(lock, pool, _take, messages, _FETCH_BYTES)
+            while batch := await fetch:
+                # Fetch (read, authenticate, serialize) the next batch while gRPC sends
+                # this one: one fetch in flight at a time, as before, but it overlaps the
+                # sending instead of waiting for it.
                 check_deadline(context)
-                message = await _run_locked(lock, pool, next, messages, None)
-                if message is None:
-                    break
-                yield message  # see add_servicers: Download's serializer passes bytes on
+                fetch = _submit_locked(lock, pool, _take, messages, _FETCH_BYTES)
+                batch.reverse()
+                while batch:  # each message dropped once gRPC has it
+                    yield batch.pop()  # see add_servicers: Download's serializer passes bytes on
         finally:
+            if fetch is not None:
+                _forget(fetch)  # its error, if any, is no longer anyone's to report
             # Releases the object store's response body; waits for a fetch in flight.
             await asyncio.shield(_run_locked(lock, pool, _close, download.pieces))
 
@@ -386,6 +394,48 @@ def _close(chunks: Iterator[bytes]) -> None:
     close = getattr(chunks, "close", None)
     if close is not None:
         close()
+
+
+_FETCH_BYTES: Final = 2 * MAX_CHUNK
+"""What a download fetches per worker call: whole messages, at least one. Two 1 MiB
+messages per call halve the thread hand-offs, each tens of microseconds of CPU on both
+threads. With the next batch fetched while one is sent, a download holds about 6 MiB
+(measured with 8 and 16 at once; 5 MiB when it fetched one message at a time)."""
+
+
+def _take(messages: Iterator[bytes], size: int) -> list[bytes]:
+    """The next messages, ``size`` bytes or just over (fewer only at the end)."""
+    batch: list[bytes] = []
+    have = 0
+    for message in messages:
+        batch.append(message)
+        have += len(message)
+        if have >= size:
+            break
+    return batch
+
+
+def _submit_locked(
+    lock: threading.Lock, pool: StorePool | None, function: Callable[..., _T], *args: Any
+) -> asyncio.Future[_T]:
+    """:func:`_run_locked`, started now and awaited later (:func:`bulkhead.submit`)."""
+
+    def locked() -> _T:
+        with lock:
+            return function(*args)
+
+    return bulkhead.submit(locked, pool=pool)
+
+
+def _forget(future: asyncio.Future[Any]) -> None:
+    """Retrieve ``future``'s outcome whenever it comes, so that an error nobody awaits
+    is not logged as never retrieved."""
+
+    def retrieve(done: asyncio.Future[Any]) -> None:
+        if not done.cancelled():
+            done.exception()
+
+    future.add_done_callback(retrieve)
 
 
 async def _run_locked(
