@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
@@ -173,7 +173,7 @@ class HttpRanges:
 
     def stream(
         self, url: str, start: int, length: int, object_size: int, *, chunk: int = STREAM_CHUNK
-    ) -> Iterator[bytearray]:
+    ) -> Generator[bytearray, None, None]:
         """``length`` bytes of the object at ``start`` from one GET, in chunks of ``chunk``
         bytes (the last may be shorter), read as they arrive: one request for a whole
         span, so a single stream pays one time-to-first-byte, not one per part.
