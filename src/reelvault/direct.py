@@ -132,16 +132,12 @@ class HttpRanges:
                 than the catalog says (416) or another size (``Content-Range``), or the
                 answer is not the range asked for.
         """
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise StoreUnreachable("the grant's URL is not an HTTP URL")
-        target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+        host, port, target, key = _request_target(url)
         headers = {"Range": f"bytes={start}-{start + length - 1}"}
-        key = (parts.scheme, parts.netloc)
         for attempt in range(2):  # a dropped keep-alive connection or a 5xx: once more
             # the retry on a new connection: the idle ones may all have been closed by the
             # store meanwhile (its keep-alive timeout), and one attempt on each would fail
-            connection = self._take(key, parts.hostname, parts.port, fresh=attempt > 0)
+            connection = self._take(key, host, port, fresh=attempt > 0)
             reusable = False
             try:
                 connection.request("GET", target, headers=headers)
@@ -151,16 +147,10 @@ class HttpRanges:
                     data = _read_exactly(response, start, length, object_size)
                     reusable = not response.will_close
                     return data
-                body = response.read(4096)
-                if status == 403 and b"expired" in body.lower():
-                    raise GrantExpired()
-                if status == 404:
-                    raise ObjectMissing("the stored object is missing or truncated")
-                if status == 416:
-                    raise IntegrityError("the stored object is missing or truncated")
-                if status >= 500 and attempt == 0:
+                refusal = _refusal(status, response.read(4096))
+                if refusal is None and attempt == 0:
                     continue
-                raise StoreUnreachable(f"HTTP {status}")
+                raise refusal or StoreUnreachable(f"HTTP {status}")
             except (OSError, http.client.HTTPException) as exc:
                 if attempt:
                     raise StoreUnreachable(type(exc).__name__) from None
@@ -183,16 +173,12 @@ class HttpRanges:
         the caller has the chunks before it). Closing the iterator early drops the
         connection.
         """
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise StoreUnreachable("the grant's URL is not an HTTP URL")
-        target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+        host, port, target, key = _request_target(url)
         headers = {"Range": f"bytes={start}-{start + length - 1}"}
-        key = (parts.scheme, parts.netloc)
         response: http.client.HTTPResponse | None = None
         connection: http.client.HTTPConnection | None = None
         for attempt in range(2):
-            connection = self._take(key, parts.hostname, parts.port, fresh=attempt > 0)
+            connection = self._take(key, host, port, fresh=attempt > 0)
             try:
                 connection.request("GET", target, headers=headers)
                 response = connection.getresponse()
@@ -208,15 +194,10 @@ class HttpRanges:
             except (OSError, http.client.HTTPException):
                 body = b""
             connection.close()
-            if response.status == 403 and b"expired" in body.lower():
-                raise GrantExpired()
-            if response.status == 404:
-                raise ObjectMissing("the stored object is missing or truncated")
-            if response.status == 416:
-                raise IntegrityError("the stored object is missing or truncated")
-            if response.status >= 500 and attempt == 0:
+            refusal = _refusal(response.status, body)
+            if refusal is None and attempt == 0:
                 continue
-            raise StoreUnreachable(f"HTTP {response.status}")
+            raise refusal or StoreUnreachable(f"HTTP {response.status}")
         assert response is not None and connection is not None
         reusable = False
         try:
@@ -270,6 +251,29 @@ class HttpRanges:
         for connections in idle.values():
             for connection in connections:
                 connection.close()
+
+
+def _request_target(url: str) -> tuple[str, int | None, str, tuple[str, str]]:
+    """A grant URL's host and port, its request target (path and query), its pool key."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise StoreUnreachable("the grant's URL is not an HTTP URL")
+    target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+    return parts.hostname, parts.port, target, (parts.scheme, parts.netloc)
+
+
+def _refusal(status: int, body: bytes) -> Exception | None:
+    """What an answer other than 206 means; None for a 5xx, worth one retry (the caller
+    raises ``StoreUnreachable`` if it was the retry)."""
+    if status == 403 and b"expired" in body.lower():
+        return GrantExpired()
+    if status == 404:
+        return ObjectMissing("the stored object is missing or truncated")
+    if status == 416:
+        return IntegrityError("the stored object is missing or truncated")
+    if status >= 500:
+        return None
+    return StoreUnreachable(f"HTTP {status}")
 
 
 def _check_served(response: http.client.HTTPResponse, start: int, length: int, total: int) -> None:
