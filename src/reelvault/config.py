@@ -327,6 +327,80 @@ class Settings:
         default=3600,
         metadata=_meta("the longest read grant lifetime a caller may ask for (seconds)", _integer),
     )
+    url_default_ttl: int = field(
+        default=3600,
+        metadata=_meta("seconds a distribution URL or cookie lives when none is asked", _integer),
+    )
+    url_max_ttl: int = field(
+        default=86400,
+        metadata=_meta("the longest distribution URL or cookie lifetime (seconds)", _integer),
+    )
+    url_leeway: float = field(
+        default=60.0,
+        metadata=_meta("clock skew tolerated when the origin checks a token's times", _seconds),
+    )
+    origin_base_url: str = field(
+        default="http://127.0.0.1:7480",
+        metadata=_meta("the origin's address as CDNs and players reach it (URLs name it)", _text),
+    )
+    origin_host: str = field(
+        default="127.0.0.1", metadata=_meta("address the HTTP origin listens on", _text)
+    )
+    origin_port: int = field(
+        default=7480, metadata=_meta("HTTP origin port; 0 picks a free one", _integer)
+    )
+    origin_workers: int = field(default=2, metadata=_meta("HTTP origin worker processes", _integer))
+    origin_audience: str | None = field(
+        default=None,
+        metadata=_meta(
+            "the audience this origin accepts: tokens naming another are refused", _optional_text
+        ),
+    )
+    origin_public_cache: bool = field(
+        default=False,
+        metadata=_meta(
+            "answer Cache-Control public (the edge validates tokens) instead of private",
+            _boolean,
+        ),
+    )
+    origin_cors_origin: str = field(
+        default="*", metadata=_meta("Access-Control-Allow-Origin of the origin's answers", _text)
+    )
+    origin_trusted_proxies: str | None = field(
+        default=None,
+        metadata=_meta(
+            "comma-separated CIDRs whose X-Forwarded-For the origin believes (client IP claims)",
+            _optional_text,
+        ),
+    )
+    origin_revocation_refresh: float = field(
+        default=1.0,
+        metadata=_meta("seconds an origin worker may use a revocation it read", _seconds),
+    )
+    cloudfront_key_pair_id: str | None = field(
+        default=None,
+        metadata=_meta("CloudFront public key id for CloudFront-mode URLs", _optional_text),
+    )
+    cloudfront_private_key_file: Path | None = field(
+        default=None,
+        metadata=_meta("PEM private key (RSA or EC P-256) of that CloudFront key", _optional_path),
+    )
+    cloudfront_base_url: str | None = field(
+        default=None,
+        metadata=_meta(
+            "the CloudFront distribution's address, e.g. https://d1.cloudfront.net",
+            _optional_endpoint,
+        ),
+    )
+    cloudfront_origin_secret: str | None = field(
+        default=None,
+        metadata=_meta(
+            "secret the origin requires in X-Reelvault-Origin-Secret (CloudFront mode; never "
+            "printed)",
+            _optional_text,
+            secret=True,
+        ),
+    )
     catalog_timeout: float = field(
         default=10.0,
         metadata=_meta(
@@ -639,6 +713,36 @@ class Settings:
             1 <= self.grant_lifetime <= self.grant_max_lifetime,
             "grant_lifetime",
             f"must be 1 to {_env('grant_max_lifetime')} seconds",
+        )
+        self._check(
+            60 <= self.url_max_ttl <= 7 * 24 * 3600,
+            "url_max_ttl",
+            "must be 60 to 604800 seconds",
+        )
+        self._check(
+            1 <= self.url_default_ttl <= self.url_max_ttl,
+            "url_default_ttl",
+            f"must be 1 to {_env('url_max_ttl')} seconds",
+        )
+        self._check(0 <= self.url_leeway <= 600, "url_leeway", "must be 0 to 600 seconds")
+        self._check(0 <= self.origin_port <= 65535, "origin_port", "must be in 0..65535")
+        self._check(1 <= self.origin_workers <= 64, "origin_workers", "must be 1 to 64")
+        self._check(
+            self.origin_revocation_refresh >= 0,
+            "origin_revocation_refresh",
+            "must not be negative",
+        )
+        self._check(
+            urllib.parse.urlsplit(self.origin_base_url).scheme in ("http", "https"),
+            "origin_base_url",
+            "must be an http:// or https:// URL",
+        )
+        self._check(
+            (self.cloudfront_key_pair_id is None) == (self.cloudfront_private_key_file is None)
+            and (self.cloudfront_key_pair_id is None) == (self.cloudfront_base_url is None),
+            "cloudfront_key_pair_id",
+            f"set it, {_env('cloudfront_private_key_file')} and {_env('cloudfront_base_url')} "
+            "together, or none of them",
         )
         self._check(
             (self.s3_access_key_id is None) == (self.s3_secret_access_key is None),

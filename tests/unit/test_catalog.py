@@ -48,6 +48,8 @@ TABLES = {
     "audit_signing_keys",
     "scrub_passes",
     "scrub_findings",
+    "url_signing_keys",
+    "url_revocations",
 }
 
 

@@ -59,7 +59,12 @@ __all__ = [
     "ScrubPassRow",
     "TenantKeyVersionRow",
     "TenantRow",
+    "URL_KEY_ALGORITHMS",
+    "URL_KEY_STATES",
+    "URL_REVOCATION_KINDS",
     "UploadRow",
+    "UrlRevocationRow",
+    "UrlSigningKeyRow",
     "UtcDateTime",
 ]
 
@@ -469,3 +474,72 @@ class DeletedObjectRow(Base):
 
     object_key: Mapped[str] = mapped_column(String(128), primary_key=True)
     deleted_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# -- signed distribution URLs (reelvault.distribution; docs/urls.md) -------------------
+
+URL_KEY_ALGORITHMS: Final = ("ed25519", "hmac-sha256")
+"""Stored values of ``url_signing_keys.algorithm`` (``distribution.tokens.ALGORITHMS``)."""
+URL_KEY_STATES: Final = ("signing", "verify", "retired")
+"""Stored values of ``url_signing_keys.state``: signs new tokens (one per tenant and
+algorithm); only verifies tokens issued before it left ``signing``; verifies nothing."""
+URL_REVOCATION_KINDS: Final = ("session", "asset")
+
+_URL_ALGORITHM_IN = "algorithm IN ({})".format(", ".join(f"'{a}'" for a in URL_KEY_ALGORITHMS))
+_URL_STATE_IN = "state IN ({})".format(", ".join(f"'{s}'" for s in URL_KEY_STATES))
+_URL_KIND_IN = "kind IN ({})".format(", ".join(f"'{k}'" for k in URL_REVOCATION_KINDS))
+
+
+class UrlSigningKeyRow(Base):
+    """A tenant's key for distribution tokens. ``secret`` (the Ed25519 seed, or the HMAC
+    secret) is wrapped by the root key provider and dropped (NULL) when the key retires;
+    ``public_key`` is the Ed25519 public key (NULL for HMAC). ``verify_until`` is when a
+    verify-only key retires: its last token has expired by then (the overlap)."""
+
+    __tablename__ = "url_signing_keys"
+    __table_args__ = (
+        CheckConstraint(_URL_ALGORITHM_IN, name="algorithm"),
+        CheckConstraint(_URL_STATE_IN, name="state"),
+        CheckConstraint(
+            "(state = 'retired' AND wrapped_secret IS NULL)"
+            " OR (state <> 'retired' AND wrapped_secret IS NOT NULL)",
+            name="material",
+        ),
+        CheckConstraint("state <> 'verify' OR verify_until IS NOT NULL", name="verify_until"),
+        Index(
+            "uq_url_signing_keys_one_signing",
+            "tenant_id",
+            "algorithm",
+            unique=True,
+            sqlite_where=text("state = 'signing'"),
+            postgresql_where=text("state = 'signing'"),
+        ),
+    )
+
+    kid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"), index=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    public_key: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    root_key_id: Mapped[str] = mapped_column(String(512))
+    wrapped_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    state_changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    verify_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class UrlRevocationRow(Base):
+    """A revocation cut-off: tokens of the tenant for this session (``kind`` session) or
+    reaching this asset (``kind`` asset, ``subject`` the asset id) issued at or before
+    ``cutoff`` are refused. One row per subject; a later revocation moves the cut-off."""
+
+    __tablename__ = "url_revocations"
+    __table_args__ = (CheckConstraint(_URL_KIND_IN, name="kind"),)
+
+    tenant_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("tenants.id"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    cutoff: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime] = mapped_column(UtcDateTime())

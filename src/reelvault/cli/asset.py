@@ -1,66 +1,23 @@
 """``reelvault asset``: store, read, list and delete assets, through the service; and the
-``--range`` syntax (:func:`parse_range`)."""
+``--range`` syntax (:func:`reelvault.ranges.parse_range`, shared with the HTTP origin)."""
 
 from __future__ import annotations
 
 import argparse
 import mimetypes
 import os
-import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any
 
 from reelvault import errors
 from reelvault.cli import _common
 from reelvault.cli._common import Groups, Output, human, progress_bar, showing, table, when
 from reelvault.client import ADDR_ENV, READ_PATHS, TOKEN_ENV, Asset
 from reelvault.direct import DEFAULT_CONCURRENCY
+from reelvault.ranges import ByteRange, RangeSyntaxError, parse_range
 
 __all__ = ["ByteRange", "RangeSyntaxError", "add_commands", "parse_range"]
-
-_INT64_MAX: Final = (1 << 63) - 1
-
-
-class RangeSyntaxError(ValueError):
-    """A ``--range`` that is not ``START-END``, ``START-`` or ``-N``."""
-
-
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    """A parsed ``--range``, as :meth:`Client.download` takes it: ``offset`` with
-    ``length`` (``START-END``), ``offset`` alone (``START-``), or ``suffix`` (``-N``)."""
-
-    offset: int | None = None
-    length: int | None = None
-    suffix: int | None = None
-
-
-_RANGE: Final = re.compile(r"([0-9]*)-([0-9]*)")
-
-
-def parse_range(text: str) -> ByteRange:
-    """Parse an HTTP-style byte range: ``START-END`` (inclusive), ``START-`` or ``-N``.
-
-    Raises:
-        RangeSyntaxError: anything else, an end before the start, or ``-0``.
-    """
-    match = _RANGE.fullmatch(text.strip())
-    if match is None or match.group(1) == match.group(2) == "":
-        raise RangeSyntaxError(f"{text!r} is not START-END, START- or -N")
-    start, end = (int(g) if g else None for g in match.groups())
-    if any(n is not None and n > _INT64_MAX for n in (start, end)):
-        raise RangeSyntaxError(f"{text!r}: a number is too large")
-    if start is None:
-        if end == 0:
-            raise RangeSyntaxError("-N needs N > 0")
-        return ByteRange(suffix=end)
-    if end is None:
-        return ByteRange(offset=start)
-    if end < start:
-        raise RangeSyntaxError(f"{text!r}: the end is before the start")
-    return ByteRange(offset=start, length=end - start + 1)
 
 
 def _range_argument(text: str) -> ByteRange:
