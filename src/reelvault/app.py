@@ -25,12 +25,15 @@ from reelvault.catalog import Database
 from reelvault.clock import Clock, SystemClock
 from reelvault.config import Settings
 from reelvault.deadline import bound_botocore
+from reelvault.distribution.cloudfront import CloudFrontKey
+from reelvault.distribution.keys import UrlSigningKeys
+from reelvault.distribution.service import Distribution, DistributionConfig
 from reelvault.errors import ConfigurationError
 from reelvault.instrument import InstrumentedKeyProvider, InstrumentedStore, instrument_catalog
 from reelvault.keys import KmsRootKeyProvider, LocalKeyring, RootKeyProvider, TenantKeys
 from reelvault.storage import ObjectStore, S3ObjectStore
 
-__all__ = ["Vault"]
+__all__ = ["Vault", "distribution_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,7 @@ class Vault:
     auditor: Auditor
     audit_log: AuditLog
     audit: AuditReader
+    distribution: Distribution
 
     @classmethod
     def from_parts(
@@ -63,6 +67,7 @@ class Vault:
         instrumented: bool = False,
         grant_lifetime: int = DEFAULT_GRANT_LIFETIME,
         grant_max_lifetime: int = DEFAULT_GRANT_MAX_LIFETIME,
+        distribution: DistributionConfig | None = None,
     ) -> Self:
         """Wire the domain over given parts (tests: fakes). The database must be migrated.
 
@@ -80,25 +85,33 @@ class Vault:
         )
         auditor = Auditor(audit_log if audit_sink is None else audit_sink, clock)
         tenant_keys = TenantKeys(database, root, clock, cache_ttl=key_cache_ttl, auditor=auditor)
+        assets = Assets(
+            database,
+            tenant_keys,
+            store,
+            clock,
+            auditor=auditor,
+            grant_lifetime=grant_lifetime,
+            grant_max_lifetime=grant_max_lifetime,
+        )
+        config = distribution or DistributionConfig()
+        url_keys = UrlSigningKeys(
+            database, root, clock, auditor=auditor, max_ttl=config.max_ttl, leeway=config.leeway
+        )
         return cls(
             database=database,
             root=root,
             tenant_keys=tenant_keys,
             api_keys=ApiKeys(database, clock, auditor=auditor),
             store=store,
-            assets=Assets(
-                database,
-                tenant_keys,
-                store,
-                clock,
-                auditor=auditor,
-                grant_lifetime=grant_lifetime,
-                grant_max_lifetime=grant_max_lifetime,
-            ),
+            assets=assets,
             clock=clock,
             auditor=auditor,
             audit_log=audit_log,
             audit=AuditReader(database, audit_log, auditor),
+            distribution=Distribution(
+                database, url_keys, assets, clock, auditor=auditor, config=config
+            ),
         )
 
     @classmethod
@@ -140,6 +153,7 @@ class Vault:
                 instrumented=True,
                 grant_lifetime=settings.grant_lifetime,
                 grant_max_lifetime=settings.grant_max_lifetime,
+                distribution=distribution_config(settings),
             )
         except BaseException:
             database.dispose()
@@ -155,6 +169,34 @@ class Vault:
         if isinstance(store, S3ObjectStore):
             with contextlib.suppress(Exception):  # best effort at shutdown
                 store.client.close()
+
+
+def distribution_config(settings: Settings) -> DistributionConfig:
+    """What distribution reads from the settings; loads the CloudFront key if configured.
+
+    Raises:
+        ConfigurationError: the CloudFront key file cannot be read or is not an RSA or
+            EC P-256 private key.
+    """
+    key = None
+    if settings.cloudfront_private_key_file is not None:
+        assert settings.cloudfront_key_pair_id is not None  # Settings requires both
+        path = settings.cloudfront_private_key_file
+        try:
+            key = CloudFrontKey(settings.cloudfront_key_pair_id, path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                f"REELVAULT_CLOUDFRONT_PRIVATE_KEY_FILE: cannot use {path}: {type(exc).__name__}"
+            ) from None
+    return DistributionConfig(
+        base_url=settings.origin_base_url,
+        default_ttl=settings.url_default_ttl,
+        max_ttl=settings.url_max_ttl,
+        leeway=settings.url_leeway,
+        revocation_refresh=settings.origin_revocation_refresh,
+        cloudfront_key=key,
+        cloudfront_base_url=settings.cloudfront_base_url,
+    )
 
 
 def _root_provider(settings: Settings) -> RootKeyProvider:

@@ -497,6 +497,31 @@ class Assets:
         self._audit.note(resource=Resource("asset", row.id, row.path))
         return row
 
+    def lookup(self, tenant_id: str, asset_id: str) -> AssetInfo:
+        """The asset, noted on the current access but not recorded: for callers whose own
+        action records it (issuing a distribution URL names the asset it covers)."""
+        return _info(self._row(tenant_id, asset_id))
+
+    def find_by_path(self, tenant_id: str, path: str) -> AssetInfo:
+        """The tenant's asset at ``path``, noted on the current access but not recorded
+        (the HTTP origin addresses assets by path; its fetch records the read).
+
+        Raises:
+            NotFound: no such asset in this tenant (whatever the path looks like).
+        """
+        self._audit.note(tenant_id=tenant_id)
+        if not _plausible_path(path):
+            raise NotFound("asset not found")
+        with self._db.transaction(readonly=True) as session:
+            row = session.scalar(
+                select(AssetRow).where(AssetRow.tenant_id == tenant_id, AssetRow.path == path)
+            )
+            if row is None:
+                raise NotFound("asset not found")
+            info = _info(row)
+        self._audit.note(resource=Resource("asset", info.id, info.path))
+        return info
+
     def stat(self, tenant_id: str, asset_id: str) -> AssetInfo:
         info = _info(self._row(tenant_id, asset_id))
         self._audit.release()

@@ -430,6 +430,14 @@ class Action(StrEnum):
     """A read grant: the asset's frame key and a presigned URL (a key release)."""
     AUDIT_READ = "audit.read"
     AUDIT_POLICY = "audit.policy"
+    URL_ISSUE = "url.issue"
+    """A signed distribution URL or cookie (docs/urls.md)."""
+    URL_REVOKE = "url.revoke"
+    URL_KEY_LIST = "url.key-list"
+    URL_KEY_ROTATE = "url.key-rotate"
+    ASSET_FETCH = "asset.fetch"
+    """A fetch through the HTTP origin with a signed URL: the URL speaks with the
+    authority of the role that issued it, limited to this action."""
 
 
 PLATFORM_ROLES: Final = frozenset({Role.PLATFORM_ADMIN, Role.PLATFORM_AUDITOR})
@@ -442,6 +450,7 @@ _ASSET_METADATA_READERS: Final = _ASSET_READERS | {Role.DISTRIBUTOR}
 _KEY_MANAGERS: Final = frozenset({Role.PLATFORM_ADMIN, Role.ADMIN})
 _PLATFORM: Final = frozenset({Role.PLATFORM_ADMIN})
 _AUDITORS: Final = frozenset({Role.AUDITOR, Role.PLATFORM_AUDITOR})
+_DISTRIBUTORS: Final = frozenset({Role.DISTRIBUTOR, Role.ADMIN})
 
 PERMISSIONS: Final[Mapping[Action, frozenset[Role]]] = MappingProxyType(
     {
@@ -466,6 +475,13 @@ PERMISSIONS: Final[Mapping[Action, frozenset[Role]]] = MappingProxyType(
         # Auditors read the log and nothing else; nobody else reads the log.
         Action.AUDIT_READ: _AUDITORS,
         Action.AUDIT_POLICY: _KEY_MANAGERS,
+        # Distribution: distributors and tenant admins issue and revoke URLs; a URL is
+        # the issuer's authority to fetch, and nothing else (the origin's one action).
+        Action.URL_ISSUE: _DISTRIBUTORS,
+        Action.URL_REVOKE: _DISTRIBUTORS,
+        Action.URL_KEY_LIST: _DISTRIBUTORS,
+        Action.URL_KEY_ROTATE: _DISTRIBUTORS,
+        Action.ASSET_FETCH: _DISTRIBUTORS,
     }
 )
 """Action -> the roles that may do it. An action missing here is denied to all.

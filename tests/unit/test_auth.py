@@ -45,6 +45,7 @@ from reelvault.auth import (
 from reelvault.catalog import API_KEY_ROLES, ApiKeyRow, Database
 from reelvault.clock import FakeClock
 from reelvault.keys.tenant import TenantKeys
+from reelvault.origin.app import ROUTE_ACTIONS
 from reelvault.rpc.actions import METHOD_ACTIONS, action_for
 
 API_DOC = pathlib.Path(__file__).parents[2] / "docs" / "api.md"
@@ -759,7 +760,9 @@ def _rpc_methods() -> set[str]:
         for module in pkgutil.iter_modules(reelvault.v1.__path__)
         if module.name.endswith("_pb2")
     )
-    assert {"apikey_pb2", "asset_pb2", "audit_pb2", "tenant_pb2"} <= set(modules)
+    assert {"apikey_pb2", "asset_pb2", "audit_pb2", "distribution_pb2", "tenant_pb2"} <= set(
+        modules
+    )
     methods: set[str] = set()
     for name in modules:
         module = importlib.import_module(f"reelvault.v1.{name}")
@@ -771,7 +774,7 @@ def _rpc_methods() -> set[str]:
 
 def test_every_rpc_has_an_action_and_nothing_else_does() -> None:
     methods = _rpc_methods()
-    assert len(methods) == 19
+    assert len(methods) == 25
     assert set(METHOD_ACTIONS) == methods
     for method, action in METHOD_ACTIONS.items():
         assert isinstance(action, Action), method
@@ -779,7 +782,8 @@ def test_every_rpc_has_an_action_and_nothing_else_does() -> None:
 
 
 def test_every_action_is_used_and_has_a_permission_entry() -> None:
-    assert set(METHOD_ACTIONS.values()) == set(Action)
+    # Each action is reached through some edge: a gRPC method or an origin route.
+    assert set(METHOD_ACTIONS.values()) | set(ROUTE_ACTIONS.values()) == set(Action)
     assert set(PERMISSIONS) == set(Action)
     for action, roles in PERMISSIONS.items():
         assert isinstance(action, Action)
@@ -812,12 +816,12 @@ ASSET_ACTIONS = [action for action in Action if action.value.startswith("asset."
 
 
 def test_asset_methods_are_asset_actions() -> None:
-    assert len(ASSET_ACTIONS) == 6
+    assert len(ASSET_ACTIONS) == 7
     assert {
         action
         for method, action in METHOD_ACTIONS.items()
         if method.startswith("/reelvault.v1.AssetService/")
-    } == set(ASSET_ACTIONS)
+    } | set(ROUTE_ACTIONS.values()) == set(ASSET_ACTIONS)
 
 
 @pytest.mark.parametrize("action", ASSET_ACTIONS)
@@ -852,6 +856,17 @@ def test_the_suggested_role_split() -> None:
     ):
         assert allowed(f"AuditService/{method}") == {"auditor", "platform-auditor"}
     assert allowed("AuditService/SetAuditRetention") == {"platform-admin", "admin"}
+    for method in (
+        "IssueUrl",
+        "IssueCookie",
+        "RevokeSession",
+        "RevokeAsset",
+        "ListSigningKeys",
+        "RotateSigningKey",
+    ):
+        assert allowed(f"DistributionService/{method}") == {"admin", "distributor"}
+    # a signed URL carries its issuer's authority to fetch, and nothing more
+    assert {r.value for r in PERMISSIONS[ROUTE_ACTIONS["GET"]]} == {"admin", "distributor"}
 
 
 def test_auditors_read_the_log_and_nothing_else() -> None:

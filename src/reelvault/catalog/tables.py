@@ -536,9 +536,7 @@ class UrlRevocationRow(Base):
     __tablename__ = "url_revocations"
     __table_args__ = (CheckConstraint(_URL_KIND_IN, name="kind"),)
 
-    tenant_id: Mapped[str] = mapped_column(
-        String(32), ForeignKey("tenants.id"), primary_key=True
-    )
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     subject: Mapped[str] = mapped_column(String(128), primary_key=True)
     cutoff: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -13,8 +13,9 @@ import hmac
 import os
 from collections.abc import Callable
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 __all__ = [
     "Aead",
     "AuthenticationFailed",
+    "CloudFrontPolicySigner",
     "KEY_LEN",
     "NONCE_LEN",
     "ED25519_KEY_LEN",
@@ -155,3 +157,37 @@ def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+# CloudFront key groups take RSA 2048 or ECDSA P-256 keys only (API_PublicKey).
+_RSA_BITS = 2048
+
+
+class CloudFrontPolicySigner:
+    """A CloudFront signing key, loaded once: RSA 2048 or ECDSA P-256, always with SHA-256."""
+
+    __slots__ = ("_key", "algorithm")
+
+    _key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    algorithm: str
+
+    def __init__(self, private_pem: bytes) -> None:
+        try:
+            key = serialization.load_pem_private_key(private_pem, password=None)
+        except (TypeError, ValueError, UnsupportedAlgorithm):
+            # TypeError: the PEM is encrypted. The library's message says nothing useful
+            # about the key, and a key's details have no place in an error.
+            raise ValueError("not an unencrypted PEM private key") from None
+        if isinstance(key, rsa.RSAPrivateKey) and key.key_size == _RSA_BITS:
+            self.algorithm = "rsa"
+        elif isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+            self.algorithm = "ecdsa-p256"
+        else:
+            raise ValueError("a CloudFront key group takes RSA 2048 or ECDSA P-256 keys only")
+        self._key = key
+
+    def sign(self, message: bytes) -> bytes:
+        """PKCS#1 v1.5 (RSA) or DER-encoded ECDSA (P-256) signature of ``message``, SHA-256."""
+        if isinstance(self._key, rsa.RSAPrivateKey):
+            return self._key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        return self._key.sign(message, ec.ECDSA(hashes.SHA256()))

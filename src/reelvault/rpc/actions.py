@@ -36,6 +36,12 @@ METHOD_ACTIONS: Final[Mapping[str, Action]] = MappingProxyType(
         "/reelvault.v1.AuditService/GetInclusionProof": Action.AUDIT_READ,
         "/reelvault.v1.AuditService/GetConsistencyProof": Action.AUDIT_READ,
         "/reelvault.v1.AuditService/SetAuditRetention": Action.AUDIT_POLICY,
+        "/reelvault.v1.DistributionService/IssueUrl": Action.URL_ISSUE,
+        "/reelvault.v1.DistributionService/IssueCookie": Action.URL_ISSUE,
+        "/reelvault.v1.DistributionService/RevokeSession": Action.URL_REVOKE,
+        "/reelvault.v1.DistributionService/RevokeAsset": Action.URL_REVOKE,
+        "/reelvault.v1.DistributionService/ListSigningKeys": Action.URL_KEY_LIST,
+        "/reelvault.v1.DistributionService/RotateSigningKey": Action.URL_KEY_ROTATE,
     }
 )
 

@@ -46,7 +46,13 @@ from reelvault.readiness import DEPENDENCIES, Readiness
 from reelvault.rpc import convert
 from reelvault.rpc.bulkhead import StorePool
 from reelvault.rpc.interceptors import VaultInterceptor
-from reelvault.rpc.servicers import ApiKeyServicer, AssetServicer, AuditServicer, TenantServicer
+from reelvault.rpc.servicers import (
+    ApiKeyServicer,
+    AssetServicer,
+    AuditServicer,
+    DistributionServicer,
+    TenantServicer,
+)
 from reelvault.scrub import run_scrubber
 from reelvault.startup_warnings import warn_at_startup
 from reelvault.v1 import (
@@ -56,6 +62,8 @@ from reelvault.v1 import (
     asset_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    distribution_pb2,
+    distribution_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
 )
@@ -82,6 +90,7 @@ SERVICE_NAMES: Final = (
     apikey_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
     asset_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    distribution_pb2.DESCRIPTOR.services_by_name["DistributionService"].full_name,
 )
 """reelvault's own services, as health checks and reflection name them."""
 
@@ -137,6 +146,10 @@ async def create_server(
         (apikey_pb2_grpc.add_ApiKeyServiceServicer_to_server, ApiKeyServicer(vault)),
         (_add_asset_service, assets),
         (audit_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(vault)),
+        (
+            distribution_pb2_grpc.add_DistributionServiceServicer_to_server,
+            DistributionServicer(vault),
+        ),
     )
     for register, servicer in registrations:
         register(servicer, server)
@@ -282,6 +295,10 @@ SERVICE_NEEDS: Final[dict[str, tuple[str, ...]]] = {
     apikey_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name: ("catalog",),
     asset_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name: DEPENDENCIES,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name: ("catalog",),
+    distribution_pb2.DESCRIPTOR.services_by_name["DistributionService"].full_name: (
+        "catalog",
+        "key_provider",
+    ),
 }
 """What each service's readiness depends on; ``""`` is the whole server. The service
 :data:`LIVENESS` is SERVING while the process serves, whatever its dependencies."""

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 from reelvault import auth, deadline
@@ -29,6 +30,9 @@ from reelvault.audit import PLATFORM_LOG
 from reelvault.auth import Principal
 from reelvault.config import Settings
 from reelvault.crypto.names import valid_tenant_id
+from reelvault.distribution.keys import KeyInfo
+from reelvault.distribution.service import Issued
+from reelvault.distribution.tokens import ALG_ED25519, ALG_HMAC_SHA256
 from reelvault.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -46,11 +50,19 @@ from reelvault.v1 import (
     asset_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    distribution_pb2,
+    distribution_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
 )
 
-__all__ = ["ApiKeyServicer", "AssetServicer", "AuditServicer", "TenantServicer"]
+__all__ = [
+    "ApiKeyServicer",
+    "AssetServicer",
+    "AuditServicer",
+    "DistributionServicer",
+    "TenantServicer",
+]
 
 _T = TypeVar("_T")
 
@@ -591,3 +603,126 @@ def _audit_log(requested: str) -> str:
     tenant_id = _tenant_scope(principal, requested)
     _require_access(principal, tenant_id, NotFound("audit log not found"))
     return tenant_id if tenant_id is not None else PLATFORM_LOG
+
+
+_ALGORITHM_TO_PROTO: Final[dict[str, Any]] = {
+    ALG_ED25519: distribution_pb2.TOKEN_ALGORITHM_ED25519,
+    ALG_HMAC_SHA256: distribution_pb2.TOKEN_ALGORITHM_HMAC_SHA256,
+}
+_ALGORITHM_FROM_PROTO: Final[dict[int, str]] = {
+    distribution_pb2.TOKEN_ALGORITHM_UNSPECIFIED: ALG_ED25519,
+    distribution_pb2.TOKEN_ALGORITHM_ED25519: ALG_ED25519,
+    distribution_pb2.TOKEN_ALGORITHM_HMAC_SHA256: ALG_HMAC_SHA256,
+}
+
+
+def _algorithm(value: int) -> str:
+    algorithm = _ALGORITHM_FROM_PROTO.get(value)
+    if algorithm is None:
+        raise InvalidArgument("unknown token algorithm")
+    return algorithm
+
+
+def _signing_key_to_proto(key: KeyInfo) -> distribution_pb2.SigningKey:
+    message = distribution_pb2.SigningKey(
+        key_id=key.kid,
+        algorithm=_ALGORITHM_TO_PROTO[key.algorithm],
+        state=key.state,
+        public_key=key.public_key or b"",
+        create_time=convert.timestamp(key.created_at),
+        state_change_time=convert.timestamp(key.state_changed_at),
+    )
+    if key.verify_until is not None:
+        message.verify_until.CopyFrom(convert.timestamp(key.verify_until))
+    return message
+
+
+class DistributionServicer(distribution_pb2_grpc.DistributionServiceServicer):  # type: ignore[misc, unused-ignore]
+    """Signed distribution URLs: catalog and key provider only, no store slot."""
+
+    def __init__(self, vault: Vault) -> None:
+        self._distribution = vault.distribution
+
+    def _issue(self, request: distribution_pb2.IssueRequest, *, cookie: bool) -> Issued:
+        not_before = (
+            convert.micros(request.not_before) // 1_000_000
+            if request.HasField("not_before")
+            else None
+        )
+        return self._distribution.issue(
+            _caller_tenant(),
+            asset_id=request.asset_id,
+            prefix=request.prefix,
+            ttl=request.ttl_seconds or None,
+            not_before=not_before,
+            audience=request.audience,
+            client_ip=request.client_ip_prefix,
+            session_id=request.session_id,
+            algorithm=_algorithm(request.algorithm),
+            cookie=cookie,
+            cloudfront_mode=request.cloudfront,
+        )
+
+    async def IssueUrl(  # noqa: N802 - gRPC method names
+        self, request: distribution_pb2.IssueRequest, context: Any
+    ) -> distribution_pb2.IssuedUrl:
+        issued = await asyncio.to_thread(self._issue, request, cookie=False)
+        return distribution_pb2.IssuedUrl(
+            url=issued.url,
+            token=issued.token,
+            expire_time=convert.timestamp(_utc(issued.claims.expires_at)),
+            key_id=issued.kid,
+            resource=issued.claims.resource,
+        )
+
+    async def IssueCookie(  # noqa: N802 - gRPC method names
+        self, request: distribution_pb2.IssueRequest, context: Any
+    ) -> distribution_pb2.IssuedCookie:
+        issued = await asyncio.to_thread(self._issue, request, cookie=True)
+        return distribution_pb2.IssuedCookie(
+            set_cookie=issued.cookie,
+            url=issued.url,
+            expire_time=convert.timestamp(_utc(issued.claims.expires_at)),
+            key_id=issued.kid,
+            resource=issued.claims.resource,
+            cloudfront_cookies=dict(issued.cloudfront_cookies),
+        )
+
+    async def RevokeSession(  # noqa: N802 - gRPC method names
+        self, request: distribution_pb2.RevokeSessionRequest, context: Any
+    ) -> distribution_pb2.Revocation:
+        cutoff = await asyncio.to_thread(
+            self._distribution.revoke_session, _caller_tenant(), request.session_id
+        )
+        return distribution_pb2.Revocation(cutoff_time=convert.timestamp(cutoff))
+
+    async def RevokeAsset(  # noqa: N802 - gRPC method names
+        self, request: distribution_pb2.RevokeAssetRequest, context: Any
+    ) -> distribution_pb2.Revocation:
+        cutoff = await asyncio.to_thread(
+            self._distribution.revoke_asset, _caller_tenant(), request.asset_id
+        )
+        return distribution_pb2.Revocation(cutoff_time=convert.timestamp(cutoff))
+
+    async def ListSigningKeys(  # noqa: N802 - gRPC method names
+        self, request: distribution_pb2.ListSigningKeysRequest, context: Any
+    ) -> distribution_pb2.ListSigningKeysResponse:
+        tenant_id = _caller_tenant()
+        keys = await asyncio.to_thread(self._distribution.keys.list, tenant_id)
+        return distribution_pb2.ListSigningKeysResponse(
+            keys=[_signing_key_to_proto(k) for k in keys]
+        )
+
+    async def RotateSigningKey(  # noqa: N802 - gRPC method names
+        self, request: distribution_pb2.RotateSigningKeyRequest, context: Any
+    ) -> distribution_pb2.RotateSigningKeyResponse:
+        tenant_id = _caller_tenant()
+        algorithm = _algorithm(request.algorithm)
+        key, secret = await asyncio.to_thread(self._distribution.keys.rotate, tenant_id, algorithm)
+        return distribution_pb2.RotateSigningKeyResponse(
+            key=_signing_key_to_proto(key), hmac_secret=secret or b""
+        )
+
+
+def _utc(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

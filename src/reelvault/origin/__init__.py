@@ -1,0 +1,1 @@
+"""The HTTP origin CDNs and players fetch from (docs/urls.md)."""
