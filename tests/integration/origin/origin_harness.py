@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from reelvault.app import Vault
+from reelvault.assets import UploadSpec
 from reelvault.origin.app import OriginConfig, create_app
 from reelvault.origin.server import bind
 
@@ -88,8 +89,6 @@ def target_of(url: str) -> str:
 
 
 def upload(vault: Vault, tenant_id: str, path: str, data: bytes, **spec: Any) -> Any:
-    from reelvault.assets import UploadSpec
-
     upload = vault.assets.begin_upload(tenant_id, UploadSpec(path=path, **spec))
     for at in range(0, len(data), 1 << 20):
         upload.write(data[at : at + (1 << 20)])
