@@ -69,6 +69,8 @@ from reelvault.v1 import (
     asset_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    distribution_pb2,
+    distribution_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
 )
@@ -86,17 +88,20 @@ __all__ = [
     "Client",
     "ConsistencyProof",
     "DEFAULT_ADDR",
+    "DistributionUrl",
     "DownloadStream",
     "InclusionProof",
     "MAX_MESSAGE_SIZE",
     "READ_PATHS",
     "ROLES",
     "ReadGrant",
+    "SigningKey",
     "TLS_CLIENT_CERT_ENV",
     "TLS_CLIENT_KEY_ENV",
     "TLS_ENV",
     "TLS_ROOTS_ENV",
     "TOKEN_ENV",
+    "TOKEN_ALGORITHMS",
     "Tenant",
     "error_from_rpc",
 ]
@@ -153,6 +158,44 @@ class Tenant:
     created_at: datetime
     direct_reads: bool = False
     """``open_asset`` (and direct reads by ``download``) is enabled for the tenant."""
+
+
+TOKEN_ALGORITHMS: Final = ("ed25519", "hmac-sha256")
+"""What :meth:`Client.issue_url` and :meth:`Client.rotate_signing_key` take."""
+
+
+@dataclass(frozen=True, slots=True)
+class DistributionUrl:
+    """An issued distribution URL or cookie (docs/urls.md).
+
+    Attributes:
+        url: where to fetch: the asset; for a prefix, the rendition's directory (append a
+            segment's path); for a cookie, the directory it covers. A bearer credential.
+        token: the token alone ("" in CloudFront mode). A bearer credential.
+        set_cookie: for a cookie, the whole ``Set-Cookie`` value.
+        cloudfront_cookies: CloudFront mode's cookies, name -> value.
+    """
+
+    url: str = field(repr=False)
+    token: str = field(repr=False)
+    expires_at: datetime
+    key_id: str
+    resource: str
+    set_cookie: str = field(default="", repr=False)
+    cloudfront_cookies: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A tenant's distribution token key; ``public_key`` is Ed25519's (empty for HMAC)."""
+
+    key_id: str
+    algorithm: str
+    state: str
+    public_key: bytes
+    created_at: datetime
+    state_changed_at: datetime
+    verify_until: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,6 +588,7 @@ class Client:
         self._api_keys = apikey_pb2_grpc.ApiKeyServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._assets = asset_pb2_grpc.AssetServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._distribution = distribution_pb2_grpc.DistributionServiceStub(self._channel)  # type: ignore[no-untyped-call]
         # Download again, with a response decoder that copies a chunk once (see below)
         self._download = self._channel.unary_stream(
             "/reelvault.v1.AssetService/Download",
@@ -602,6 +646,88 @@ class Client:
         if direct_reads is not None:
             request.direct_reads = direct_reads
         return _tenant(self._unary(self._tenants.SetTenantPolicy, request))
+
+    # -- distribution URLs ----------------------------------------------------------------
+
+    def issue_url(
+        self,
+        *,
+        asset_id: str = "",
+        prefix: str = "",
+        ttl: int = 0,
+        not_before: datetime | None = None,
+        audience: str = "",
+        client_ip: str = "",
+        session_id: str = "",
+        algorithm: str = "ed25519",
+        cookie: bool = False,
+        cloudfront: bool = False,
+    ) -> DistributionUrl:
+        """A signed URL (or, with ``cookie``, a cookie) for one asset or a path prefix.
+
+        Args:
+            ttl: seconds from ``not_before`` (or now); 0 is the service's default.
+            algorithm: one of :data:`TOKEN_ALGORITHMS`.
+        """
+        if algorithm not in TOKEN_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(TOKEN_ALGORITHMS)}")
+        request = distribution_pb2.IssueRequest(
+            ttl_seconds=ttl,
+            audience=audience,
+            client_ip_prefix=client_ip,
+            session_id=session_id,
+            algorithm=_ALGORITHM_TO_PROTO[algorithm],
+            cloudfront=cloudfront,
+        )
+        if asset_id:
+            request.asset_id = asset_id
+        if prefix:
+            request.prefix = prefix
+        if not_before is not None:
+            request.not_before.FromDatetime(not_before.astimezone(UTC))
+        if cookie:
+            reply = self._unary(self._distribution.IssueCookie, request)
+            return DistributionUrl(
+                url=reply.url,
+                token="",
+                expires_at=_time(reply.expire_time),
+                key_id=reply.key_id,
+                resource=reply.resource,
+                set_cookie=reply.set_cookie,
+                cloudfront_cookies=dict(reply.cloudfront_cookies),
+            )
+        reply = self._unary(self._distribution.IssueUrl, request)
+        return DistributionUrl(
+            url=reply.url,
+            token=reply.token,
+            expires_at=_time(reply.expire_time),
+            key_id=reply.key_id,
+            resource=reply.resource,
+        )
+
+    def revoke_session(self, session_id: str) -> datetime:
+        """Tokens of this session issued until now stop working; returns the cut-off."""
+        request = distribution_pb2.RevokeSessionRequest(session_id=session_id)
+        return _time(self._unary(self._distribution.RevokeSession, request).cutoff_time)
+
+    def revoke_asset_urls(self, asset_id: str) -> datetime:
+        """Tokens reaching this asset issued until now stop working; returns the cut-off."""
+        request = distribution_pb2.RevokeAssetRequest(asset_id=asset_id)
+        return _time(self._unary(self._distribution.RevokeAsset, request).cutoff_time)
+
+    def list_signing_keys(self) -> builtins.list[SigningKey]:
+        reply = self._unary(
+            self._distribution.ListSigningKeys, distribution_pb2.ListSigningKeysRequest()
+        )
+        return [_signing_key(k) for k in reply.keys]
+
+    def rotate_signing_key(self, algorithm: str = "ed25519") -> tuple[SigningKey, bytes]:
+        """A new signing key; for HMAC also its secret (shown only now)."""
+        if algorithm not in TOKEN_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(TOKEN_ALGORITHMS)}")
+        request = distribution_pb2.RotateSigningKeyRequest(algorithm=_ALGORITHM_TO_PROTO[algorithm])
+        reply = self._unary(self._distribution.RotateSigningKey, request)
+        return _signing_key(reply.key), reply.hmac_secret
 
     # -- API keys -----------------------------------------------------------------------
 
@@ -1486,6 +1612,25 @@ def _int_field(value: int, what: str, bits: int) -> int:
 def _time(value: Any) -> datetime:
     result: datetime = value.ToDatetime(tzinfo=UTC)
     return result
+
+
+_ALGORITHM_TO_PROTO: Final = {
+    "ed25519": distribution_pb2.TOKEN_ALGORITHM_ED25519,
+    "hmac-sha256": distribution_pb2.TOKEN_ALGORITHM_HMAC_SHA256,
+}
+_ALGORITHM_FROM_PROTO: Final = {value: name for name, value in _ALGORITHM_TO_PROTO.items()}
+
+
+def _signing_key(message: distribution_pb2.SigningKey) -> SigningKey:
+    return SigningKey(
+        key_id=message.key_id,
+        algorithm=_ALGORITHM_FROM_PROTO.get(message.algorithm, "unknown"),
+        state=message.state,
+        public_key=message.public_key,
+        created_at=_time(message.create_time),
+        state_changed_at=_time(message.state_change_time),
+        verify_until=_time(message.verify_until) if message.HasField("verify_until") else None,
+    )
 
 
 def _tenant(message: tenant_pb2.Tenant) -> Tenant:

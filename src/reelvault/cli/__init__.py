@@ -35,7 +35,18 @@ from typing import Any
 
 from reelvault import errors
 from reelvault._version import package_version
-from reelvault.cli import apikey, asset, audit, gc, health, keyring, scrub, service, tenant
+from reelvault.cli import (
+    apikey,
+    asset,
+    audit,
+    gc,
+    health,
+    keyring,
+    scrub,
+    service,
+    tenant,
+    url,
+)
 from reelvault.cli._common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -105,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.add_commands(groups, common)
     apikey.add_commands(groups, common)
     asset.add_commands(groups, common)
+    url.add_commands(groups, common)
     audit.add_commands(groups, common)
     gc.add_commands(groups, common)
     scrub.add_commands(groups, common)

@@ -41,6 +41,26 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
     )
     serve.set_defaults(handler=_serve)
 
+    origin = groups.add_parser(
+        "origin",
+        parents=[common],
+        help="run the HTTP origin that serves signed distribution URLs (docs/urls.md)",
+        description=(
+            "Run the HTTP origin (uvicorn, REELVAULT_ORIGIN_WORKERS processes) on\n"
+            "REELVAULT_ORIGIN_HOST:REELVAULT_ORIGIN_PORT until SIGTERM or SIGINT. It shares the\n"
+            "catalog, the object store, the root key provider and the audit log with serve;\n"
+            "the same settings apply (--config, REELVAULT_*)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    origin.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML file of settings (default: ${CONFIG_FILE_ENV}, else none)",
+    )
+    origin.set_defaults(handler=_origin)
+
     command = groups.add_parser(
         "dev",
         parents=[common],
@@ -91,6 +111,16 @@ def _serve(args: argparse.Namespace) -> Output:
     if args.check:
         return _check(settings)
     asyncio.run(serve(settings, config_file=args.config))
+    return Output(data={"stopped": True}, text="")
+
+
+def _origin(args: argparse.Namespace) -> Output:
+    from reelvault.logging import configure_logging  # noqa: PLC0415 - startup time
+    from reelvault.origin.server import run  # noqa: PLC0415 - startup time
+
+    settings = Settings.load(config_file=args.config)
+    configure_logging(settings.log_level, settings.log_format)
+    run(settings, config_file=str(args.config) if args.config else None)
     return Output(data={"stopped": True}, text="")
 
 
