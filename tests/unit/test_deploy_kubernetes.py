@@ -30,12 +30,15 @@ def _documents(name: str) -> list[dict[str, Any]]:
         return [doc for doc in yaml.safe_load_all(handle) if doc]
 
 
-def _one(kind: str) -> dict[str, Any]:
+def _one(kind: str, component: str = "server") -> dict[str, Any]:
+    """The one resource of ``kind`` for ``component`` (the ConfigMap is labelled server and
+    shared by both tiers)."""
     found = [
         doc
         for path in sorted(KUBERNETES.glob("*.yaml"))
         for doc in _documents(path.name)
         if doc.get("kind") == kind
+        and doc["metadata"]["labels"]["app.kubernetes.io/component"] == component
     ]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]

@@ -27,7 +27,15 @@ from reelvault.auth import PERMISSIONS, PLATFORM_ROLES, Role
 from reelvault.catalog.tables import AssetRow
 from reelvault.rpc.actions import METHOD_ACTIONS
 from reelvault.rpc.convert import ROLE_TO_PROTO
-from reelvault.v1 import apikey_pb2, asset_pb2, audit_pb2, audit_pb2_grpc, tenant_pb2
+from reelvault.v1 import (
+    apikey_pb2,
+    asset_pb2,
+    audit_pb2,
+    audit_pb2_grpc,
+    distribution_pb2,
+    distribution_pb2_grpc,
+    tenant_pb2,
+)
 
 pytestmark = pytest.mark.db
 
@@ -230,6 +238,7 @@ def _calls(api: Stubs, md: Metadata, tenant_id: str, tag: str) -> dict[str, Call
     """One harmless call per method of the method -> action table."""
     svc = "/reelvault.v1."
     audit = audit_pb2_grpc.AuditServiceStub(api.channel)
+    urls = distribution_pb2_grpc.DistributionServiceStub(api.channel)
     start, end = Timestamp(seconds=0), Timestamp(seconds=2**33)
     return {
         f"{svc}TenantService/CreateTenant": lambda: api.tenants.CreateTenant(
@@ -295,6 +304,24 @@ def _calls(api: Stubs, md: Metadata, tenant_id: str, tag: str) -> dict[str, Call
         f"{svc}AuditService/SetAuditRetention": lambda: audit.SetAuditRetention(
             audit_pb2.SetAuditRetentionRequest(tenant_id=tenant_id, retention_days=7),
             metadata=md,
+        ),
+        f"{svc}DistributionService/IssueUrl": lambda: urls.IssueUrl(
+            distribution_pb2.IssueRequest(prefix="by/", ttl_seconds=60), metadata=md
+        ),
+        f"{svc}DistributionService/IssueCookie": lambda: urls.IssueCookie(
+            distribution_pb2.IssueRequest(prefix="by/", ttl_seconds=60), metadata=md
+        ),
+        f"{svc}DistributionService/RevokeSession": lambda: urls.RevokeSession(
+            distribution_pb2.RevokeSessionRequest(session_id=f"s-{tag}"), metadata=md
+        ),
+        f"{svc}DistributionService/RevokeAsset": lambda: urls.RevokeAsset(
+            distribution_pb2.RevokeAssetRequest(asset_id="0" * 32), metadata=md
+        ),
+        f"{svc}DistributionService/ListSigningKeys": lambda: urls.ListSigningKeys(
+            distribution_pb2.ListSigningKeysRequest(), metadata=md
+        ),
+        f"{svc}DistributionService/RotateSigningKey": lambda: urls.RotateSigningKey(
+            distribution_pb2.RotateSigningKeyRequest(), metadata=md
         ),
     }
 

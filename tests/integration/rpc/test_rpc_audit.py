@@ -16,7 +16,15 @@ from reelvault.audit.verify import verify_export
 from reelvault.auth import Role
 from reelvault.catalog.audit import AuditFilter
 from reelvault.rpc.actions import METHOD_ACTIONS
-from reelvault.v1 import apikey_pb2, asset_pb2, audit_pb2, audit_pb2_grpc, tenant_pb2
+from reelvault.v1 import (
+    apikey_pb2,
+    asset_pb2,
+    audit_pb2,
+    audit_pb2_grpc,
+    distribution_pb2,
+    distribution_pb2_grpc,
+    tenant_pb2,
+)
 
 pytestmark = pytest.mark.db
 
@@ -102,14 +110,31 @@ def test_every_rpc_leaves_an_event_with_what_the_domain_knows(
         )
     )
     assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    urls = distribution_pb2_grpc.DistributionServiceStub(api.channel)
+    distributor = acme.md(Role.DISTRIBUTOR)
+    issued = urls.IssueUrl(
+        distribution_pb2.IssueRequest(asset_id=asset.id, session_id="viewer-7"),
+        metadata=distributor,
+    )
+    urls.IssueCookie(distribution_pb2.IssueRequest(prefix="show/"), metadata=distributor)
+    urls.RevokeSession(
+        distribution_pb2.RevokeSessionRequest(session_id="viewer-7"), metadata=distributor
+    )
+    urls.RevokeAsset(distribution_pb2.RevokeAssetRequest(asset_id=asset.id), metadata=distributor)
+    urls.ListSigningKeys(distribution_pb2.ListSigningKeysRequest(), metadata=distributor)
+    urls.RotateSigningKey(distribution_pb2.RotateSigningKeyRequest(), metadata=acme.md())
     api.assets.DeleteAsset(asset_pb2.DeleteAssetRequest(asset_id=asset.id), metadata=acme.md())
 
     recorded = events(vault, acme.id) + events(vault, PLATFORM_LOG) + events(vault, other.id)
     methods = {e.method for e in recorded}
     assert set(METHOD_ACTIONS) <= methods, set(METHOD_ACTIONS) - methods
     for event in recorded:
-        if event.method in METHOD_ACTIONS and not event.action.startswith("key."):
+        # key operations inside a call are events of their own (a first URL makes a key)
+        if event.method in METHOD_ACTIONS and not event.action.startswith(("key.", "url.key-")):
             assert event.action == METHOD_ACTIONS[event.method].value
+    (issue,) = [e for e in recorded if e.action == "url.issue" and e.method.endswith("/IssueUrl")]
+    assert issued.token.encode() not in issue.record  # the token is a bearer credential
+    assert json.loads(issue.record)["unmapped"]["reelvault"]["detail"]["session"] == "viewer-7"
     (read,) = [e for e in recorded if e.action == "asset.read"]
     record = json.loads(read.record)
     assert record["resources"] == [{"name": "a.ts", "type": "asset", "uid": asset.id}]
