@@ -721,8 +721,11 @@ class Client:
         )
         return [_signing_key(k) for k in reply.keys]
 
-    def rotate_signing_key(self, algorithm: str = "ed25519") -> tuple[SigningKey, bytes]:
-        """A new signing key; for HMAC also its secret (shown only now)."""
+    def rotate_signing_key(
+        self, algorithm: str = "ed25519", *, retire_previous: bool = False
+    ) -> tuple[SigningKey, bytes]:
+        """A new signing key; for HMAC also its secret (shown only now). With
+        ``retire_previous`` the current key stops verifying at once (a leaked key)."""
         if algorithm not in TOKEN_ALGORITHMS:
             raise ValueError(f"algorithm must be one of {', '.join(TOKEN_ALGORITHMS)}")
         request = distribution_pb2.RotateSigningKeyRequest(algorithm=_ALGORITHM_TO_PROTO[algorithm])

@@ -351,6 +351,7 @@ async def _serve(
                 access_log=False,
                 log_config=None,
                 server_header=False,
+                proxy_headers=False,  # client IPs: OriginConfig.trusted_proxies decides
             )
         )
         origin_task = asyncio.create_task(origin.serve(sockets=[origin_socket]))

@@ -64,6 +64,11 @@ def add_commands(groups: Groups, common: argparse.ArgumentParser) -> None:
         "rotate-key", parents=[common], help="create the next signing key (the old one verifies)"
     )
     rotate.add_argument("--algorithm", choices=TOKEN_ALGORITHMS, default="ed25519")
+    rotate.add_argument(
+        "--retire-previous",
+        action="store_true",
+        help="the current key stops verifying at once (it leaked): its tokens stop working",
+    )
     rotate.set_defaults(handler=_rotate)
 
 
@@ -177,7 +182,9 @@ def _keys(args: argparse.Namespace) -> Output:
 
 def _rotate(args: argparse.Namespace) -> Output:
     with _common.client() as client:
-        key, secret = client.rotate_signing_key(args.algorithm)
+        key, secret = client.rotate_signing_key(
+            args.algorithm, retire_previous=args.retire_previous
+        )
     text = f"new {key.algorithm} signing key {key.key_id}"
     if secret:
         text += f"\nHMAC secret (shown once; give it to the edge): {_b64(secret)}"

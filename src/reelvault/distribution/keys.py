@@ -3,19 +3,25 @@
 A key moves ``signing`` -> ``verify`` -> ``retired``. At most one key per tenant and
 algorithm signs (a partial unique index); :meth:`UrlSigningKeys.rotate` creates the next
 one and moves the old one to ``verify``, where it verifies only tokens issued before it
-left ``signing`` (so a leaked old key cannot mint new tokens that pass) until
-``verify_until``: the longest a token it signed can live (``2 x url_max_ttl``: a
-not-before at most one maximum TTL ahead, then at most one maximum TTL of life) plus the
-clock-skew leeway. Past that it retires and its secret is dropped from the catalog.
+left ``signing`` until ``verify_until``: the longest a token it signed can live
+(``2 x url_max_ttl``: a not-before at most one maximum TTL ahead, then at most one maximum
+TTL of life) plus the clock-skew leeway. Past that it retires and its secret is dropped
+from the catalog (``run_retirement``, in every service process). Someone holding a
+verify-only key could still write an old ``iat`` into a token; the origin refuses any
+token whose life or not-before lead exceeds the maximum TTL, so such a token cannot
+outlive the overlap, and a leaked key is retired at once with ``rotate(...,
+retire_previous=True)``.
 
 Secrets (the Ed25519 seed, or the HMAC secret) are 32 random bytes from the root key
 provider's ``generate_key``, stored wrapped by it, bound to the tenant and the key id.
 Origins need only Ed25519 public keys; an HMAC key's secret must be shared with the edge
 that checks it, so :meth:`UrlSigningKeys.rotate` returns it, once, to its caller.
 
-Verifying keys are cached per process for :data:`KEY_CACHE_TTL` seconds; an unknown key id
-is looked up at most once per :data:`MISS_INTERVAL` (a flood of made-up key ids costs one
-query per second, not one per request).
+The signing key is read from the catalog on every issuance (only its unwrapped secret is
+cached), so a rotation is seen at once by every process that issues. Verifying keys come
+from a per-process snapshot of all of them, reloaded after :data:`KEY_CACHE_TTL` seconds or,
+for an unknown key id, at most once per :data:`MISS_INTERVAL` (a flood of made-up key ids
+costs one query per second in all, not one per request or per id).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+import structlog
 from sqlalchemy import select, update
 
 from reelvault.audit import Auditor
@@ -48,6 +55,7 @@ __all__ = ["KEY_CACHE_TTL", "KeyInfo", "UrlSigningKeys"]
 
 KEY_CACHE_TTL: Final = 30.0
 MISS_INTERVAL: Final = 1.0
+_log = structlog.get_logger("reelvault.distribution.keys")
 _CONTEXT: Final = {"purpose": "reelvault url signing key"}
 
 
@@ -102,17 +110,25 @@ class UrlSigningKeys:
         self._audit = auditor
         self._overlap = timedelta(seconds=2 * max_ttl + leeway)
         self._lock = threading.Lock()
-        self._signers: dict[tuple[str, str], tuple[float, SigningKey]] = {}
-        self._verifiers: dict[str, tuple[float, VerifyingKey | None]] = {}
+        self._secrets: dict[str, bytes] = {}  # kid -> unwrapped secret (keys that sign)
+        # Every key that verifies, as read at _snapshot_at (monotonic); reloaded whole when
+        # older than KEY_CACHE_TTL, or on an unknown key id at most every MISS_INTERVAL.
+        self._snapshot: dict[str, VerifyingKey] = {}
+        self._snapshot_at = -1e9
+        self._reload_lock = threading.Lock()
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.now(), UTC)
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def rotate(self, tenant_id: str, algorithm: str = ALG_ED25519) -> tuple[KeyInfo, bytes | None]:
+    def rotate(
+        self, tenant_id: str, algorithm: str = ALG_ED25519, *, retire_previous: bool = False
+    ) -> tuple[KeyInfo, bytes | None]:
         """Create the tenant's next signing key for ``algorithm``; the current one, if any,
-        moves to ``verify``. Audited (``url.key-rotate``).
+        moves to ``verify``, or with ``retire_previous`` (a leaked key) retires at once:
+        every token it signed stops working (within :data:`KEY_CACHE_TTL` on other
+        processes). Audited (``url.key-rotate``).
 
         Returns:
             The new key, and for an HMAC key its secret (shown once: the edge needs it).
@@ -132,9 +148,11 @@ class UrlSigningKeys:
                 )
             ).all()
             for row in previous:
-                row.state = "verify"
                 row.state_changed_at = now
-                row.verify_until = now + self._overlap
+                if retire_previous:
+                    row.state, row.wrapped_secret, row.verify_until = "retired", None, None
+                else:
+                    row.state, row.verify_until = "verify", now + self._overlap
             session.flush()
             row = UrlSigningKeyRow(
                 kid=kid,
@@ -151,15 +169,14 @@ class UrlSigningKeys:
             session.add(row)
             session.flush()
             info = _info(row)
-        self._audit.record(
-            "url.key-rotate",
-            tenant_id=tenant_id,
-            detail={"kid": kid, "algorithm": algorithm},
-        )
+        detail: dict[str, str | int] = {"kid": kid, "algorithm": algorithm}
+        if previous:
+            detail["previous"] = ",".join(old.kid for old in previous)
+            detail["previous_state"] = "retired" if retire_previous else "verify"
+        self._audit.record("url.key-rotate", tenant_id=tenant_id, detail=detail)
         with self._lock:
-            self._signers.pop((tenant_id, algorithm), None)
             for old in previous:
-                self._verifiers.pop(old.kid, None)
+                self._snapshot.pop(old.kid, None)
         return info, (secret if algorithm == ALG_HMAC_SHA256 else None)
 
     def list(self, tenant_id: str) -> list[KeyInfo]:
@@ -185,24 +202,29 @@ class UrlSigningKeys:
             query = query.where(UrlSigningKeyRow.tenant_id == tenant_id)
         with self._db.transaction() as session:
             count = session.execute(query).rowcount  # type: ignore[attr-defined]
-        if count:
-            with self._lock:
-                self._verifiers.clear()
         return int(count or 0)
+
+    def run_retirement(self, stop: threading.Event, *, interval: float = 300.0) -> None:
+        """Retire keys past their overlap every ``interval`` seconds until ``stop`` (each
+        service process runs it, so a secret never outlives its overlap by much)."""
+        while not stop.wait(interval):
+            try:
+                self.retire_expired()
+            except Exception:  # the next round tries again
+                _log.warning("url key retirement failed", exc_info=True)
 
     # -- use ------------------------------------------------------------------------------
 
     def signing_key(self, tenant_id: str, algorithm: str = ALG_ED25519) -> SigningKey:
-        """The tenant's current signing key. An Ed25519 key is created on first use; an
-        HMAC key only by :meth:`rotate` (its secret has to reach the edge first).
+        """The tenant's current signing key, read from the catalog on every call (so a
+        rotation by another process is seen at once; only the unwrapped secret is cached).
+        An Ed25519 key is created on first use; an HMAC key only by :meth:`rotate` (its
+        secret has to reach the edge first).
 
         Raises:
             InvalidArgument: no HMAC key exists yet, or an unknown algorithm.
         """
         self._check_algorithm(algorithm)
-        cached = self._signers.get((tenant_id, algorithm))
-        if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_TTL:
-            return cached[1]
         row = self._signing_row(tenant_id, algorithm)
         if row is None:
             if algorithm != ALG_ED25519:
@@ -212,62 +234,75 @@ class UrlSigningKeys:
             self.rotate(tenant_id, algorithm)
             row = self._signing_row(tenant_id, algorithm)
             assert row is not None
-        assert row.wrapped_secret is not None  # a signing key holds its secret (CHECK)
-        secret = self._root.unwrap(
-            WrappedKey(row.root_key_id, row.wrapped_secret),
-            _CONTEXT | {"tenant": tenant_id, "kid": row.kid},
-        )
-        key = SigningKey(kid=row.kid, algorithm=algorithm, tenant_id=tenant_id, secret=secret)
-        with self._lock:
-            self._signers[(tenant_id, algorithm)] = (time.monotonic(), key)
-        return key
+        secret = self._secrets.get(row.kid)
+        if secret is None:
+            assert row.wrapped_secret is not None  # a signing key holds its secret (CHECK)
+            secret = self._root.unwrap(
+                WrappedKey(row.root_key_id, row.wrapped_secret),
+                _CONTEXT | {"tenant": tenant_id, "kid": row.kid},
+            )
+            with self._lock:
+                if len(self._secrets) > 10_000:
+                    self._secrets.clear()
+                self._secrets[row.kid] = secret
+        return SigningKey(kid=row.kid, algorithm=algorithm, tenant_id=tenant_id, secret=secret)
 
     def verifying_key(self, kid: str) -> VerifyingKey | None:
-        """The key that verifies tokens naming ``kid``, or None (unknown or retired)."""
-        now = time.monotonic()
-        cached = self._verifiers.get(kid)
-        if cached is not None:
-            age = now - cached[0]
-            if (cached[1] is not None and age < KEY_CACHE_TTL) or (
-                cached[1] is None and age < MISS_INTERVAL
-            ):
-                return cached[1]
-        key = self._load_verifying(kid)
-        with self._lock:
-            if len(self._verifiers) > 10_000:  # made-up key ids must not grow it forever
-                self._verifiers.clear()
-            self._verifiers[kid] = (now, key)
-        return key
+        """The key that verifies tokens naming ``kid``, or None (unknown or retired).
 
-    def _load_verifying(self, kid: str) -> VerifyingKey | None:
+        Answered from a snapshot of every verifying key, reloaded whole when it is older
+        than :data:`KEY_CACHE_TTL`, or when an unknown key id is asked for and the last
+        reload is older than :data:`MISS_INTERVAL`: made-up key ids cost at most one
+        catalog query a second together, whatever their number.
+        """
+        now = time.monotonic()
+        seen = self._snapshot_at
+        key = self._snapshot.get(kid)
+        if key is not None and now - seen < KEY_CACHE_TTL:
+            return key
+        if key is None and now - seen < MISS_INTERVAL:
+            return None
+        with self._reload_lock:
+            if self._snapshot_at == seen:  # nobody reloaded while this thread waited
+                self._reload(now)
+        return self._snapshot.get(kid)
+
+    def _reload(self, now: float) -> None:
+        wall = self._now()
         with self._db.transaction(readonly=True) as session:
-            row = session.get(UrlSigningKeyRow, kid)
-            if row is None or row.state == "retired":
-                return None
-            session.expunge(row)
-        if (
-            row.state == "verify"
-            and row.verify_until is not None
-            and row.verify_until <= self._now()
-        ):
-            return None  # past its overlap; retire_expired drops the secret
-        if row.algorithm == ALG_ED25519:
-            assert row.public_key is not None
-            material = row.public_key
-        else:
-            assert row.wrapped_secret is not None
-            material = self._root.unwrap(
-                WrappedKey(row.root_key_id, row.wrapped_secret),
-                _CONTEXT | {"tenant": row.tenant_id, "kid": row.kid},
+            rows = session.scalars(
+                select(UrlSigningKeyRow).where(UrlSigningKeyRow.state != "retired")
+            ).all()
+            for row in rows:
+                session.expunge(row)
+        snapshot: dict[str, VerifyingKey] = {}
+        for row in rows:
+            if row.state == "verify" and row.verify_until is not None and row.verify_until <= wall:
+                continue  # past its overlap; retire_expired drops the secret
+            issued_until = int(row.state_changed_at.timestamp()) if row.state == "verify" else None
+            previous = self._snapshot.get(row.kid)
+            if previous is not None and previous.not_after_issued == issued_until:
+                snapshot[row.kid] = previous  # unchanged: no second unwrap of an HMAC secret
+                continue
+            if row.algorithm == ALG_ED25519:
+                assert row.public_key is not None
+                material = row.public_key
+            else:
+                assert row.wrapped_secret is not None
+                material = self._root.unwrap(
+                    WrappedKey(row.root_key_id, row.wrapped_secret),
+                    _CONTEXT | {"tenant": row.tenant_id, "kid": row.kid},
+                )
+            snapshot[row.kid] = VerifyingKey(
+                kid=row.kid,
+                algorithm=row.algorithm,
+                tenant_id=row.tenant_id,
+                material=material,
+                not_after_issued=issued_until,
             )
-        issued_until = int(row.state_changed_at.timestamp()) if row.state == "verify" else None
-        return VerifyingKey(
-            kid=row.kid,
-            algorithm=row.algorithm,
-            tenant_id=row.tenant_id,
-            material=material,
-            not_after_issued=issued_until,
-        )
+        with self._lock:
+            self._snapshot = snapshot
+            self._snapshot_at = now
 
     def _signing_row(self, tenant_id: str, algorithm: str) -> UrlSigningKeyRow | None:
         with self._db.transaction(readonly=True) as session:

@@ -18,6 +18,7 @@ still be served by one worker.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import threading
@@ -170,8 +171,10 @@ class Distribution:
             raise InvalidArgument(
                 "not_before must be within the last hour or at most the maximum TTL ahead"
             )
-        if len(audience) > MAX_AUDIENCE or not audience.isprintable():
-            raise InvalidArgument(f"audience must be at most {MAX_AUDIENCE} printable characters")
+        if len(audience.encode("utf-8", "surrogatepass")) > MAX_AUDIENCE or not (
+            audience.isprintable()
+        ):
+            raise InvalidArgument(f"audience must be at most {MAX_AUDIENCE} bytes, printable")
         if session_id and _SESSION.fullmatch(session_id) is None:
             raise InvalidArgument("session id must be 1 to 128 visible ASCII characters")
         network = _network(client_ip) if client_ip else ""
@@ -184,15 +187,22 @@ class Distribution:
         else:
             resource = f"{tenant_id}/{_check_prefix(prefix)}"
             self._audit.note(resource=Resource("asset-prefix", None, resource.partition("/")[2]))
-        claims = Claims(
-            resource=resource,
-            expires_at=start + ttl,
-            not_before=start,
-            issued_at=now,
-            audience=audience,
-            session_id=session_id,
-            client_ip=network,
-        )
+        try:
+            claims = Claims(
+                resource=resource,
+                expires_at=start + ttl,
+                not_before=start,
+                issued_at=now,
+                audience=audience,
+                session_id=session_id,
+                client_ip=network,
+            )
+        except ValueError:
+            # an asset path uploads allow but URLs cannot carry ('%', '\\')
+            raise InvalidArgument(
+                "this asset's path cannot be carried in a distribution URL "
+                "(it holds '%' or a backslash): rename the asset"
+            ) from None
         if cloudfront_mode:
             return self._issue_cloudfront(claims, cookie=cookie)
         key = self.keys.signing_key(tenant_id, algorithm)
@@ -214,10 +224,13 @@ class Distribution:
                 f"Path=/v/{directory}",
                 f"Max-Age={max(0, claims.expires_at - now)}",
                 "HttpOnly",
-                "SameSite=None",
             ]
+            # Cross-site players need SameSite=None, which browsers accept only with Secure
+            # (https); over plain http (development) Lax is what a browser keeps.
             if self._base.startswith("https:"):
-                attributes.append("Secure")
+                attributes += ["SameSite=None", "Secure"]
+            else:
+                attributes.append("SameSite=Lax")
             return Issued(
                 token=token,
                 url=f"{self._base}/v/{directory}",
@@ -245,6 +258,15 @@ class Distribution:
             "not_before": claims.not_before if claims.not_before > claims.issued_at else None,
             "client_ip": claims.client_ip or None,
         }
+        cookies: dict[str, str] = {}
+        signed = ""
+        try:
+            if cookie:
+                cookies = cloudfront.signed_cookies(resource, key, **window)  # type: ignore[arg-type]
+            else:
+                signed = cloudfront.signed_url(url, key, resource=resource, **window)  # type: ignore[arg-type]
+        except ValueError as exc:  # e.g. an IPv6 client network: CloudFront policies take IPv4
+            raise InvalidArgument(f"CloudFront cannot express this URL: {exc}") from None
         self._audit.note(
             detail={
                 "kid": key.key_pair_id,
@@ -252,9 +274,8 @@ class Distribution:
                 "form": "cloudfront-cookie" if cookie else "cloudfront-url",
             }
         )
-        self._audit.release()
+        self._audit.release()  # recorded, durably, before the URL leaves
         if cookie:
-            cookies = cloudfront.signed_cookies(resource, key, **window)  # type: ignore[arg-type]
             return Issued(
                 token="",
                 url=url,
@@ -262,7 +283,6 @@ class Distribution:
                 kid=key.key_pair_id,
                 cloudfront_cookies=tuple(sorted(cookies.items())),
             )
-        signed = cloudfront.signed_url(url, key, resource=resource, **window)  # type: ignore[arg-type]
         return Issued(token="", url=signed, claims=claims, kid=key.key_pair_id)
 
     # -- revocation -----------------------------------------------------------------------
@@ -276,10 +296,13 @@ class Distribution:
         return self._revoke(tenant_id, "session", session_id)
 
     def revoke_asset(self, tenant_id: str, asset_id: str) -> datetime:
-        """Every token reaching this asset issued until now stops working. Audited."""
+        """Every token reaching this asset issued until now stops working. Audited.
+
+        The cut-off is kept by path, as tokens address assets: an asset deleted and
+        uploaded again at the same path is still out of reach of the revoked tokens."""
         info = self._assets.lookup(tenant_id, asset_id)
         self._audit.note(tenant_id=tenant_id, resource=Resource("asset", info.id, info.path))
-        return self._revoke(tenant_id, "asset", info.id)
+        return self._revoke(tenant_id, "asset", _path_subject(info.path))
 
     def _revoke(self, tenant_id: str, kind: str, subject: str) -> datetime:
         now = datetime.fromtimestamp(self._clock.now(), UTC)
@@ -307,10 +330,11 @@ class Distribution:
         """The asset at ``path`` in the tenant (NotFound otherwise)."""
         return self._assets.find_by_path(tenant_id, path)
 
-    def check_revoked(self, claims: Claims, asset_id: str) -> None:
-        """Raises TokenError("revoked") if a cut-off covers this token for this asset."""
+    def check_revoked(self, claims: Claims, path: str) -> None:
+        """Raises TokenError(REVOKED) if a cut-off covers this token for the asset at
+        ``path`` (the tenant path, without the tenant), or for its session."""
         tenant = claims.tenant_id
-        subjects = [("asset", asset_id)]
+        subjects = [("asset", _path_subject(path))]
         if claims.session_id:
             subjects.append(("session", claims.session_id))
         for _kind, cutoff in self._cutoffs_for(tenant, subjects):
@@ -354,6 +378,11 @@ class Distribution:
                     found[item] = value
                     self._cutoffs[(tenant_id, *item)] = (now, value)
         return [(kind, found[(kind, subject)]) for kind, subject in subjects]
+
+
+def _path_subject(path: str) -> str:
+    """``url_revocations.subject`` of an asset path: its SHA-256 (a path may be 1 KiB)."""
+    return "path:" + hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _check_prefix(prefix: str) -> str:

@@ -117,6 +117,7 @@ class Reason(StrEnum):
     ISSUED_IN_FUTURE = "issued in future"
     NOT_YET_VALID = "not yet valid"
     EXPIRED = "expired"
+    LIFETIME = "lifetime beyond the maximum"
     UNKNOWN_KEY = "unknown key"
     REVOKED = "revoked"
     NOT_COVERED = "not covered"
@@ -145,8 +146,12 @@ class TokenExpired(TokenError):
     Raised only after every other check passed, so a player may fetch a fresh URL for it.
     """
 
-    def __init__(self, reason: Reason = Reason.EXPIRED) -> None:
+    def __init__(self, claims: Claims, reason: Reason = Reason.EXPIRED) -> None:
         super().__init__(reason)
+        self.claims = claims
+        """The expired token's claims (its signature verified), for a caller that still
+        checks what the token covers before answering "expired" (never "expired" for a
+        path the token never reached)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +332,7 @@ def verify(
     leeway: float = 60.0,
     audience: str | None = None,
     client_ip: str | None = None,
+    max_lifetime: int | None = None,
 ) -> Claims:
     """The claims of ``token`` if it was made with ``key`` and may be honoured at ``now``.
 
@@ -337,6 +343,9 @@ def verify(
         leeway: seconds of clock skew allowed between issuer and verifier, both ways.
         audience: who is checking; must equal the token's audience if it names one.
         client_ip: the requesting address; must be in the token's network if it names one.
+        max_lifetime: the longest life an issuer may give a token, and the furthest ahead
+            its not-before may lie; a token beyond either is refused whoever signed it (a
+            leaked verify-only key cannot mint a token that outlives its overlap).
 
     Raises:
         TokenExpired: the token is otherwise valid here but past ``expires_at + leeway``.
@@ -353,6 +362,11 @@ def verify(
         raise TokenError(Reason.WRONG_TENANT)
     if key.not_after_issued is not None and claims.issued_at > key.not_after_issued:
         raise TokenError(Reason.KEY_RETIRED)
+    if max_lifetime is not None and (
+        claims.expires_at - claims.not_before > max_lifetime
+        or claims.not_before - claims.issued_at > max_lifetime
+    ):
+        raise TokenError(Reason.LIFETIME)
     if claims.audience and claims.audience != audience:
         raise TokenError(Reason.AUDIENCE)
     if claims.client_ip and not _address_in(client_ip, claims.client_ip):
@@ -362,7 +376,7 @@ def verify(
     if claims.not_before > now + leeway:
         raise TokenError(Reason.NOT_YET_VALID)
     if claims.expires_at + leeway <= now:
-        raise TokenExpired
+        raise TokenExpired(claims)
     return claims
 
 

@@ -30,7 +30,8 @@ import contextlib
 import hmac
 import ipaddress
 import secrets
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from types import MappingProxyType
@@ -38,14 +39,12 @@ from typing import Any, Final
 
 import anyio
 import structlog
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from reelvault.app import Vault
 from reelvault.assets import AssetInfo
-from reelvault.audit import Access, Auditor
+from reelvault.audit import Access, Auditor, Resource
 from reelvault.audit.events import Actor, RequestInfo
 from reelvault.auth import Action, Principal, Role, authorize
 from reelvault.distribution.service import COOKIE_NAME
@@ -128,6 +127,7 @@ class _Fetch:
     count: int
     claims: Claims | None
     chunks: Iterator[bytes] | None
+    via_cookie: bool = False  # the URL alone carries no credential: never publicly cacheable
 
 
 class _Origin:
@@ -146,13 +146,14 @@ class _Origin:
             return self._preflight()
         if method not in ROUTE_ACTIONS:
             return self._error(405, "method not allowed", Allow="GET, HEAD, OPTIONS")
-        if request.url.path == "/healthz":
+        path = request.scope.get("path", "")
+        if path == "/healthz":
             return PlainTextResponse("ok", headers={"Cache-Control": "no-store"})
         access = Access(
             actor=Actor(),
             request=RequestInfo(
                 transport="http",
-                operation=f"{method} {request.url.path.split('/', 2)[1] or '/'}",
+                operation=f"{method} /{_route_of(path)}",
                 peer=_peer(request),
                 user_agent="".join(
                     c for c in request.headers.get("user-agent", "")[:256] if c.isprintable()
@@ -230,16 +231,14 @@ class _Origin:
             claims, principal = self._verified(request, target, access)
         authorize(principal, ROUTE_ACTIONS[request.method])
         asset = self._distribution.resolve(target.tenant_id, target.path)
-        if claims is not None:
-            try:
-                self._distribution.check_revoked(claims, asset.id)
-            except TokenError as exc:
-                raise _Refused(403, "PERMISSION_DENIED", exc.reason) from None
         return self._open(request, target, asset, claims)
 
     def _verified(
         self, request: Request, target: Target, access: Access
     ) -> tuple[Claims, Principal]:
+        """Steps 3 and 4 up to the asset: the token verified, covering this path, and not
+        revoked, checked in an order that tells a holder nothing about paths it does not
+        cover (revocation before the asset lookup; "expired" only where the token reached)."""
         token = target.token
         if token is None:
             token = request.cookies.get(COOKIE_NAME)
@@ -252,6 +251,7 @@ class _Origin:
         key = self._distribution.keys.verifying_key(kid)
         if key is None:
             raise _Refused(403, "PERMISSION_DENIED", Reason.UNKNOWN_KEY)
+        expired = False
         try:
             claims = verify(
                 token,
@@ -260,10 +260,10 @@ class _Origin:
                 leeway=self._config.leeway,
                 audience=self._config.audience,
                 client_ip=self._client_ip(request),
+                max_lifetime=self._distribution.max_ttl,
             )
         except TokenExpired as exc:
-            self._identify(access, key.kid, key.tenant_id, None)
-            raise _Refused(410, "PERMISSION_DENIED", exc.reason) from None
+            claims, expired = exc.claims, True
         except TokenError as exc:
             if exc.reason not in _BEFORE_SIGNATURE:
                 # the signature held (the reasons after it): the tenant's log records it
@@ -271,8 +271,18 @@ class _Origin:
             raise _Refused(403, "PERMISSION_DENIED", exc.reason) from None
         self._identify(access, key.kid, key.tenant_id, claims)
         if claims.tenant_id != target.tenant_id or not claims.covers(target.resource):
+            if claims.tenant_id == target.tenant_id:
+                # what was asked for, so the tenant's log says which path the token missed
+                access.resources.append(Resource("asset", None, target.path))
             raise _Refused(403, "PERMISSION_DENIED", Reason.NOT_COVERED)
-        return claims, Principal(key_id=key.kid, tenant_id=key.tenant_id, role=Role.DISTRIBUTOR)
+        try:
+            self._distribution.check_revoked(claims, target.path)
+        except TokenError as exc:
+            raise _Refused(403, "PERMISSION_DENIED", exc.reason) from None
+        if expired:
+            raise _Refused(410, "PERMISSION_DENIED", Reason.EXPIRED)
+        principal = Principal(key_id=key.kid, tenant_id=key.tenant_id, role=Role.DISTRIBUTOR)
+        return claims, principal
 
     @staticmethod
     def _identify(access: Access, kid: str, tenant_id: str, claims: Claims | None) -> None:
@@ -285,11 +295,12 @@ class _Origin:
         self, request: Request, target: Target, asset: AssetInfo, claims: Claims | None
     ) -> _Fetch:
         headers = request.headers
-        selected = parse_range_header(headers.get("range"))
         if_range = headers.get("if-range")
-        if if_range is not None and not hmac.compare_digest(if_range.strip(), asset.etag):
-            selected = parse_range_header(None)  # a changed (or weakly named) asset: all of it
         try:
+            if if_range is not None and if_range.strip() != asset.etag:  # an ETag is no secret
+                selected = parse_range_header(None)  # a changed (or weakly named) asset: all
+            else:
+                selected = parse_range_header(headers.get("range"))
             start, count = resolve(selected, asset.size)
         except RangeNotSatisfiable:
             raise _Refused(
@@ -302,7 +313,7 @@ class _Origin:
         if request.method == "HEAD":
             self._auditor.note(detail={"method": "HEAD"})
             self._auditor.release()
-            return _Fetch(asset, status, start, count, claims, None)
+            return _Fetch(asset, status, start, count, claims, None, _via_cookie(target))
         whole = status == 200
         download = self._vault.assets.open_download(
             asset.tenant_id,
@@ -310,7 +321,7 @@ class _Origin:
             offset=None if whole else start,
             length=None if whole else count,
         )
-        return _Fetch(asset, status, start, count, claims, download.chunks)
+        return _Fetch(asset, status, start, count, claims, download.chunks, _via_cookie(target))
 
     # -- step 6 ---------------------------------------------------------------------------
 
@@ -321,7 +332,7 @@ class _Origin:
             "ETag": asset.etag,
             "Last-Modified": format_datetime(asset.created_at, usegmt=True),
             "Content-Length": str(fetch.count),
-            "Cache-Control": self._cache_control(fetch.claims),
+            "Cache-Control": self._cache_control(fetch.claims, private=fetch.via_cookie),
             "Access-Control-Allow-Origin": self._config.cors_origin,
             "Access-Control-Expose-Headers": _EXPOSED,
             "X-Request-Id": access.request.request_id,
@@ -363,11 +374,11 @@ class _Origin:
                     with contextlib.suppress(Exception):
                         await anyio.to_thread.run_sync(close)
 
-    def _cache_control(self, claims: Claims | None) -> str:
+    def _cache_control(self, claims: Claims | None, *, private: bool) -> str:
         if claims is None:  # CloudFront mode: the edge enforces; let it cache briefly
             return "private, max-age=0" if not self._config.public_cache else "public, max-age=60"
         remaining = max(0, int(claims.expires_at - self._now()))
-        scope = "public" if self._config.public_cache else "private"
+        scope = "public" if self._config.public_cache and not private else "private"
         return f"{scope}, max-age={remaining}"
 
     def _client_ip(self, request: Request) -> str | None:
@@ -379,7 +390,9 @@ class _Origin:
         if not proxies:
             return address
         # Walk X-Forwarded-For from the right, past every trusted proxy.
-        chain = [p.strip() for p in request.headers.get("x-forwarded-for", "").split(",")]
+        # every X-Forwarded-For line, in order: a proxy may add a line rather than append
+        lines = request.headers.getlist("x-forwarded-for")
+        chain = [p.strip() for line in lines for p in line.split(",")]
         for hop in [address, *reversed(chain)]:
             try:
                 ip = ipaddress.ip_address(hop)
@@ -415,6 +428,16 @@ class _Streamed(StreamingResponse):
     chunked), and sends no body to HEAD."""
 
 
+def _route_of(path: str) -> str:
+    """The first path segment, for the audit record's operation (bounded: a route name)."""
+    first = path[1:].split("/", 1)[0] if path.startswith("/") else ""
+    return first if first in ("t", "v", "cf") else "-"
+
+
+def _via_cookie(target: Target) -> bool:
+    return target.route == "v" and target.token is None
+
+
 def _public(exc: ReelvaultError) -> str:
     if isinstance(exc, NotFound):
         return "not found"
@@ -431,15 +454,44 @@ def _peer(request: Request) -> str:
     return f"ipv6:[{host}]:{client.port}" if ":" in host else f"ipv4:{host}:{client.port}"
 
 
-def create_app(vault: Vault, config: OriginConfig | None = None) -> Starlette:
+class OriginApp:
+    """The ASGI application: every HTTP request goes to the origin's one handler. There
+    is no router, so a target that matches no route (``*``, ``/x``) is refused and audited
+    like any other bad target rather than answered by a framework's unaudited 404.
+
+    Attributes:
+        lifespan_context: entered for the server's lifespan (a worker closes its vault
+            when it leaves).
+    """
+
+    def __init__(self, origin: _Origin) -> None:
+        self._origin = origin
+        self.lifespan_context: Callable[[OriginApp], AbstractAsyncContextManager[None]] = (
+            _no_lifespan
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets here: the server closes the connection
+        response = await self._origin.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        await receive()  # lifespan.startup
+        async with self.lifespan_context(self):
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+@contextlib.asynccontextmanager
+async def _no_lifespan(_: OriginApp) -> AsyncIterator[None]:
+    yield
+
+
+def create_app(vault: Vault, config: OriginConfig | None = None) -> OriginApp:
     """The origin over ``vault``. The caller owns the vault (closes it)."""
-    origin = _Origin(vault, config or OriginConfig())
-    return Starlette(
-        routes=[
-            Route(
-                "/{rest:path}",
-                origin.handle,
-                methods=["GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "PATCH"],
-            ),
-        ]
-    )
+    return OriginApp(_Origin(vault, config or OriginConfig()))

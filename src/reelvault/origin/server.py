@@ -15,13 +15,12 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import uvicorn
-from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
 from reelvault.app import Vault
 from reelvault.config import CONFIG_FILE_ENV, Settings
 from reelvault.logging import configure_logging
-from reelvault.origin.app import OriginConfig, create_app
+from reelvault.origin.app import OriginApp, OriginConfig, create_app
 
 __all__ = ["app_from_environment", "bind", "run"]
 
@@ -29,7 +28,7 @@ MAX_CONNECTIONS_PER_WORKER: Final = 512
 """uvicorn answers 503 beyond this many concurrent connections per worker."""
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> OriginApp:
     """The factory each worker process calls: the settings from the environment."""
     settings = Settings.load()
     configure_logging(settings.log_level, settings.log_format)
@@ -43,7 +42,7 @@ def app_from_environment() -> Starlette:
         finally:
             vault.close()
 
-    app.router.lifespan_context = lifespan
+    app.lifespan_context = lifespan
     return app
 
 

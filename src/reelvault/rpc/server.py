@@ -348,7 +348,8 @@ async def readiness(vault: Vault, settings: Settings, health_servicer: Any) -> A
 async def background(vault: Vault, settings: Settings) -> AsyncIterator[None]:
     """Everything a service process runs beside its calls, for the block: the audit
     sequencer (:func:`audit_sequencer`), the heartbeat of running uploads
-    (:meth:`~reelvault.assets.Assets.run_heartbeat`) and, when ``scrub_interval`` is set,
+    (:meth:`~reelvault.assets.Assets.run_heartbeat`), the retirement of URL signing keys
+    past their overlap, and, when ``scrub_interval`` is set,
     the integrity scrub (:func:`reelvault.scrub.run_scrubber`)."""
     stop = threading.Event()
     threads = [
@@ -357,7 +358,13 @@ async def background(vault: Vault, settings: Settings) -> AsyncIterator[None]:
             args=(stop,),
             name="reelvault-upload-heartbeat",
             daemon=True,
-        )
+        ),
+        threading.Thread(
+            target=vault.distribution.keys.run_retirement,
+            args=(stop,),
+            name="reelvault-url-key-retirement",
+            daemon=True,
+        ),
     ]
     if settings.scrub_interval > 0:
         threads.append(

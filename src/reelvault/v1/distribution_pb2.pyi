@@ -125,10 +125,12 @@ class ListSigningKeysResponse(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ...) -> None: ...
 
 class RotateSigningKeyRequest(_message.Message):
-    __slots__ = ("algorithm",)
+    __slots__ = ("algorithm", "retire_previous")
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    RETIRE_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     algorithm: TokenAlgorithm
-    def __init__(self, algorithm: _Optional[_Union[TokenAlgorithm, str]] = ...) -> None: ...
+    retire_previous: bool
+    def __init__(self, algorithm: _Optional[_Union[TokenAlgorithm, str]] = ..., retire_previous: _Optional[bool] = ...) -> None: ...
 
 class RotateSigningKeyResponse(_message.Message):
     __slots__ = ("key", "hmac_secret")
