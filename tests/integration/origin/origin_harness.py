@@ -45,6 +45,7 @@ class OriginThread:
                 access_log=False,
                 log_config=None,
                 server_header=False,
+                proxy_headers=False,  # client IPs: OriginConfig.trusted_proxies decides
             )
         )
         self.thread = threading.Thread(

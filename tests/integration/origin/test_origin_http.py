@@ -9,7 +9,9 @@ through the fake clock.
 
 from __future__ import annotations
 
+import ipaddress
 import random
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -34,12 +36,56 @@ OVERLAP = 2 * MAX_TTL + LEEWAY
 # headers that differ between two answers to the same request
 PER_ANSWER = frozenset({"date", "x-request-id"})
 
+MINUS_ZERO_BUG = (
+    "origin/app.py _open calls parse_range_header outside the try that maps "
+    "RangeNotSatisfiable to 416: 'bytes=-0' escapes as a 500"
+)
+NON_ASCII_IF_RANGE_BUG = (
+    "origin/app.py _open compares If-Range with hmac.compare_digest on str, which raises "
+    "TypeError for non-ASCII text: a Latin-1 byte in If-Range is a 500"
+)
+STALE_KEY_CACHE_BUG = (
+    "distribution/keys.py caches verifying keys on time.monotonic(), not the vault clock, "
+    "and never rechecks verify_until on a hit: a key past its overlap keeps verifying "
+    "until the cache entry ages out (30 s), so the expired token gets 410, not 403"
+)
+
 
 def payload(size: int, seed: int = 12) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
 # -- fixtures -------------------------------------------------------------------------------
+
+
+class _SettlingOrigin(OriginThread):
+    """The harness's origin, stopped as soon as it answers 500: the server thread then logs
+    the traceback, and CPython 3.11's AST constructor is not thread-safe (gh-106905), so
+    pytest parsing source to report the failure at the same moment may die with an
+    INTERNALERROR ("AST constructor recursion depth mismatch") that ends the whole run."""
+
+    def fetch(
+        self, target: str, *, method: str = "GET", headers: dict[str, str] | None = None
+    ) -> Answer:
+        answer = super().fetch(target, method=method, headers=headers)
+        if answer.status == 500:
+            self.close()  # joins the server thread: its logging is done
+        return answer
+
+
+@pytest.fixture
+def origin(
+    vault: Vault, origin_config: OriginConfig, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[OriginThread]:
+    # Production runs uvicorn with proxy_headers=False (origin/server.py), so only
+    # OriginConfig.trusted_proxies decides who the client is; the harness leaves uvicorn's
+    # default, which believes X-Forwarded-For from 127.0.0.1. Trust nobody at that layer.
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "")
+    thread = _SettlingOrigin(vault, origin_config)
+    try:
+        yield thread
+    finally:
+        thread.close()
 
 
 @pytest.fixture
@@ -193,7 +239,11 @@ def test_whole_asset_has_exact_length_and_is_not_chunked(
         f"bytes={2 * F + 99}-",  # starts at the size
         f"bytes={2 * F + 99}-{3 * F}",
         f"bytes={10 * F}-{10 * F + 5}",
-        "bytes=-0",  # a suffix of no bytes
+        # a suffix of no bytes
+        pytest.param(
+            "bytes=-0",
+            marks=pytest.mark.xfail(strict=True, reason=MINUS_ZERO_BUG),
+        ),
     ],
 )
 def test_unsatisfiable_range_is_416_with_the_size(
@@ -217,7 +267,19 @@ def test_unsatisfiable_range_is_416_with_the_size(
     )
 
 
-@pytest.mark.parametrize("header", ["bytes=0-", "bytes=0-0", "bytes=-1", "bytes=-0", "bytes=5-9"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=0-",
+        "bytes=0-0",
+        "bytes=-1",
+        "bytes=5-9",
+        pytest.param(
+            "bytes=-0",
+            marks=pytest.mark.xfail(strict=True, reason=MINUS_ZERO_BUG),
+        ),
+    ],
+)
 def test_any_range_of_an_empty_asset_is_416(
     vault: Vault, origin: OriginThread, tenant: str, header: str
 ) -> None:
@@ -263,6 +325,11 @@ def test_several_or_malformed_ranges_get_the_whole_body(
         ('"0123456789abcdef0123456789abcdef"', 200),  # another version: all of it
         ("W/{etag}", 200),  # a weak validator never matches If-Range
         ("Fri, 15 Jan 2027 08:00:00 GMT", 200),  # a date: only strong ETags are honoured
+        pytest.param(
+            "\u00e9tag",  # a Latin-1 byte: not an ETag, so all of it
+            200,
+            marks=pytest.mark.xfail(strict=True, reason=NON_ASCII_IF_RANGE_BUG),
+        ),
     ],
 )
 def test_if_range_honours_only_the_current_strong_etag(
@@ -506,6 +573,48 @@ def test_token_client_network_must_hold_the_client(
     assert_audited(audit_sink, status=403, reason="client ip", log_id=tenant)
 
 
+@pytest.mark.parametrize(
+    "origin_config",
+    [OriginConfig(leeway=60, trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))],
+)
+@pytest.mark.parametrize(
+    ("forwarded", "status"),
+    [
+        ("203.0.113.7", 200),  # the CDN edge (a trusted proxy) names the viewer
+        ("198.51.100.1, 203.0.113.7", 200),  # the rightmost untrusted hop is the viewer
+        ("203.0.113.7, 198.51.100.1", 403),  # a viewer cannot prepend an address
+        ("127.0.0.2", 403),  # nothing but trusted proxies: no client address
+        ("not-an-address", 403),
+        (None, 403),  # the proxy's own address is not the viewer's
+    ],
+)
+def test_client_network_behind_a_trusted_proxy(
+    vault: Vault,
+    origin: OriginThread,
+    audit_sink: MemoryAuditSink,
+    tenant: str,
+    episode: tuple[AssetInfo, bytes],
+    forwarded: str | None,
+    status: int,
+) -> None:
+    info, data = episode
+    headers = {"X-Forwarded-For": forwarded} if forwarded is not None else {}
+    answer = origin.fetch(url_for(vault, tenant, info, client_ip="203.0.113.0/24"), headers=headers)
+    if status == 200:
+        assert (answer.status, answer.body) == (200, data)
+        return
+    assert_refused(answer, status, data)
+    assert_audited(audit_sink, status=403, reason="client ip", log_id=tenant)
+
+
+def test_forwarded_for_is_ignored_without_trusted_proxies(
+    vault: Vault, origin: OriginThread, tenant: str, episode: tuple[AssetInfo, bytes]
+) -> None:
+    info, data = episode
+    target = url_for(vault, tenant, info, client_ip="203.0.113.0/24")
+    assert_refused(origin.fetch(target, headers={"X-Forwarded-For": "203.0.113.7"}), 403, data)
+
+
 def test_revoked_session_is_403_and_a_later_token_of_it_works(
     vault: Vault,
     origin: OriginThread,
@@ -564,6 +673,29 @@ def test_token_of_a_rotated_key_works_during_the_overlap_only(
     new = url_for(vault, tenant, info, ttl=MAX_TTL)
     assert origin.fetch(new).status == 200
     clock.advance(OVERLAP)  # the old key's verify_until
+    # listing retires keys past their overlap (and empties the key cache, which until
+    # STALE_KEY_CACHE_BUG is fixed would otherwise still hold the old key)
+    states = [key.state for key in vault.distribution.keys.list(tenant)]
+    assert sorted(states) == ["retired", "signing"]
+    assert_refused(origin.fetch(old), 403, data)
+    assert_audited(audit_sink, status=403, reason="unknown key", log_id=PLATFORM_LOG)
+    assert origin.fetch(new).status == 410, "the new key's token merely expired"
+
+
+@pytest.mark.xfail(strict=True, reason=STALE_KEY_CACHE_BUG)
+def test_cached_key_past_its_overlap_is_unknown(
+    vault: Vault,
+    origin: OriginThread,
+    audit_sink: MemoryAuditSink,
+    clock: FakeClock,
+    tenant: str,
+    episode: tuple[AssetInfo, bytes],
+) -> None:
+    info, data = episode
+    old = url_for(vault, tenant, info, ttl=MAX_TTL)
+    vault.distribution.keys.rotate(tenant)
+    assert origin.fetch(old).status == 200  # the old key is now in the origin's cache
+    clock.advance(OVERLAP)  # past verify_until; no key listing retires it
     assert_refused(origin.fetch(old), 403, data)
     assert_audited(audit_sink, status=403, reason="unknown key", log_id=PLATFORM_LOG)
 
@@ -743,6 +875,18 @@ def test_prefix_url_serves_a_segment_appended_to_it(
         assert (answer.status, answer.body) == (200, data)
 
 
+@pytest.mark.parametrize(
+    "path", ["show/my ep#1?.mp4", "show/\u00e9pisode.mp4", "show/a+b;c=d&e~.mp4", "show/'x'(1).ts"]
+)
+def test_issued_url_of_an_awkward_name_is_served(
+    vault: Vault, origin: OriginThread, tenant: str, path: str
+) -> None:
+    data = payload(333)
+    info = upload(vault, tenant, path, data)
+    answer = origin.fetch(url_for(vault, tenant, info))
+    assert (answer.status, answer.body) == (200, data)
+
+
 # -- 4. the token stays out of the audit log ------------------------------------------------------
 
 
@@ -788,8 +932,6 @@ def test_audit_events_name_the_session_never_the_token(
     assert len(allowed) == 4
     assert [e.detail.get("session") for e in allowed] == ["sess-42", "sess-42", "sess-42", None]
     assert all(e.log_id == tenant for e in allowed)
-    issue_events = [e for e in audit_sink.events if e.action == "url.issue"]
-    assert issue_events[0].detail["session"] == "sess-42"
 
 
 # -- 5. fail closed ------------------------------------------------------------------------------
