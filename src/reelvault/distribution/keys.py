@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -114,6 +113,7 @@ class UrlSigningKeys:
         # Every key that verifies, as read at _snapshot_at (monotonic); reloaded whole when
         # older than KEY_CACHE_TTL, or on an unknown key id at most every MISS_INTERVAL.
         self._snapshot: dict[str, VerifyingKey] = {}
+        self._until: dict[str, float] = {}  # kid -> verify_until (unix seconds)
         self._snapshot_at = -1e9
         self._reload_lock = threading.Lock()
 
@@ -126,9 +126,9 @@ class UrlSigningKeys:
         self, tenant_id: str, algorithm: str = ALG_ED25519, *, retire_previous: bool = False
     ) -> tuple[KeyInfo, bytes | None]:
         """Create the tenant's next signing key for ``algorithm``; the current one, if any,
-        moves to ``verify``, or with ``retire_previous`` (a leaked key) retires at once:
-        every token it signed stops working (within :data:`KEY_CACHE_TTL` on other
-        processes). Audited (``url.key-rotate``).
+        moves to ``verify``; with ``retire_previous`` (a leak) it and every key of the
+        algorithm still verifying retire at once: every token they signed stops working
+        (within :data:`KEY_CACHE_TTL` on other processes). Audited (``url.key-rotate``).
 
         Returns:
             The new key, and for an HMAC key its secret (shown once: the edge needs it).
@@ -140,11 +140,13 @@ class UrlSigningKeys:
         secret, wrapped = self._root.generate_key(context)
         public = ed25519_public_key(secret) if algorithm == ALG_ED25519 else None
         with self._db.transaction() as session:
+            # the current key; with retire_previous also every key still verifying
+            states = ("signing", "verify") if retire_previous else ("signing",)
             previous = session.scalars(
                 select(UrlSigningKeyRow).where(
                     UrlSigningKeyRow.tenant_id == tenant_id,
                     UrlSigningKeyRow.algorithm == algorithm,
-                    UrlSigningKeyRow.state == "signing",
+                    UrlSigningKeyRow.state.in_(states),
                 )
             ).all()
             for row in previous:
@@ -255,10 +257,13 @@ class UrlSigningKeys:
         reload is older than :data:`MISS_INTERVAL`: made-up key ids cost at most one
         catalog query a second together, whatever their number.
         """
-        now = time.monotonic()
+        now = self._clock.monotonic()
         seen = self._snapshot_at
         key = self._snapshot.get(kid)
         if key is not None and now - seen < KEY_CACHE_TTL:
+            until = self._until.get(kid)
+            if until is not None and until <= self._clock.now():
+                return None  # past its overlap since the snapshot was read
             return key
         if key is None and now - seen < MISS_INTERVAL:
             return None
@@ -276,6 +281,7 @@ class UrlSigningKeys:
             for row in rows:
                 session.expunge(row)
         snapshot: dict[str, VerifyingKey] = {}
+        until: dict[str, float] = {}
         for row in rows:
             if row.state == "verify" and row.verify_until is not None and row.verify_until <= wall:
                 continue  # past its overlap; retire_expired drops the secret
@@ -301,7 +307,7 @@ class UrlSigningKeys:
                 not_after_issued=issued_until,
             )
         with self._lock:
-            self._snapshot = snapshot
+            self._snapshot, self._until = snapshot, until
             self._snapshot_at = now
 
     def _signing_row(self, tenant_id: str, algorithm: str) -> UrlSigningKeyRow | None:

@@ -22,7 +22,6 @@ import hashlib
 import ipaddress
 import re
 import threading
-import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -344,7 +343,7 @@ class Distribution:
     def _cutoffs_for(
         self, tenant_id: str, subjects: Sequence[tuple[str, str]]
     ) -> list[tuple[str, int | None]]:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         found: dict[tuple[str, str], int | None] = {}
         missing: list[tuple[str, str]] = []
         for kind, subject in subjects:
