@@ -177,8 +177,8 @@ class UrlSigningKeys:
             detail["previous_state"] = "retired" if retire_previous else "verify"
         self._audit.record("url.key-rotate", tenant_id=tenant_id, detail=detail)
         with self._lock:
-            for old in previous:
-                self._snapshot.pop(old.kid, None)
+            # the next lookup reloads: the old key (now verify-only or retired) and the new
+            self._snapshot_at = -1e9
         return info, (secret if algorithm == ALG_HMAC_SHA256 else None)
 
     def list(self, tenant_id: str) -> list[KeyInfo]:

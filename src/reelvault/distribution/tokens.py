@@ -131,13 +131,17 @@ class TokenError(Exception):
 
     Attributes:
         reason: which check refused the token.
+        claims: the token's claims when its signature verified before the refusal (the
+            caller records who it was: the session, in the tenant's log); else None.
     """
 
     reason: Reason
+    claims: Claims | None
 
-    def __init__(self, reason: Reason) -> None:
+    def __init__(self, reason: Reason, claims: Claims | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.claims = claims
 
 
 class TokenExpired(TokenError):
@@ -146,12 +150,12 @@ class TokenExpired(TokenError):
     Raised only after every other check passed, so a player may fetch a fresh URL for it.
     """
 
+    claims: Claims
+
     def __init__(self, claims: Claims, reason: Reason = Reason.EXPIRED) -> None:
-        super().__init__(reason)
-        self.claims = claims
-        """The expired token's claims (its signature verified), for a caller that still
-        checks what the token covers before answering "expired" (never "expired" for a
-        path the token never reached)."""
+        # the claims let a caller check what the token covers before it answers "expired"
+        # (never "expired" for a path the token never reached)
+        super().__init__(reason, claims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,22 +363,22 @@ def verify(
         raise TokenError(Reason.WRONG_KEY)
     claims = _parse_claims(_open(key, body, footer))
     if claims.tenant_id != key.tenant_id:
-        raise TokenError(Reason.WRONG_TENANT)
+        raise TokenError(Reason.WRONG_TENANT, claims)
     if key.not_after_issued is not None and claims.issued_at > key.not_after_issued:
-        raise TokenError(Reason.KEY_RETIRED)
+        raise TokenError(Reason.KEY_RETIRED, claims)
     if max_lifetime is not None and (
         claims.expires_at - claims.not_before > max_lifetime
         or claims.not_before - claims.issued_at > max_lifetime
     ):
-        raise TokenError(Reason.LIFETIME)
+        raise TokenError(Reason.LIFETIME, claims)
     if claims.audience and claims.audience != audience:
-        raise TokenError(Reason.AUDIENCE)
+        raise TokenError(Reason.AUDIENCE, claims)
     if claims.client_ip and not _address_in(client_ip, claims.client_ip):
-        raise TokenError(Reason.CLIENT_IP)
+        raise TokenError(Reason.CLIENT_IP, claims)
     if claims.issued_at > now + leeway:
-        raise TokenError(Reason.ISSUED_IN_FUTURE)
+        raise TokenError(Reason.ISSUED_IN_FUTURE, claims)
     if claims.not_before > now + leeway:
-        raise TokenError(Reason.NOT_YET_VALID)
+        raise TokenError(Reason.NOT_YET_VALID, claims)
     if claims.expires_at + leeway <= now:
         raise TokenExpired(claims)
     return claims

@@ -266,8 +266,9 @@ class _Origin:
             claims, expired = exc.claims, True
         except TokenError as exc:
             if exc.reason not in _BEFORE_SIGNATURE:
-                # the signature held (the reasons after it): the tenant's log records it
-                self._identify(access, key.kid, key.tenant_id, None)
+                # the signature held (the reasons after it): the tenant's log records it,
+                # with the token's session where the claims were read
+                self._identify(access, key.kid, key.tenant_id, exc.claims)
             raise _Refused(403, "PERMISSION_DENIED", exc.reason) from None
         self._identify(access, key.kid, key.tenant_id, claims)
         if claims.tenant_id != target.tenant_id or not claims.covers(target.resource):
@@ -309,12 +310,14 @@ class _Origin:
                 "range not satisfiable",
                 **{"Content-Range": f"bytes */{asset.size}"},
             ) from None
-        status = 200 if selected.whole or (start == 0 and count == asset.size) else 206
+        # any satisfiable Range is answered 206, even one that spans the asset (bytes=0-),
+        # as nginx, S3 and CloudFront do and as some players expect
+        status = 200 if selected.whole else 206
         if request.method == "HEAD":
             self._auditor.note(detail={"method": "HEAD"})
             self._auditor.release()
             return _Fetch(asset, status, start, count, claims, None, _via_cookie(target))
-        whole = status == 200
+        whole = start == 0 and count == asset.size
         download = self._vault.assets.open_download(
             asset.tenant_id,
             asset.id,

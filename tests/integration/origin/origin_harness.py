@@ -73,9 +73,15 @@ class OriginThread:
             connection.endheaders()
             response = connection.getresponse()
             body = response.read()
-            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+            answer = Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
         finally:
             connection.close()
+        if answer.status == 500:
+            # Stop the server so its traceback is logged before pytest reports: CPython
+            # 3.11's AST constructor is not thread-safe (gh-106905), and a report parsing
+            # source while the server thread logs can end the run with an INTERNALERROR.
+            self.close()
+        return answer
 
     def close(self) -> None:
         self.server.should_exit = True
