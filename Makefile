@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test test-postgres test-faults lint format protos check-protos bench-crypto bench bench-audit lock clean validate-deploy
+.PHONY: venv run test test-postgres test-faults lint format protos check-protos bench-crypto bench bench-audit bench-origin lock clean validate-deploy
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -92,6 +92,10 @@ bench: $(STAMP)
 ## make bench-audit: what the audit log costs (StatAsset audited vs no-op, write rate, queries, verification)
 bench-audit: $(STAMP)
 	$(PY) -m bench.audit_bench --json bench/results/audit.json
+
+## make bench-origin: the HTTP origin vs a bare relay and the store (1 GiB GET, 64 KiB ranges under wrk, tokens, RSS)
+bench-origin: $(STAMP)
+	$(PY) -m bench.origin_bench --json bench/results/origin.json
 
 ## make lock: re-resolve and pin every dependency (then review the diff)
 lock:

@@ -34,11 +34,11 @@ import re
 import secrets
 import threading
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final, cast
 
 import structlog
 from sqlalchemy import delete, func, select, update
@@ -486,41 +486,61 @@ class Assets:
     def _row(self, tenant_id: str, asset_id: str) -> AssetRow:
         self._audit.note(tenant_id=tenant_id)
         check_asset_id(asset_id)
-        with self._db.transaction(readonly=True) as session:
-            row = session.scalar(
-                select(AssetRow).where(AssetRow.id == asset_id, AssetRow.tenant_id == tenant_id)
-            )
-            if row is None:
-                # Another tenant's asset and a missing one are the same answer.
-                raise NotFound("asset not found")
-            session.expunge(row)
+        row = self._read_row(AssetRow.id == asset_id, AssetRow.tenant_id == tenant_id)
         self._audit.note(resource=Resource("asset", row.id, row.path))
         return row
+
+    def _read_row(self, *where: Any) -> AssetRow:
+        """The asset row matching ``where``, read with one Core SELECT (no ORM session:
+        the hot path of every download and origin fetch). The result has the row's
+        attributes, read-only."""
+        row = self._db.read_row(select(*AssetRow.__table__.columns).where(*where))
+        if row is None:
+            # Another tenant's asset and a missing one are the same answer.
+            raise NotFound("asset not found")
+        return cast(AssetRow, row)
 
     def lookup(self, tenant_id: str, asset_id: str) -> AssetInfo:
         """The asset, noted on the current access but not recorded: for callers whose own
         action records it (issuing a distribution URL names the asset it covers)."""
         return _info(self._row(tenant_id, asset_id))
 
-    def find_by_path(self, tenant_id: str, path: str) -> AssetInfo:
-        """The tenant's asset at ``path``, noted on the current access but not recorded
-        (the HTTP origin addresses assets by path; its fetch records the read).
-
-        Raises:
-            NotFound: no such asset in this tenant (whatever the path looks like).
-        """
+    def _row_by_path(self, tenant_id: str, path: str) -> AssetRow:
         self._audit.note(tenant_id=tenant_id)
         if not _plausible_path(path):
             raise NotFound("asset not found")
-        with self._db.transaction(readonly=True) as session:
-            row = session.scalar(
-                select(AssetRow).where(AssetRow.tenant_id == tenant_id, AssetRow.path == path)
-            )
-            if row is None:
-                raise NotFound("asset not found")
-            info = _info(row)
-        self._audit.note(resource=Resource("asset", info.id, info.path))
-        return info
+        row = self._read_row(AssetRow.tenant_id == tenant_id, AssetRow.path == path)
+        self._audit.note(resource=Resource("asset", row.id, row.path))
+        return row
+
+    def open_by_path(
+        self,
+        tenant_id: str,
+        path: str,
+        select_range: Callable[[AssetInfo], tuple[int, int] | None],
+    ) -> tuple[AssetInfo, Download | None]:
+        """Look up the tenant's asset at ``path`` once and open the range
+        ``select_range`` picks from it, as :meth:`open_download` does (the HTTP origin,
+        which addresses assets by path and resolves ranges by HTTP's rules).
+
+        Args:
+            select_range: given the asset, ``(start, count)`` to open, or None to open
+                nothing (a HEAD: the caller records the access itself). It may raise, for a
+                range the asset cannot satisfy.
+
+        Raises:
+            NotFound, KeyUnavailable, IntegrityError: as :meth:`open_download`, and
+            whatever ``select_range`` raises.
+        """
+        row = self._row_by_path(tenant_id, path)
+        info = _info(row)
+        chosen = select_range(info)
+        if chosen is None:
+            return info, None
+        start, count = chosen
+        if start < 0 or count < 0 or start + count > row.size:
+            raise ValueError("select_range chose bytes outside the asset")
+        return info, self._open_row(row, start, count)
 
     def stat(self, tenant_id: str, asset_id: str) -> AssetInfo:
         info = _info(self._row(tenant_id, asset_id))
@@ -586,6 +606,11 @@ class Assets:
         """
         row = self._row(tenant_id, asset_id)
         start, count = _resolve_range(row.size, offset, length, suffix)
+        return self._open_row(row, start, count)
+
+    def _open_row(self, row: AssetRow, start: int, count: int) -> Download:
+        """:meth:`open_download`'s work once the row and the range are known."""
+        tenant_id, asset_id = row.tenant_id, row.id
         store, key = self._store, row.object_key
         layout = MessageLayout.for_plaintext(len(row.header), self._frame_length_of(row), row.size)
 

@@ -926,3 +926,59 @@ def test_official_paseto_v4_public_vectors(vector: dict[str, Any]):
         kid = "unused"
     vkey = SigningKey(kid, ALG_ED25519, TENANT, seed).verifying_key()
     assert reason_of(vector["token"], vkey, now=T0) == vector["reason"]
+
+
+# --- VerifiedTokens: a player's token checked once per key ---------------------------------
+
+
+def test_a_remembered_token_is_still_checked_against_the_clock(
+    key: SigningKey, vkey: VerifyingKey
+) -> None:
+    verified = tokens.VerifiedTokens()
+    token = sign(claims(), key)
+    assert verified.verify(token, vkey, now=T0) == claims()
+    assert verified.verify(token, vkey, now=T0 + 300) == claims()  # remembered
+    with pytest.raises(tokens.TokenExpired):
+        verified.verify(token, vkey, now=T0 + 600 + 60)
+    with pytest.raises(TokenError) as early:
+        verified.verify(token, vkey, now=T0 - 10 - 61)
+    assert early.value.reason is Reason.ISSUED_IN_FUTURE  # iat = nbf here: the first check
+
+
+def test_a_changed_key_checks_a_remembered_token_afresh(key: SigningKey) -> None:
+    verified = tokens.VerifiedTokens()
+    token = sign(claims(issued_at=T0 - 5, not_before=T0 - 5), key)
+    verified.verify(token, key.verifying_key(), now=T0)
+    # the key went verify-only before the token was issued: the same token is refused now
+    retired = key.verifying_key(not_after_issued=T0 - 6)
+    with pytest.raises(TokenError) as refused:
+        verified.verify(token, retired, now=T0)
+    assert refused.value.reason is Reason.KEY_RETIRED
+
+
+def test_the_audience_and_address_are_part_of_what_is_remembered(
+    key: SigningKey, vkey: VerifyingKey
+) -> None:
+    verified = tokens.VerifiedTokens()
+    token = sign(claims(audience="cdn-a", client_ip="203.0.113.0/24"), key)
+    verified.verify(token, vkey, now=T0, audience="cdn-a", client_ip="203.0.113.9")
+    with pytest.raises(TokenError) as other_audience:
+        verified.verify(token, vkey, now=T0, audience="cdn-b", client_ip="203.0.113.9")
+    assert other_audience.value.reason is Reason.AUDIENCE
+    with pytest.raises(TokenError) as other_address:
+        verified.verify(token, vkey, now=T0, audience="cdn-a", client_ip="198.51.100.1")
+    assert other_address.value.reason is Reason.CLIENT_IP
+
+
+def test_refused_tokens_are_never_remembered_and_memory_is_bounded(
+    key: SigningKey, vkey: VerifyingKey
+) -> None:
+    verified = tokens.VerifiedTokens(size=3)
+    good = sign(claims(), key)
+    bad = good[:-2] + ("A" if good[-2] != "A" else "B") + good[-1]
+    for _ in range(3):
+        with pytest.raises(TokenError):
+            verified.verify(bad, vkey, now=T0)
+    for n in range(10):
+        verified.verify(sign(claims(session_id=f"s{n}"), key), vkey, now=T0)
+    assert len(verified._passed) == 3

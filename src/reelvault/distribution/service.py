@@ -30,7 +30,7 @@ from typing import Final
 
 from sqlalchemy import or_, select
 
-from reelvault.assets import AssetInfo, Assets
+from reelvault.assets import Assets
 from reelvault.audit import Auditor, Resource
 from reelvault.catalog import Database
 from reelvault.catalog.tables import UrlRevocationRow
@@ -324,10 +324,6 @@ class Distribution:
         return now
 
     # -- checking (the origin) ------------------------------------------------------------
-
-    def resolve(self, tenant_id: str, path: str) -> AssetInfo:
-        """The asset at ``path`` in the tenant (NotFound otherwise)."""
-        return self._assets.find_by_path(tenant_id, path)
 
     def check_revoked(self, claims: Claims, path: str) -> None:
         """Raises TokenError(REVOKED) if a cut-off covers this token for the asset at

@@ -42,6 +42,8 @@ import json
 import math
 import re
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -62,6 +64,7 @@ __all__ = [
     "SigningKey",
     "TokenError",
     "TokenExpired",
+    "VerifiedTokens",
     "VerifyingKey",
     "key_id_of",
     "sign",
@@ -375,13 +378,75 @@ def verify(
         raise TokenError(Reason.AUDIENCE, claims)
     if claims.client_ip and not _address_in(client_ip, claims.client_ip):
         raise TokenError(Reason.CLIENT_IP, claims)
+    _check_times(claims, now, leeway)
+    return claims
+
+
+def _check_times(claims: Claims, now: float, leeway: float) -> None:
+    """The clock's checks, last (so that "expired" means nothing else was wrong)."""
     if claims.issued_at > now + leeway:
         raise TokenError(Reason.ISSUED_IN_FUTURE, claims)
     if claims.not_before > now + leeway:
         raise TokenError(Reason.NOT_YET_VALID, claims)
     if claims.expires_at + leeway <= now:
         raise TokenExpired(claims)
-    return claims
+
+
+# token, id of the key, audience, client address, maximum lifetime
+_Memo = tuple[str, int, str | None, str | None, int | None]
+
+
+class VerifiedTokens:
+    """:func:`verify` with a bounded memory of tokens that passed: a player sends the same
+    token for every segment of a rendition, and its signature and claims need checking
+    once per key. A remembered token is still checked against the clock on every use;
+    it is remembered per key object, so a key that changes (rotated to verify-only,
+    retired: a new :class:`VerifyingKey` from the key store) is checked afresh. Refused
+    tokens are never remembered.
+
+    Args:
+        size: tokens remembered (least recently used forgotten first).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._passed: OrderedDict[_Memo, tuple[VerifyingKey, Claims]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(
+        self,
+        token: str,
+        key: VerifyingKey,
+        *,
+        now: float,
+        leeway: float = 60.0,
+        audience: str | None = None,
+        client_ip: str | None = None,
+        max_lifetime: int | None = None,
+    ) -> Claims:
+        """As :func:`verify`."""
+        memo = (token, id(key), audience, client_ip, max_lifetime)
+        with self._lock:
+            hit = self._passed.get(memo)
+            if hit is not None:
+                self._passed.move_to_end(memo)
+        if hit is not None and hit[0] is key:
+            _check_times(hit[1], now, leeway)
+            return hit[1]
+        claims = verify(
+            token,
+            key,
+            now=now,
+            leeway=leeway,
+            audience=audience,
+            client_ip=client_ip,
+            max_lifetime=max_lifetime,
+        )
+        with self._lock:
+            self._passed[memo] = (key, claims)
+            if len(self._passed) > self._size:
+                self._passed.popitem(last=False)
+        return claims
 
 
 def _split(token: str) -> tuple[str, bytes, bytes, str]:

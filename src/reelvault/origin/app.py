@@ -53,8 +53,8 @@ from reelvault.distribution.tokens import (
     Reason,
     TokenError,
     TokenExpired,
+    VerifiedTokens,
     key_id_of,
-    verify,
 )
 from reelvault.errors import IntegrityError, NotFound, ReelvaultError, Unavailable
 from reelvault.origin.paths import BadTarget, Target, parse_target
@@ -137,6 +137,7 @@ class _Origin:
         self._config = config
         self._distribution = vault.distribution
         self._now = vault.clock.now
+        self._tokens = VerifiedTokens()  # a player's token: checked once per key, per worker
 
     # -- the ASGI endpoint ----------------------------------------------------------------
 
@@ -230,8 +231,7 @@ class _Origin:
         else:
             claims, principal = self._verified(request, target, access)
         authorize(principal, ROUTE_ACTIONS[request.method])
-        asset = self._distribution.resolve(target.tenant_id, target.path)
-        return self._open(request, target, asset, claims)
+        return self._open(request, target, claims)
 
     def _verified(
         self, request: Request, target: Target, access: Access
@@ -253,7 +253,7 @@ class _Origin:
             raise _Refused(403, "PERMISSION_DENIED", Reason.UNKNOWN_KEY)
         expired = False
         try:
-            claims = verify(
+            claims = self._tokens.verify(
                 token,
                 key,
                 now=self._now(),
@@ -292,39 +292,47 @@ class _Origin:
         if claims is not None and claims.session_id:
             access.detail["session"] = claims.session_id
 
-    def _open(
-        self, request: Request, target: Target, asset: AssetInfo, claims: Claims | None
-    ) -> _Fetch:
+    def _open(self, request: Request, target: Target, claims: Claims | None) -> _Fetch:
+        """Step 5: one catalog read of the asset, the range chosen from it by HTTP's rules,
+        and (for GET) the download opened, which records the fetch before any byte."""
         headers = request.headers
-        if_range = headers.get("if-range")
-        try:
-            if if_range is not None and if_range.strip() != asset.etag:  # an ETag is no secret
-                selected = parse_range_header(None)  # a changed (or weakly named) asset: all
-            else:
-                selected = parse_range_header(headers.get("range"))
-            start, count = resolve(selected, asset.size)
-        except RangeNotSatisfiable:
-            raise _Refused(
-                416,
-                "OUT_OF_RANGE",
-                "range not satisfiable",
-                **{"Content-Range": f"bytes */{asset.size}"},
-            ) from None
-        # any satisfiable Range is answered 206, even one that spans the asset (bytes=0-),
-        # as nginx, S3 and CloudFront do and as some players expect
-        status = 200 if selected.whole else 206
-        if request.method == "HEAD":
+        chosen: dict[str, int] = {}
+
+        def select_range(asset: AssetInfo) -> tuple[int, int] | None:
+            if_range = headers.get("if-range")
+            try:
+                if if_range is not None and if_range.strip() != asset.etag:  # no secret
+                    selected = parse_range_header(None)  # a changed (or weakly named) asset
+                else:
+                    selected = parse_range_header(headers.get("range"))
+                start, count = resolve(selected, asset.size)
+            except RangeNotSatisfiable:
+                raise _Refused(
+                    416,
+                    "OUT_OF_RANGE",
+                    "range not satisfiable",
+                    **{"Content-Range": f"bytes */{asset.size}"},
+                ) from None
+            # any satisfiable Range is answered 206, even one spanning the asset (bytes=0-),
+            # as nginx, S3 and CloudFront do and as some players expect
+            chosen.update(status=200 if selected.whole else 206, start=start, count=count)
+            return None if request.method == "HEAD" else (start, count)
+
+        asset, download = self._vault.assets.open_by_path(
+            target.tenant_id, target.path, select_range
+        )
+        if download is None:  # HEAD: the headers are what is released
             self._auditor.note(detail={"method": "HEAD"})
             self._auditor.release()
-            return _Fetch(asset, status, start, count, claims, None, _via_cookie(target))
-        whole = start == 0 and count == asset.size
-        download = self._vault.assets.open_download(
-            asset.tenant_id,
-            asset.id,
-            offset=None if whole else start,
-            length=None if whole else count,
+        return _Fetch(
+            asset,
+            chosen["status"],
+            chosen["start"],
+            chosen["count"],
+            claims,
+            None if download is None else download.chunks,
+            _via_cookie(target),
         )
-        return _Fetch(asset, status, start, count, claims, download.chunks, _via_cookie(target))
 
     # -- step 6 ---------------------------------------------------------------------------
 

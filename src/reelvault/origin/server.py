@@ -17,6 +17,7 @@ from typing import Any, Final
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from reelvault import allocator
 from reelvault.app import Vault
 from reelvault.config import CONFIG_FILE_ENV, Settings
 from reelvault.logging import configure_logging
@@ -30,6 +31,7 @@ MAX_CONNECTIONS_PER_WORKER: Final = 512
 
 def app_from_environment() -> OriginApp:
     """The factory each worker process calls: the settings from the environment."""
+    allocator.tune()  # each worker process, before its threads start (as serve does)
     settings = Settings.load()
     configure_logging(settings.log_level, settings.log_format)
     vault = Vault.from_settings(settings, migrate=False)
