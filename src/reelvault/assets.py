@@ -41,7 +41,7 @@ from types import MappingProxyType
 from typing import Any, Final, cast
 
 import structlog
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from reelvault import deadline
@@ -223,6 +223,16 @@ class GcReport:
     @property
     def unknown_objects(self) -> int:
         return len(self.unknown_keys)
+
+
+# The hot reads, built once: a statement built per call costs more in SQLAlchemy's
+# coercions than the query costs SQLite (bench/origin_bench.py, "where the time goes").
+_BY_ID: Final = select(*AssetRow.__table__.columns).where(
+    AssetRow.id == bindparam("asset_id"), AssetRow.tenant_id == bindparam("tenant_id")
+)
+_BY_PATH: Final = select(*AssetRow.__table__.columns).where(
+    AssetRow.tenant_id == bindparam("tenant_id"), AssetRow.path == bindparam("path")
+)
 
 
 def _etag(sha256: bytes) -> str:
@@ -486,15 +496,15 @@ class Assets:
     def _row(self, tenant_id: str, asset_id: str) -> AssetRow:
         self._audit.note(tenant_id=tenant_id)
         check_asset_id(asset_id)
-        row = self._read_row(AssetRow.id == asset_id, AssetRow.tenant_id == tenant_id)
+        row = self._read_row(_BY_ID, {"asset_id": asset_id, "tenant_id": tenant_id})
         self._audit.note(resource=Resource("asset", row.id, row.path))
         return row
 
-    def _read_row(self, *where: Any) -> AssetRow:
-        """The asset row matching ``where``, read with one Core SELECT (no ORM session:
-        the hot path of every download and origin fetch). The result has the row's
-        attributes, read-only."""
-        row = self._db.read_row(select(*AssetRow.__table__.columns).where(*where))
+    def _read_row(self, statement: Any, parameters: dict[str, str]) -> AssetRow:
+        """The asset row of a prepared SELECT (:data:`_BY_ID`, :data:`_BY_PATH`), read
+        without an ORM session: the hot path of every download and origin fetch. The
+        result has the row's attributes, read-only."""
+        row = self._db.read_row(statement, parameters)
         if row is None:
             # Another tenant's asset and a missing one are the same answer.
             raise NotFound("asset not found")
@@ -509,7 +519,7 @@ class Assets:
         self._audit.note(tenant_id=tenant_id)
         if not _plausible_path(path):
             raise NotFound("asset not found")
-        row = self._read_row(AssetRow.tenant_id == tenant_id, AssetRow.path == path)
+        row = self._read_row(_BY_PATH, {"tenant_id": tenant_id, "path": path})
         self._audit.note(resource=Resource("asset", row.id, row.path))
         return row
 

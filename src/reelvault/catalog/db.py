@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -154,7 +154,7 @@ class Database:
         except OperationalError as exc:
             raise self._unavailable(exc, "transaction") from exc
 
-    def read_row(self, statement: Any) -> Any:
+    def read_row(self, statement: Any, parameters: Mapping[str, Any] | None = None) -> Any:
         """The first row of one SELECT, or None: the hot read path (an asset looked up for
         a download or an origin fetch), on a pooled connection without an ORM session.
 
@@ -167,7 +167,7 @@ class Database:
         """
         try:
             with self._lone_reads.connect() as connection:
-                return connection.execute(statement).first()
+                return connection.execute(statement, parameters).first()
         except OperationalError as exc:
             raise self._unavailable(exc, "read") from exc
 

@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from reelvault.app import Vault
-from reelvault.assets import AssetInfo
+from reelvault.assets import MAX_CHUNK, AssetInfo
 from reelvault.audit import Access, Auditor, Resource
 from reelvault.audit.events import Actor, RequestInfo
 from reelvault.auth import Action, Principal, Role, authorize
@@ -128,6 +128,10 @@ class _Fetch:
     claims: Claims | None
     chunks: Iterator[bytes] | None
     via_cookie: bool = False  # the URL alone carries no credential: never publicly cacheable
+    # Read in the same worker-thread hop as the checks: the first chunk, and the whole
+    # body of a range up to one chunk (a segment, a seek), so most answers cost one hop.
+    prefetched: tuple[bytes, ...] = ()
+    exhausted: bool = False
 
 
 class _Origin:
@@ -321,18 +325,42 @@ class _Origin:
         asset, download = self._vault.assets.open_by_path(
             target.tenant_id, target.path, select_range
         )
-        if download is None:  # HEAD: the headers are what is released
-            self._auditor.note(detail={"method": "HEAD"})
-            self._auditor.release()
-        return _Fetch(
+        chunks = None if download is None else download.chunks  # may be taken once
+        fetch = _Fetch(
             asset,
             chosen["status"],
             chosen["start"],
             chosen["count"],
             claims,
-            None if download is None else download.chunks,
+            chunks,
             _via_cookie(target),
         )
+        if chunks is None:  # HEAD: the headers are what is released
+            self._auditor.note(detail={"method": "HEAD"})
+            self._auditor.release()
+            return fetch
+        # The first chunk is read here, so a store or integrity failure before any byte
+        # is an error status rather than a cut connection; a body of one chunk is read
+        # to its end (its end checks included) in the same hop.
+        prefetched: list[bytes] = []
+        got = 0
+        while got < fetch.count or not prefetched:
+            piece = next(chunks, None)
+            if piece is None:
+                fetch.exhausted = True
+                break
+            prefetched.append(piece)
+            got += len(piece)
+            if got >= MAX_CHUNK:
+                break
+        else:
+            tail = next(chunks, None)  # the end checks run here; nothing is expected
+            if tail is None:
+                fetch.exhausted = True
+            else:
+                prefetched.append(tail)
+        fetch.prefetched = tuple(prefetched)
+        return fetch
 
     # -- step 6 ---------------------------------------------------------------------------
 
@@ -356,17 +384,21 @@ class _Origin:
                 status_code=fetch.status, headers=headers, media_type=asset.content_type
             )
         return _Streamed(
-            self._body(access, fetch.chunks),
+            self._body(access, fetch),
             status_code=fetch.status,
             headers=headers,
             media_type=asset.content_type,
         )
 
-    async def _body(self, access: Access, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-        done = False
+    async def _body(self, access: Access, fetch: _Fetch) -> AsyncIterator[bytes]:
+        chunks = fetch.chunks
+        assert chunks is not None
+        done = fetch.exhausted
         try:
-            while True:
-                chunk = await anyio.to_thread.run_sync(next, chunks, None)
+            for piece in fetch.prefetched:
+                yield piece
+            while not done:
+                chunk = await anyio.to_thread.run_sync(_next_chunk, chunks)
                 if chunk is None:
                     done = True
                     return
@@ -437,6 +469,10 @@ class _Origin:
 class _Streamed(StreamingResponse):
     """A streaming answer that keeps the exact Content-Length set by the caller (never
     chunked), and sends no body to HEAD."""
+
+
+def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
+    return next(chunks, None)
 
 
 def _route_of(path: str) -> str:
