@@ -20,6 +20,7 @@ Secrets (the S3 secret key, a password inside ``database_url``) are never printe
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -206,6 +207,17 @@ def _boolean(value: object) -> bool:
     if text in _FALSE:
         return False
     raise ValueError("expected true or false (1 or 0, on or off)")
+
+
+def _cidrs_parse(text: str | None) -> bool:
+    """Whether ``text`` is empty or comma-separated addresses or CIDR networks."""
+    try:
+        for part in (text or "").split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _choice(*choices: str) -> _Parser:
@@ -736,6 +748,16 @@ class Settings:
             urllib.parse.urlsplit(self.origin_base_url).scheme in ("http", "https"),
             "origin_base_url",
             "must be an http:// or https:// URL",
+        )
+        self._check(
+            _cidrs_parse(self.origin_trusted_proxies),
+            "origin_trusted_proxies",
+            "must be comma-separated addresses or CIDR networks, e.g. 10.0.0.0/8,192.0.2.7",
+        )
+        self._check(
+            self.cloudfront_origin_secret is None or len(self.cloudfront_origin_secret) >= 16,
+            "cloudfront_origin_secret",
+            "must be at least 16 characters (32 random bytes, encoded, are recommended)",
         )
         self._check(
             (self.cloudfront_key_pair_id is None) == (self.cloudfront_private_key_file is None)
