@@ -7,9 +7,10 @@ One route, ``GET /o/<object key>``: that stored object as it is, whole or the on
 ``Content-Length``. It runs the way ``reelvault origin`` runs (``reelvault.origin.server``):
 a Starlette app on uvicorn with httptools and uvloop, ``RELAY_WORKERS`` worker processes
 on one socket that the parent binds with :func:`~reelvault.origin.server.bind` and hands
-to uvicorn, and the same ``uvicorn.Config`` flags. It reads the store as the origin does:
-:meth:`~reelvault.storage.S3ObjectStore.open_stream` (one GET, ranged when asked) in a
-worker thread, then each 1 MiB chunk fetched in a worker thread through
+to uvicorn, and the same ``uvicorn.Config`` flags (``UVICORN_OPTIONS``). It reads the
+store as the origin does: :meth:`~reelvault.storage.S3ObjectStore.open_stream` (one GET,
+ranged when asked) in a worker thread, then each 1 MiB chunk fetched in a worker thread
+through
 ``anyio.to_thread``. What it leaves out is everything that makes the origin an origin: no
 token, no catalog, no decryption, no audit record. The benchmark points it at the
 origin's own stored (ciphertext) object, so that the ratio of the origin to the relay
@@ -42,7 +43,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.supervisors import Multiprocess
 
-from reelvault.origin.server import MAX_CONNECTIONS_PER_WORKER, bind
+from reelvault.origin.server import UVICORN_OPTIONS, bind
 from reelvault.ranges import RangeNotSatisfiable, parse_range_header, resolve
 from reelvault.storage.s3 import S3ObjectStore
 
@@ -146,15 +147,8 @@ def main() -> int:
         fd=sock.fileno(),
         workers=workers,
         loop="uvloop",
-        http="httptools",
         lifespan="on",
-        access_log=False,
-        log_config=None,
-        proxy_headers=False,
-        server_header=False,
-        limit_concurrency=MAX_CONNECTIONS_PER_WORKER,
-        timeout_keep_alive=15,
-        h11_max_incomplete_event_size=16 * 1024,
+        **UVICORN_OPTIONS,  # the origin's own, so that only the app differs
     )
     if workers > 1:
         Multiprocess(config, sockets=[sock]).run()

@@ -68,6 +68,7 @@ from reelvault.keys.local import init_keyring
 from reelvault.logging import configure_logging
 from reelvault.metrics import serve_metrics
 from reelvault.origin.app import OriginConfig, create_app
+from reelvault.origin.server import UVICORN_OPTIONS
 from reelvault.origin.server import bind as bind_origin
 from reelvault.rpc.server import (
     HealthServicer,
@@ -346,12 +347,8 @@ async def _serve(
         origin = _EmbeddedOrigin(
             uvicorn.Config(
                 create_app(vault, OriginConfig.from_settings(settings)),
-                http="httptools",
                 lifespan="off",
-                access_log=False,
-                log_config=None,
-                server_header=False,
-                proxy_headers=False,  # client IPs: OriginConfig.trusted_proxies decides
+                **UVICORN_OPTIONS,
             )
         )
         origin_task = asyncio.create_task(origin.serve(sockets=[origin_socket]))

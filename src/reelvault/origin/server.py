@@ -23,10 +23,22 @@ from reelvault.config import CONFIG_FILE_ENV, Settings
 from reelvault.logging import configure_logging
 from reelvault.origin.app import OriginApp, OriginConfig, create_app
 
-__all__ = ["app_from_environment", "bind", "run"]
+__all__ = ["MAX_CONNECTIONS_PER_WORKER", "UVICORN_OPTIONS", "app_from_environment", "bind", "run"]
 
 MAX_CONNECTIONS_PER_WORKER: Final = 512
 """uvicorn answers 503 beyond this many concurrent connections per worker."""
+
+UVICORN_OPTIONS: Final[dict[str, Any]] = {
+    "http": "httptools",
+    "access_log": False,  # every fetch is in the audit log
+    "log_config": None,  # reelvault's structlog setup stays in charge
+    "proxy_headers": False,  # client IPs: OriginConfig.trusted_proxies decides, nobody else
+    "server_header": False,
+    "limit_concurrency": MAX_CONNECTIONS_PER_WORKER,
+    "timeout_keep_alive": 15,
+}
+"""How every origin runs uvicorn: ``reelvault origin``, ``reelvault dev``, the tests and
+the benchmark's bare relay, so that none of them differs from production by accident."""
 
 
 def app_from_environment() -> OriginApp:
@@ -74,15 +86,8 @@ def run(
         fd=sock.fileno(),
         workers=settings.origin_workers,
         loop="uvloop",
-        http="httptools",
         lifespan="on",
-        access_log=False,
-        log_config=None,
-        proxy_headers=False,  # client IPs: OriginConfig.trusted_proxies decides
-        server_header=False,
-        limit_concurrency=MAX_CONNECTIONS_PER_WORKER,
-        timeout_keep_alive=15,
-        h11_max_incomplete_event_size=16 * 1024,
+        **UVICORN_OPTIONS,
     )
     server = uvicorn.Server(config)
     if settings.origin_workers > 1:

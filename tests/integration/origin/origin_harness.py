@@ -16,7 +16,7 @@ import uvicorn
 from reelvault.app import Vault
 from reelvault.assets import UploadSpec
 from reelvault.origin.app import OriginConfig, create_app
-from reelvault.origin.server import bind
+from reelvault.origin.server import UVICORN_OPTIONS, bind
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,7 @@ class OriginThread:
         self.port = self.sock.getsockname()[1]
         app = create_app(vault, config or OriginConfig())
         self.server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                http="httptools",
-                loop="asyncio",
-                lifespan="off",
-                access_log=False,
-                log_config=None,
-                server_header=False,
-                proxy_headers=False,  # client IPs: OriginConfig.trusted_proxies decides
-            )
+            uvicorn.Config(app, loop="asyncio", lifespan="off", **UVICORN_OPTIONS)
         )
         self.thread = threading.Thread(
             target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), daemon=True
