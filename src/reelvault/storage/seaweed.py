@@ -555,7 +555,7 @@ class SeaweedServer:
             if not self.running():
                 return False
             try:
-                client.list_buckets()
+                _read_something(client)
             except (BotoCoreError, ClientError):
                 self._stopping.wait(0.1)
             else:
@@ -716,3 +716,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _read_something(client: Any) -> None:
+    """Raise unless SeaweedFS answers and serves stored bytes: the first byte of the first
+    object of every bucket. The S3 gateway lists buckets as soon as the filer is up, but a
+    restarted ``weed`` answers GETs with InternalError until its volume server has
+    registered its volumes again; reads must work before "back" is reported."""
+    for bucket in client.list_buckets().get("Buckets", []):
+        listed = client.list_objects_v2(Bucket=bucket["Name"], MaxKeys=1)
+        for item in listed.get("Contents", []):
+            if item.get("Size", 0) > 0:  # an empty object has no first byte to read
+                client.get_object(Bucket=bucket["Name"], Key=item["Key"], Range="bytes=0-0")[
+                    "Body"
+                ].read()
