@@ -302,6 +302,16 @@ def test_concurrent_uploads_are_capped_and_memory_stays_within_the_formula(
     stub = service.assets()
     md = service.md(acme, Role.INGEST)
     stub.Upload(_messages(os.urandom(12 * MiB), "warm-up"), metadata=md)  # code paths loaded
+    # ...and as many small uploads at once as will be measured, so that each worker
+    # thread's allocator arena and stack exist before "idle" is read: a fixed cost per
+    # thread, not per upload (without it, peaks of the same code varied by tens of MiB
+    # from run to run and sometimes crossed the bound). Small, so no part buffer is kept.
+    warm = [
+        stub.Upload.future(_messages(os.urandom(64 * 1024), f"warm-up-{i}"), metadata=md)
+        for i in range(MAX_UPLOADS)
+    ]
+    for future in warm:
+        future.result(timeout=300)
     idle = service.rss()
     gate = threading.Event()
     size = 24 * MiB
