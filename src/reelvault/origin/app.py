@@ -383,7 +383,8 @@ class _Origin:
             return Response(
                 status_code=fetch.status, headers=headers, media_type=asset.content_type
             )
-        return _Streamed(
+        # a Content-Length given here is kept (never chunked); HEAD never reaches this
+        return StreamingResponse(
             self._body(access, fetch),
             status_code=fetch.status,
             headers=headers,
@@ -464,11 +465,6 @@ class _Origin:
             **extra,
         }
         return PlainTextResponse(f"{status} {reason}\n", status_code=status, headers=headers)
-
-
-class _Streamed(StreamingResponse):
-    """A streaming answer that keeps the exact Content-Length set by the caller (never
-    chunked), and sends no body to HEAD."""
 
 
 def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
