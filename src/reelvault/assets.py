@@ -32,7 +32,6 @@ import hashlib
 import json
 import re
 import secrets
-import threading
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,22 +40,25 @@ from types import MappingProxyType
 from typing import Any, Final, cast
 
 import structlog
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.orm import Session
 
 from reelvault import deadline
 from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import Database
-from reelvault.catalog.tables import AssetRow, DeletedObjectRow, TenantRow, UploadRow
+from reelvault.catalog.tables import AssetRow, TenantRow
 from reelvault.clock import Clock
 from reelvault.crypto import (
     DEFAULT_FRAME_LENGTH,
     KIND_ASSET,
     EncryptedDataKey,
     EncryptionContext,
+    KeyResolver,
     MessageLayout,
     RandomAccessReader,
     Sealer,
+    WrappingKey,
     rechunk,
     rewrap_data_key,
 )
@@ -68,31 +70,25 @@ from reelvault.errors import (
     FailedPrecondition,
     IntegrityError,
     InvalidArgument,
+    KeyUnavailable,
     NotFound,
     OutOfRange,
     Unavailable,
 )
 from reelvault.keys.tenant import TenantKeys
+from reelvault.objects import SealedObjects, SubjectKeyring
 from reelvault.storage import ObjectStore, Upload
 
 __all__ = [
     "MAX_CHUNK",
-    "MIN_GC_AGE",
-    "UPLOAD_HEARTBEAT",
     "AssetInfo",
     "AssetUpload",
     "Assets",
     "Download",
-    "GcReport",
     "UploadSpec",
 ]
 
 MAX_CHUNK: Final = 1024 * 1024
-UPLOAD_HEARTBEAT: Final = 30.0
-"""Seconds between refreshes of a running upload's row (:meth:`Assets.refresh_uploads`)."""
-MIN_GC_AGE: Final = 4 * UPLOAD_HEARTBEAT
-"""The shortest age threshold ``gc`` accepts: a running upload's row is never older than
-one heartbeat interval, so four of them leave room for a slow or briefly stalled beat."""
 MAX_PATH_BYTES: Final = 1024
 MAX_LABELS: Final = 64
 MAX_PAGE_SIZE: Final = 1000
@@ -133,6 +129,9 @@ class UploadSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     expected_size: int | None = None
     expected_sha256: bytes | None = None
+    subject_id: str | None = None
+    """The viewer a personalized rendition belongs to (the tenant's own viewer id; stored
+    only as its pseudonym): its data key is then wrapped by that subject's key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,50 +178,6 @@ class ReadGrant:
     expires_at: datetime
     offset: int
     length: int
-
-
-@dataclass(frozen=True, slots=True)
-class GcReport:
-    """What one :meth:`Assets.gc` run removed or, with ``dry_run``, would remove.
-
-    Attributes:
-        stale_upload_keys: object keys of the upload rows whose heartbeat had stopped.
-        multipart_uploads: ``(object key, upload id)`` of the multipart uploads aborted.
-        deleted_keys: the objects deleted: deleted assets', abandoned uploads', and with
-            ``delete_unknown`` the unknown ones.
-        unknown_keys: objects under ``t/`` the catalog has no record of, and the complete
-            objects of stale upload rows (never committed here: a restored catalog's view of
-            a later commit); kept unless ``delete_unknown`` (then also in ``deleted_keys``).
-        unknown_multipart_uploads: multipart uploads older than the threshold that no
-            upload row and no deletion record owns; kept unless ``delete_unknown`` (then
-            also in ``multipart_uploads``).
-        dry_run: nothing was changed.
-        delete_unknown: unknown objects and multipart uploads were (or would be) removed.
-    """
-
-    stale_upload_keys: tuple[str, ...] = ()
-    multipart_uploads: tuple[tuple[str, str], ...] = ()
-    deleted_keys: tuple[str, ...] = ()
-    unknown_keys: tuple[str, ...] = ()
-    unknown_multipart_uploads: tuple[tuple[str, str], ...] = ()
-    dry_run: bool = False
-    delete_unknown: bool = False
-
-    @property
-    def stale_uploads(self) -> int:
-        return len(self.stale_upload_keys)
-
-    @property
-    def aborted_multipart_uploads(self) -> int:
-        return len(self.multipart_uploads)
-
-    @property
-    def deleted_objects(self) -> int:
-        return len(self.deleted_keys)
-
-    @property
-    def unknown_objects(self) -> int:
-        return len(self.unknown_keys)
 
 
 # The hot reads, built once: a statement built per call costs more in SQLAlchemy's
@@ -294,6 +249,7 @@ def _check_spec(spec: UploadSpec) -> UploadSpec:
         labels=dict(spec.labels),
         expected_size=spec.expected_size,
         expected_sha256=spec.expected_sha256,
+        subject_id=spec.subject_id,
     )
 
 
@@ -324,6 +280,8 @@ class Assets:
         frame_length: int = DEFAULT_FRAME_LENGTH,
         grant_lifetime: int = DEFAULT_GRANT_LIFETIME,
         grant_max_lifetime: int = DEFAULT_GRANT_MAX_LIFETIME,
+        objects: SealedObjects | None = None,
+        subjects: SubjectKeyring | None = None,
     ) -> None:
         if not 1 <= grant_lifetime <= grant_max_lifetime:
             raise ValueError("the default grant lifetime must be 1 to the maximum")
@@ -335,8 +293,30 @@ class Assets:
         self._clock = clock
         self._audit = auditor if auditor is not None else Auditor(NullAuditSink(), clock)
         self._frame_length = frame_length
-        # object keys of the uploads running in this process, for their heartbeat
-        self._live: dict[str, None] = {}
+        self.objects = (
+            objects
+            if objects is not None
+            else SealedObjects(database, store, clock, auditor=self._audit)
+        )
+        self.objects.register(self, key_slots=self)
+        self._subjects = subjects
+
+    # --- as a kind of sealed object ------------------------------------------------------
+
+    name = KIND_ASSET
+
+    def owns_stored_object(self, session: Session, object_key: str) -> bool:
+        owner = session.scalar(select(AssetRow.id).where(AssetRow.object_key == object_key))
+        return owner is not None
+
+    def _resolver(self, tenant_id: str, subject: str | None) -> KeyResolver:
+        """What unwraps an asset's data key: the subject's key for a personalized
+        rendition, the tenant's KEK versions otherwise."""
+        if subject is None:
+            return self._keys.resolver(tenant_id)
+        if self._subjects is None:
+            raise KeyUnavailable("subject keys are not available in this process")
+        return self._subjects.resolver(tenant_id, subject)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.now(), UTC)
@@ -350,9 +330,11 @@ class Assets:
             InvalidArgument: bad path, content type, labels or expectations.
             AlreadyExists: the tenant has an asset at this path.
             KeyUnavailable: the tenant has no active KEK version.
+            FailedPrecondition: the subject was erased.
         """
         self._audit.note(tenant_id=tenant_id)
         spec = _check_spec(spec)
+        subject: str | None = None
         with self._db.transaction(readonly=True) as session:
             taken = session.scalar(
                 select(AssetRow.id).where(
@@ -361,29 +343,29 @@ class Assets:
             )
         if taken is not None:
             raise AlreadyExists("an asset with this path already exists")
-        kek = self._keys.encryption_kek(tenant_id)
+        wrapping: WrappingKey
+        if spec.subject_id is None:
+            kek = self._keys.encryption_kek(tenant_id)
+            wrapping, kek_version = kek, kek.version
+        else:
+            # A personalized rendition: its data key is wrapped by the subject's key, so
+            # erasing the subject shreds it with the subject's payloads.
+            if self._subjects is None:
+                raise FailedPrecondition("subject-bound uploads are not available here")
+            bound = self._subjects.subject_key(tenant_id, spec.subject_id)
+            subject, wrapping, kek_version = bound.pseudonym, bound.key, bound.kek_version
+            self._audit.note(resource=Resource("subject", subject))
         asset_id = secrets.token_hex(16)
         object_key = f"t/{tenant_id}/{secrets.token_hex(16)}"
-        now = self._now()
-        with self._db.transaction() as session:
-            session.add(
-                UploadRow(
-                    object_key=object_key,
-                    tenant_id=tenant_id,
-                    asset_id=asset_id,
-                    started_at=now,
-                    refreshed_at=now,
-                )
-            )
-        self._live[object_key] = None
+        self.objects.begin_upload(object_key, tenant_id, asset_id)
         try:
             sealer = Sealer(
-                kek, asset_context(tenant_id, asset_id), frame_length=self._frame_length
+                wrapping, asset_context(tenant_id, asset_id), frame_length=self._frame_length
             )
             target = self._store.begin(object_key)
         except BaseException:
-            self._live.pop(object_key, None)
-            self._forget_upload(object_key)
+            self.objects.end_upload(object_key)
+            self.objects.forget_upload(object_key)
             raise
         return AssetUpload(
             self,
@@ -391,23 +373,11 @@ class Assets:
             asset_id=asset_id,
             object_key=object_key,
             spec=spec,
-            kek_version=kek.version,
+            kek_version=kek_version,
             sealer=sealer,
             target=target,
+            subject=subject,
         )
-
-    def _forget_upload(self, object_key: str) -> None:
-        with self._db.transaction() as session:
-            session.execute(delete(UploadRow).where(UploadRow.object_key == object_key))
-
-    def _retire_upload(self, object_key: str) -> None:
-        """An aborted upload whose storage cleanup failed: its row becomes a deletion
-        record in one transaction, so gc deletes the leftovers without waiting for the
-        row to go stale."""
-        with self._db.transaction() as session:
-            gone = session.execute(delete(UploadRow).where(UploadRow.object_key == object_key))
-            if gone.rowcount == 1 and session.get(DeletedObjectRow, object_key) is None:  # type: ignore[attr-defined]
-                session.add(DeletedObjectRow(object_key=object_key, deleted_at=self._now()))
 
     def _commit(self, upload: AssetUpload, size: int, sha256: bytes) -> AssetInfo:
         # An upload that straddled a KEK rotation commits under the version active now,
@@ -416,7 +386,8 @@ class Assets:
         # than commit an asset nobody may read.
         key_slot, kek_version = None, upload.kek_version
         active = self._keys.encryption_kek(upload.tenant_id)
-        if active.version != upload.kek_version:
+        # (A subject-bound asset's key moves with its subject's key: nothing to do here.)
+        if upload.subject is None and active.version != upload.kek_version:
             slot = rewrap_data_key(
                 upload.header,
                 self._keys.resolver(upload.tenant_id),
@@ -443,13 +414,11 @@ class Assets:
             key_slot=key_slot,
             kek_version=kek_version,
             created_at=self._now(),
+            subject=upload.subject,
         )
         try:
             with self._db.transaction() as session:
-                claimed = session.execute(
-                    delete(UploadRow).where(UploadRow.object_key == upload.object_key)
-                )
-                if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                if not self.objects.claim_upload(session, upload.object_key):
                     # gc took the row for a dead upload's (its heartbeat had stopped) and
                     # may be deleting the object: this upload must not commit.
                     raise Unavailable("the upload expired (its heartbeat stopped); retry it")
@@ -458,38 +427,8 @@ class Assets:
                 info = _info(row)
         except SqlIntegrityError:
             raise AlreadyExists("an asset with this path already exists") from None
-        self._live.pop(upload.object_key, None)
+        self.objects.end_upload(upload.object_key)
         return info
-
-    def refresh_uploads(self) -> int:
-        """Refresh the rows of every upload running in this process (their heartbeat),
-        so that ``gc`` can tell them from a dead process's leftovers however long they
-        run or idle. Returns how many rows were refreshed. :meth:`run_heartbeat` calls
-        it every :data:`UPLOAD_HEARTBEAT` seconds."""
-        keys = list(self._live)
-        now = self._now()
-        refreshed = 0
-        for start in range(0, len(keys), 500):
-            batch = keys[start : start + 500]
-            with self._db.transaction() as session:
-                result = session.execute(
-                    update(UploadRow)
-                    .where(UploadRow.object_key.in_(batch))
-                    .values(refreshed_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-                refreshed += result.rowcount  # type: ignore[attr-defined]
-        return refreshed
-
-    def run_heartbeat(self, stop: threading.Event, *, interval: float = UPLOAD_HEARTBEAT) -> None:
-        """Call :meth:`refresh_uploads` every ``interval`` seconds until ``stop`` is set
-        (a background thread of every service process). A failed beat is logged and the
-        next one tried: gc's threshold leaves room for several."""
-        while not stop.wait(interval):
-            try:
-                self.refresh_uploads()
-            except Exception:
-                _log.warning("upload heartbeat failed", exc_info=True)
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -640,7 +579,7 @@ class Assets:
         reader = RandomAccessReader(
             read_at,
             layout.ciphertext_size,
-            self._keys.resolver(tenant_id),
+            self._resolver(tenant_id, row.subject),
             asset_context(tenant_id, asset_id),
             header=row.header,
             data_keys=slots,
@@ -711,7 +650,7 @@ class Assets:
         slots = [EncryptedDataKey.parse(row.key_slot)] if row.key_slot else []
         opened = open_header(
             header,
-            self._keys.resolver(tenant_id),
+            self._resolver(tenant_id, row.subject),
             asset_context(tenant_id, asset_id),
             data_keys=slots,
         )
@@ -751,41 +690,52 @@ class Assets:
         to the active version, by rewriting its key slot in the catalog. Stored objects are
         not touched (format.md explains why). Returns how many assets moved.
 
-        Run after ``TenantKeys.rotate``; afterwards the old version can be retired.
+        Run after ``TenantKeys.rotate`` (``SealedObjects.rewrap_tenant`` moves every kind);
+        afterwards the old version can be retired.
         """
-        kek = self._keys.encryption_kek(tenant_id)
-        resolver = self._keys.resolver(tenant_id)
         moved = 0
         while True:
-            with self._db.transaction(readonly=True) as session:
-                rows = list(
-                    session.scalars(
-                        select(AssetRow)
-                        .where(AssetRow.tenant_id == tenant_id, AssetRow.kek_version < kek.version)
-                        .order_by(AssetRow.id)
-                        .limit(batch)
-                    )
-                )
-                for row in rows:
-                    session.expunge(row)
-            if not rows:
+            count = self.rewrap_batch(tenant_id, batch)
+            if count == 0:
                 return moved
-            for row in rows:
-                slots = [EncryptedDataKey.parse(row.key_slot)] if row.key_slot else []
-                slot = rewrap_data_key(
-                    row.header,
-                    resolver,
-                    asset_context(tenant_id, row.id),
-                    kek,
-                    data_keys=slots,
-                )
-                with self._db.transaction() as session:
-                    session.execute(
-                        update(AssetRow)
-                        .where(AssetRow.id == row.id, AssetRow.kek_version == row.kek_version)
-                        .values(key_slot=slot.serialize(), kek_version=kek.version)
+            moved += count
+
+    def rewrap_batch(self, tenant_id: str, batch: int) -> int:
+        """:meth:`rewrap_keys`, at most ``batch`` assets; 0 once none is left. Subject-bound
+        assets are the subject's key's to move (``privacy.Subjects``)."""
+        kek = self._keys.encryption_kek(tenant_id)
+        resolver = self._keys.resolver(tenant_id)
+        with self._db.transaction(readonly=True) as session:
+            rows = list(
+                session.scalars(
+                    select(AssetRow)
+                    .where(
+                        AssetRow.tenant_id == tenant_id,
+                        AssetRow.kek_version < kek.version,
+                        AssetRow.subject.is_(None),
                     )
-                moved += 1
+                    .order_by(AssetRow.id)
+                    .limit(batch)
+                )
+            )
+            for row in rows:
+                session.expunge(row)
+        for row in rows:
+            slots = [EncryptedDataKey.parse(row.key_slot)] if row.key_slot else []
+            slot = rewrap_data_key(
+                row.header,
+                resolver,
+                asset_context(tenant_id, row.id),
+                kek,
+                data_keys=slots,
+            )
+            with self._db.transaction() as session:
+                session.execute(
+                    update(AssetRow)
+                    .where(AssetRow.id == row.id, AssetRow.kek_version == row.kek_version)
+                    .values(key_slot=slot.serialize(), kek_version=kek.version)
+                )
+        return len(rows)
 
     # --- delete and gc -------------------------------------------------------------------
 
@@ -814,179 +764,8 @@ class Assets:
                 return
             object_key = row.object_key
             session.delete(row)
-            session.add(DeletedObjectRow(object_key=object_key, deleted_at=self._now()))
-        self._store.delete(object_key)
-        self._forget_deleted(object_key)
-
-    def gc(
-        self,
-        *,
-        older_than_seconds: float = 3600.0,
-        dry_run: bool = False,
-        delete_unknown: bool = False,
-    ) -> GcReport:
-        """Remove what crashes and failed deletes left behind, and only what the catalog
-        knows to be garbage:
-
-        - upload rows whose heartbeat stopped longer ago than the threshold (their process
-          died): each is moved to ``deleted_objects``, then handled as below. A stale row
-          whose key holds a complete object is removed without a record instead: that is
-          a restored catalog's view of an upload that committed after the backup (or a
-          crash between completing the object and committing the row), so the object is
-          reported as unknown and kept (unless ``delete_unknown``); only its multipart
-          uploads are aborted;
-        - the objects in ``deleted_objects`` (deleted assets, abandoned uploads): their
-          multipart uploads are aborted whatever their age, the objects deleted, and each
-          record cleared once it is older than the threshold: until then every run deletes
-          the key again, so an object that lands late (a PUT that timed out but was
-          applied) is still collected, not left unknown.
-
-        Objects under ``t/`` and multipart uploads older than the threshold that the
-        catalog has no record of (no asset, upload or deletion row) are reported, and
-        removed only with ``delete_unknown``: a restored, older catalog sees every asset
-        created after its backup so.
-
-        A running upload refreshes its row every :data:`UPLOAD_HEARTBEAT` seconds, so it
-        is never taken for a leftover, however long it runs.
-
-        Args:
-            older_than_seconds: age threshold of upload rows and multipart uploads.
-            dry_run: change nothing (no claim, no delete, no audit event); the report
-                lists what a run would remove.
-            delete_unknown: also remove what the catalog has no record of.
-
-        Raises:
-            InvalidArgument: a threshold below :data:`MIN_GC_AGE`, which could catch a
-                running upload between two heartbeats.
-        """
-        if older_than_seconds < MIN_GC_AGE:
-            raise InvalidArgument(
-                f"the age threshold must be at least {MIN_GC_AGE:.0f} seconds: running "
-                f"uploads refresh their rows every {UPLOAD_HEARTBEAT:.0f} seconds"
-            )
-        cutoff = self._now() - timedelta(seconds=older_than_seconds)
-        with self._db.transaction(readonly=True) as session:
-            candidates = list(
-                session.scalars(select(UploadRow.object_key).where(UploadRow.refreshed_at < cutoff))
-            )
-        # Claim each stale row before touching storage: taken only if still stale, so an
-        # upload whose heartbeat came back meanwhile keeps it, and one whose row is claimed
-        # can no longer commit (_commit needs its row), so gc never deletes the object of
-        # an asset that committed while it ran.
-        # A stale row whose key already holds a complete object never committed in this
-        # catalog: either the catalog was restored from a backup taken while the upload
-        # ran (and production committed it since) or the process died between completing
-        # the object and committing. The object is not the catalog's to delete: it is
-        # reported as unknown, and its row goes without a deletion record.
-        complete = {key for key in candidates if self._store.head(key) is not None}
-        if dry_run:
-            stale = candidates
-        else:
-            stale = [
-                key
-                for key in candidates
-                if self._claim_stale(key, cutoff, record=key not in complete)
-            ]
-        complete.intersection_update(stale)
-        with self._db.transaction(readonly=True) as session:
-            garbage = set(session.scalars(select(DeletedObjectRow.object_key)))
-        garbage.update(key for key in stale if key not in complete)
-
-        aborted: list[tuple[str, str]] = []
-        unknown_uploads: list[tuple[str, str]] = []
-        # Listed whatever their age: a recorded key's multipart upload is aborted however
-        # young (its record is about to be cleared, or a later run must not find it
-        # unknown); only unknown ones wait for the threshold.
-        threshold = cutoff.timestamp()
-        for upload in self._store.list_multipart_uploads():
-            entry = (upload.key, upload.upload_id)
-            if upload.key in garbage or upload.key in complete:
-                aborted.append(entry)
-            elif upload.initiated < threshold and self._owner(upload.key) is None:
-                unknown_uploads.append(entry)
-                if delete_unknown:
-                    aborted.append(entry)
-        deleted: list[str] = []
-        unknown: list[str] = []
-        for key in self._store.list_keys("t/"):
-            if key in garbage:
-                deleted.append(key)
-            elif key in complete or self._owner(key) is None:
-                unknown.append(key)
-                if delete_unknown:
-                    deleted.append(key)
-        report = GcReport(
-            stale_upload_keys=tuple(stale),
-            multipart_uploads=tuple(aborted),
-            deleted_keys=tuple(deleted),
-            unknown_keys=tuple(unknown),
-            unknown_multipart_uploads=tuple(unknown_uploads),
-            dry_run=dry_run,
-            delete_unknown=delete_unknown,
-        )
-        if dry_run:
-            return report
-
-        for key, upload_id in aborted:
-            self._store.abort_multipart(key, upload_id)
-        for key in deleted:
-            self._store.delete(key)
-        # Every recorded key is deleted, listed or not (idempotent, and removes any stray
-        # versions), but its record is cleared only once older than the threshold: a
-        # request sent before the record was written (a PUT that timed out, a multipart
-        # upload begun) may still land, and the record makes the next run delete it
-        # rather than report it unknown. Unknown keys had no record.
-        for key in sorted(garbage):
-            if key not in deleted:
-                self._store.delete(key)
-            self._forget_deleted(key, before=cutoff)
-        self._audit.record(
-            "asset.gc",
-            tenant_id=None,
-            detail={
-                "stale_uploads": report.stale_uploads,
-                "aborted_multipart_uploads": report.aborted_multipart_uploads,
-                "deleted_objects": report.deleted_objects,
-                "unknown_objects": report.unknown_objects,
-                "unknown_multipart_uploads": len(report.unknown_multipart_uploads),
-                "delete_unknown": delete_unknown,
-            },
-        )
-        return report
-
-    def _claim_stale(self, key: str, cutoff: datetime, *, record: bool = True) -> bool:
-        """Move a dead upload's row to ``deleted_objects`` (or, without ``record``, only
-        remove it), if it is still stale."""
-        with self._db.transaction() as session:
-            result = session.execute(
-                delete(UploadRow).where(
-                    UploadRow.object_key == key, UploadRow.refreshed_at < cutoff
-                )
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                return False
-            if record and session.get(DeletedObjectRow, key) is None:
-                session.add(DeletedObjectRow(object_key=key, deleted_at=self._now()))
-            return True
-
-    def _forget_deleted(self, key: str, *, before: datetime | None = None) -> None:
-        """Clear the deletion record of ``key`` (only if written before ``before``)."""
-        statement = delete(DeletedObjectRow).where(DeletedObjectRow.object_key == key)
-        if before is not None:
-            statement = statement.where(DeletedObjectRow.deleted_at < before)
-        with self._db.transaction() as session:
-            session.execute(statement)
-
-    def _owner(self, key: str) -> str | None:
-        """Which catalog record owns a stored key: ``"upload"``, ``"asset"``,
-        ``"deleted"``, or None (unknown to this catalog)."""
-        with self._db.transaction(readonly=True) as session:
-            if session.get(UploadRow, key) is not None:
-                return "upload"
-            if session.get(DeletedObjectRow, key) is not None:
-                return "deleted"  # recorded after gc read the list
-            owner = session.scalar(select(AssetRow.id).where(AssetRow.object_key == key))
-            return None if owner is None else "asset"
+            self.objects.record_deleted(session, object_key)
+        self.objects.delete_stored(object_key)
 
 
 class AssetUpload:
@@ -1003,8 +782,10 @@ class AssetUpload:
         kek_version: int,
         sealer: Sealer,
         target: Upload,
+        subject: str | None = None,
     ) -> None:
         self._assets = assets
+        self.subject = subject
         self.tenant_id = tenant_id
         self.asset_id = asset_id
         self.object_key = object_key
@@ -1088,7 +869,8 @@ class AssetUpload:
         if self._state != "open":
             return
         self._state = "aborted"
-        self._assets._live.pop(self.object_key, None)
+        objects = self._assets.objects
+        objects.end_upload(self.object_key)
         store = self._assets._store
         # Whether storage may hold something of this upload that the cleanup below cannot
         # be sure to remove: a multipart upload was begun (its abort may run on in the
@@ -1108,13 +890,13 @@ class AssetUpload:
                     self._target.abort()
             except BaseException:
                 # Storage may still hold it: the key moves to deleted_objects, for gc.
-                self._assets._retire_upload(self.object_key)
+                objects.retire_upload(self.object_key)
                 raise
             if uncertain:
-                self._assets._retire_upload(self.object_key)
+                objects.retire_upload(self.object_key)
             else:
                 # Only once storage is clean: if a crash comes first, gc sees the row.
-                self._assets._forget_upload(self.object_key)
+                objects.forget_upload(self.object_key)
 
     def _check_open(self) -> None:
         if self._state != "open":

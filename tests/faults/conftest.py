@@ -292,7 +292,7 @@ class Deployment:
             store=store,
             clock=FakeClock(start=time.time() + 2 * GC_THRESHOLD),
         )
-        report = vault.assets.gc(older_than_seconds=GC_THRESHOLD)
+        report = vault.assets.objects.gc(older_than_seconds=GC_THRESHOLD)
         with self.database.transaction(readonly=True) as session:
             upload_rows = session.scalar(sa.select(sa.func.count()).select_from(UploadRow))
             owned = set(session.scalars(sa.select(AssetRow.object_key)))

@@ -355,7 +355,7 @@ def test_gc_removes_what_crashes_left_and_reports_what_it_cannot_tell(
     clock.advance(7200)
     running = assets.begin_upload(tenant, UploadSpec(path="running"))
     running.write(b"still going")
-    report = assets.gc(older_than_seconds=3600)
+    report = assets.objects.gc(older_than_seconds=3600)
     # deleted: the failed delete's object. The crashed upload's object is complete: it may
     # be an asset a restored catalog does not know, so it is reported, not deleted.
     assert (report.stale_uploads, report.deleted_objects) == (2, 1)

@@ -50,6 +50,10 @@ TABLES = {
     "scrub_findings",
     "url_signing_keys",
     "url_revocations",
+    "subjects",
+    "consents",
+    "payloads",
+    "key_exports",
 }
 
 

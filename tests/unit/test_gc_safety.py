@@ -80,7 +80,7 @@ def test_objects_of_assets_a_restored_catalog_never_saw_survive_gc_and_are_repor
     unknown = sorted(_forget_asset(database, info.id) for info in newer)
     clock.advance(2 * HOUR)
 
-    report = assets.gc(older_than_seconds=HOUR)
+    report = assets.objects.gc(older_than_seconds=HOUR)
 
     assert report.unknown_keys == tuple(unknown)
     assert report.unknown_objects == 3
@@ -100,7 +100,7 @@ def test_delete_unknown_deletes_what_the_catalog_has_no_record_of(
     gone = _forget_asset(database, put(assets, tenant, os.urandom(3000), path="gone").id)
     clock.advance(2 * HOUR)
 
-    report = assets.gc(older_than_seconds=HOUR, delete_unknown=True)
+    report = assets.objects.gc(older_than_seconds=HOUR, delete_unknown=True)
 
     assert (report.unknown_keys, report.deleted_keys) == ((gone,), (gone,))
     assert set(store.list_keys()) == {_object_key(database, kept.id)}
@@ -121,12 +121,12 @@ def test_a_deleted_asset_whose_store_delete_failed_is_collected(
         assets.stat(tenant, info.id)
     assert key in set(store.list_keys())
     assert _records(database) == {key}
-    report = assets.gc(older_than_seconds=HOUR)  # no age needed: the record says garbage
+    report = assets.objects.gc(older_than_seconds=HOUR)  # no age needed: the record says garbage
     assert (report.deleted_keys, report.unknown_keys) == ((key,), ())
     assert list(store.list_keys()) == []
     assert _records(database) == {key}  # kept until older than the threshold
     clock.advance(2 * HOUR)
-    assert assets.gc(older_than_seconds=HOUR).deleted_keys == ()
+    assert assets.objects.gc(older_than_seconds=HOUR).deleted_keys == ()
     assert _records(database) == set()
 
 
@@ -150,7 +150,7 @@ def test_an_abort_whose_cleanup_failed_is_collected_without_waiting(
 
     assert _upload_rows(database) == 0
     assert _records(database) == {upload.object_key}
-    report = assets.gc(older_than_seconds=HOUR)
+    report = assets.objects.gc(older_than_seconds=HOUR)
     assert report.deleted_keys == (upload.object_key,)
     assert list(store.list_keys()) == []
 
@@ -173,7 +173,7 @@ def test_abandoned_uploads_are_collected_and_unknown_multipart_uploads_kept(
     foreign.write(os.urandom(6 * MiB))
     clock.advance(2 * HOUR)
 
-    report = assets.gc(older_than_seconds=HOUR)
+    report = assets.objects.gc(older_than_seconds=HOUR)
 
     assert set(report.stale_upload_keys) == {midway.object_key, crashed.object_key}
     assert {key for key, _ in report.multipart_uploads} == {midway.object_key}
@@ -185,7 +185,7 @@ def test_abandoned_uploads_are_collected_and_unknown_multipart_uploads_kept(
     foreign.write(b"tail")
     foreign.complete()  # untouched: it still completes
 
-    report = assets.gc(older_than_seconds=HOUR, delete_unknown=True)
+    report = assets.objects.gc(older_than_seconds=HOUR, delete_unknown=True)
     assert set(report.deleted_keys) == {crashed.object_key, foreign_key}
 
 
@@ -212,7 +212,7 @@ def test_dry_run_deletes_nothing_and_lists_what_a_run_then_deletes(
         _records(database),
     )
 
-    dry = assets.gc(older_than_seconds=HOUR, dry_run=True)
+    dry = assets.objects.gc(older_than_seconds=HOUR, dry_run=True)
 
     after = (
         set(store.list_keys()),
@@ -224,7 +224,7 @@ def test_dry_run_deletes_nothing_and_lists_what_a_run_then_deletes(
     assert dry.dry_run
     assert dry.deleted_objects == 1 and dry.stale_uploads == 2
     assert set(dry.unknown_keys) == {unknown, crashed.object_key}
-    real = assets.gc(older_than_seconds=HOUR)
+    real = assets.objects.gc(older_than_seconds=HOUR)
     assert not real.dry_run
     assert (
         set(real.stale_upload_keys),
@@ -250,8 +250,8 @@ def test_a_running_upload_is_never_taken_for_unknown(
     running = assets.begin_upload(tenant, UploadSpec(path="running"))
     running.write(b"still going")
     clock.advance(2 * HOUR)
-    assets.refresh_uploads()
-    report = assets.gc(older_than_seconds=HOUR, delete_unknown=True)
+    assets.objects.refresh_uploads()
+    report = assets.objects.gc(older_than_seconds=HOUR, delete_unknown=True)
     assert (report.stale_uploads, report.unknown_keys, report.unknown_multipart_uploads) == (
         0,
         (),
@@ -296,16 +296,16 @@ def test_a_restored_catalog_keeps_the_object_of_an_upload_that_committed_after_t
         keys = TenantKeys(restored, root_provider, clock, cache_ttl=60.0)
         r_assets = Assets(restored, keys, store, clock)
 
-        dry = r_assets.gc(older_than_seconds=HOUR, dry_run=True)
+        dry = r_assets.objects.gc(older_than_seconds=HOUR, dry_run=True)
         assert (dry.stale_upload_keys, dry.deleted_keys, dry.unknown_keys) == ((key,), (), (key,))
 
-        report = r_assets.gc(older_than_seconds=HOUR)
+        report = r_assets.objects.gc(older_than_seconds=HOUR)
 
         assert (report.stale_upload_keys, report.deleted_keys) == ((key,), ())
         assert (report.unknown_keys, report.multipart_uploads) == ((key,), ())
         assert get(assets, tenant, info.id) == data  # production still reads it
         assert (_upload_rows(restored), _records(restored)) == (0, set())  # no record: kept
-        assert r_assets.gc(older_than_seconds=HOUR).unknown_keys == (key,)  # and kept again
+        assert r_assets.objects.gc(older_than_seconds=HOUR).unknown_keys == (key,)  # and kept again
         assert get(assets, tenant, info.id) == data
     finally:
         restored.dispose()
@@ -322,8 +322,8 @@ def test_a_stale_upload_with_a_complete_object_has_its_multipart_uploads_aborted
     assert stray.upload_id is not None
     clock.advance(2 * HOUR)
 
-    dry = assets.gc(older_than_seconds=HOUR, dry_run=True)
-    report = assets.gc(older_than_seconds=HOUR)
+    dry = assets.objects.gc(older_than_seconds=HOUR, dry_run=True)
+    report = assets.objects.gc(older_than_seconds=HOUR)
 
     for run in (dry, report):
         assert run.stale_upload_keys == (crashed.object_key,)
@@ -332,7 +332,7 @@ def test_a_stale_upload_with_a_complete_object_has_its_multipart_uploads_aborted
     assert list(store.list_multipart_uploads()) == []
     assert list(store.list_keys()) == [crashed.object_key]
     assert (_upload_rows(database), _records(database)) == (0, set())
-    forced = assets.gc(older_than_seconds=HOUR, delete_unknown=True)
+    forced = assets.objects.gc(older_than_seconds=HOUR, delete_unknown=True)
     assert forced.deleted_keys == (crashed.object_key,)
     assert list(store.list_keys()) == []
 
@@ -375,7 +375,7 @@ def test_a_write_failure_whose_abort_failed_leaves_a_record_behind_any_store(
     [leftover] = store.list_multipart_uploads()
     clock.advance(2 * HOUR)
 
-    report = assets.gc(older_than_seconds=HOUR)
+    report = assets.objects.gc(older_than_seconds=HOUR)
 
     assert report.multipart_uploads == ((upload.object_key, leftover.upload_id),)
     assert report.unknown_multipart_uploads == ()
@@ -400,13 +400,13 @@ def test_a_young_multipart_upload_of_a_recorded_key_is_aborted_and_its_record_ke
     [young] = store.list_multipart_uploads()
     clock.advance(600)  # the operator runs gc ten minutes later
 
-    report = assets.gc(older_than_seconds=HOUR)
+    report = assets.objects.gc(older_than_seconds=HOUR)
 
     assert report.multipart_uploads == ((upload.object_key, young.upload_id),)
     assert list(store.list_multipart_uploads()) == []
     assert _records(database) == {upload.object_key}  # younger than the threshold: kept
     clock.advance(2 * HOUR)
-    later = assets.gc(older_than_seconds=HOUR)
+    later = assets.objects.gc(older_than_seconds=HOUR)
     assert (later.multipart_uploads, later.unknown_multipart_uploads) == ((), ())
     assert _records(database) == set()
 
@@ -430,13 +430,13 @@ def test_a_put_that_timed_out_and_lands_after_gc_is_collected_by_a_later_gc(
     monkeypatch.undo()
     [(key, data)] = sent
 
-    report = assets.gc(older_than_seconds=HOUR)  # right after (incident response)
+    report = assets.objects.gc(older_than_seconds=HOUR)  # right after (incident response)
 
     assert (report.deleted_keys, report.unknown_keys) == ((), ())
     assert _records(database) == {key}  # kept: the PUT may still land
     real_put(key, data)  # the store thaws; the PUT lands
     clock.advance(2 * HOUR)
-    later = assets.gc(older_than_seconds=HOUR)
+    later = assets.objects.gc(older_than_seconds=HOUR)
     assert (later.deleted_keys, later.unknown_keys) == ((key,), ())
     assert list(store.list_keys()) == []
     assert _records(database) == set()

@@ -14,7 +14,8 @@ from datetime import timedelta
 import pytest
 
 from reelvault import errors
-from reelvault.assets import MAX_CHUNK, MIN_GC_AGE, UPLOAD_HEARTBEAT, Assets, UploadSpec
+from reelvault.assets import MAX_CHUNK, Assets, UploadSpec
+from reelvault.objects import MIN_GC_AGE, UPLOAD_HEARTBEAT
 from reelvault.clock import FakeClock
 from tests.unit.asset_helpers import get
 
@@ -26,7 +27,7 @@ def test_gc_refuses_a_threshold_shorter_than_the_heartbeat_allows(assets, tenant
     running.write(b"first bytes")
     for threshold in (0, 1, UPLOAD_HEARTBEAT, MIN_GC_AGE - 1):
         with pytest.raises(errors.InvalidArgument, match="at least"):
-            assets.gc(older_than_seconds=threshold)
+            assets.objects.gc(older_than_seconds=threshold)
     info = running.complete()  # untouched
     assert get(assets, tenant, info.id) == b"first bytes"
 
@@ -40,8 +41,8 @@ def test_a_long_upload_that_keeps_beating_survives_gc(assets, tenant, clock, sto
         data += chunk
         for _ in range(int(3600 / UPLOAD_HEARTBEAT)):
             clock.advance(UPLOAD_HEARTBEAT)
-            assert assets.refresh_uploads() == 1
-        report = assets.gc(older_than_seconds=MIN_GC_AGE)
+            assert assets.objects.refresh_uploads() == 1
+        report = assets.objects.gc(older_than_seconds=MIN_GC_AGE)
         assert (report.stale_uploads, report.aborted_multipart_uploads) == (0, 0)
     info = running.complete()
     assert get(assets, tenant, info.id) == data
@@ -52,8 +53,8 @@ def test_an_idle_upload_keeps_beating_too(assets, tenant, clock):
     running = assets.begin_upload(tenant, UploadSpec(path="idle"))
     running.write(b"a")
     clock.advance(3 * 3600)
-    assert assets.refresh_uploads() == 1
-    assert assets.gc(older_than_seconds=MIN_GC_AGE).stale_uploads == 0
+    assert assets.objects.refresh_uploads() == 1
+    assert assets.objects.gc(older_than_seconds=MIN_GC_AGE).stale_uploads == 0
     running.write(b"b")
     assert get(assets, tenant, running.complete().id) == b"ab"
 
@@ -70,8 +71,8 @@ def test_the_upload_of_a_dead_process_is_collected(
     mine = assets.begin_upload(tenant, UploadSpec(path="mine"))
     mine.write(b"alive")
     clock.advance(MIN_GC_AGE + 1)
-    assert assets.refresh_uploads() == 1  # only its own
-    report = assets.gc(older_than_seconds=MIN_GC_AGE)
+    assert assets.objects.refresh_uploads() == 1  # only its own
+    report = assets.objects.gc(older_than_seconds=MIN_GC_AGE)
     assert report.stale_uploads == 1
     assert report.aborted_multipart_uploads == 1
     assert list(store.list_multipart_uploads()) == []
@@ -84,22 +85,24 @@ def test_finished_uploads_leave_the_heartbeat(assets, tenant):
     done.complete()
     gone = assets.begin_upload(tenant, UploadSpec(path="gone"))
     gone.abort()
-    assert assets.refresh_uploads() == 0
+    assert assets.objects.refresh_uploads() == 0
 
 
 def test_run_heartbeat_beats_until_stopped(assets, tenant, clock):
     running = assets.begin_upload(tenant, UploadSpec(path="beat"))
     beats = threading.Semaphore(0)
-    original = assets.refresh_uploads
+    original = assets.objects.refresh_uploads
 
     def counted() -> int:
         refreshed = original()
         beats.release()
         return refreshed
 
-    assets.refresh_uploads = counted  # type: ignore[method-assign]
+    assets.objects.refresh_uploads = counted  # type: ignore[method-assign]
     stop = threading.Event()
-    thread = threading.Thread(target=assets.run_heartbeat, args=(stop,), kwargs={"interval": 0.01})
+    thread = threading.Thread(
+        target=assets.objects.run_heartbeat, args=(stop,), kwargs={"interval": 0.01}
+    )
     thread.start()
     try:
         for _ in range(3):
@@ -133,7 +136,7 @@ def test_gc_and_a_commit_racing_never_lose_a_committed_asset(
         return listing(**kwargs)
 
     store.list_multipart_uploads = completes_meanwhile  # type: ignore[method-assign]
-    report = ahead.gc(older_than_seconds=MIN_GC_AGE)
+    report = ahead.objects.gc(older_than_seconds=MIN_GC_AGE)
     store.list_multipart_uploads = listing  # type: ignore[method-assign]
     assert report.stale_uploads == 1
     [result] = outcome
@@ -153,7 +156,7 @@ def test_a_row_refreshed_after_gc_read_it_is_not_claimed(
     upload.write(b"y")
     clock.advance(MIN_GC_AGE + 1)
     gc = Assets(database, tenant_keys, store, clock)
-    cutoff = gc._now() - timedelta(seconds=MIN_GC_AGE)
-    upload._assets.refresh_uploads()  # the beat, between gc's read and its claim
-    assert gc._claim_stale(upload.object_key, cutoff) is False
+    cutoff = gc.objects._now() - timedelta(seconds=MIN_GC_AGE)
+    upload._assets.objects.refresh_uploads()  # the beat, between gc's read and its claim
+    assert gc.objects._claim_stale(upload.object_key, cutoff) is False
     assert get(upload._assets, tenant, upload.complete().id) == b"y"

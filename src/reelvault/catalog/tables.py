@@ -51,12 +51,17 @@ __all__ = [
     "AuditSigningKeyRow",
     "AuditTreeRow",
     "Base",
+    "ConsentRow",
     "DeletedObjectRow",
     "KEK_STATES",
+    "KeyExportRow",
     "NAMING_CONVENTION",
+    "PayloadRow",
     "SCRUB_RESULTS",
     "ScrubFindingRow",
     "ScrubPassRow",
+    "SubjectRow",
+    "TENANT_STATES",
     "TenantKeyVersionRow",
     "TenantRow",
     "URL_KEY_ALGORITHMS",
@@ -117,10 +122,19 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+TENANT_STATES: Final = ("active", "disabled", "pending-deletion", "destroyed")
+"""Stored values of ``tenants.state`` (``keys.tenant.TenantState``)."""
+_TENANT_STATE_IN = "state IN ({})".format(", ".join(f"'{s}'" for s in TENANT_STATES))
+
+
 class TenantRow(Base):
     __tablename__ = "tenants"
     __table_args__ = (
         CheckConstraint("min_decryption_version >= 1", name="min_decryption_version_positive"),
+        CheckConstraint(_TENANT_STATE_IN, name="state"),
+        CheckConstraint(
+            "state <> 'pending-deletion' OR deletion_due_at IS NOT NULL", name="deletion_due"
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -135,6 +149,18 @@ class TenantRow(Base):
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     # AssetService.OpenAsset may release read grants (direct reads from the store).
     direct_reads: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # The tenant's own lifecycle (TENANT_STATES): disabled and pending-deletion refuse every
+    # use of its keys; destroyed means every key was shredded.
+    state: Mapped[str] = mapped_column(
+        String(16), default="active", server_default=text("'active'")
+    )
+    deletion_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # The secret of the tenant's subject pseudonyms (HMAC key), wrapped by the root key
+    # provider; created on first use.
+    pseudonym_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Bring your own key: the tenant's own AWS KMS key that wraps its KEKs (NULL: the
+    # service's root key provider).
+    root_key_arn: Mapped[str | None] = mapped_column(String(512))
 
 
 _STATE_IN = "state IN ({})".format(", ".join(f"'{state}'" for state in KEK_STATES))
@@ -241,6 +267,7 @@ class AssetRow(Base):
         UniqueConstraint("tenant_id", "path"),
         UniqueConstraint("object_key"),
         CheckConstraint("size >= 0", name="size_not_negative"),
+        Index("ix_assets_tenant_id_subject", "tenant_id", "subject"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -255,6 +282,9 @@ class AssetRow(Base):
     key_slot: Mapped[bytes | None] = mapped_column(LargeBinary)
     kek_version: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # A personalized rendition's subject (pseudonym): its data key is wrapped by that
+    # subject's key, and erasing the subject deletes it. NULL: wrapped by the tenant KEK.
+    subject: Mapped[str | None] = mapped_column(String(32))
 
 
 class UploadRow(Base):
@@ -541,3 +571,99 @@ class UrlRevocationRow(Base):
     subject: Mapped[str] = mapped_column(String(128), primary_key=True)
     cutoff: Mapped[datetime] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# -- subjects, consent and payloads (reelvault.privacy; docs/privacy.md) --------------
+
+
+class SubjectRow(Base):
+    """A viewer of one tenant, known only by a keyed pseudonym of the tenant's viewer id.
+
+    ``wrapped_key`` is the subject key (which wraps the data keys of the subject's payloads
+    and personalized renditions), wrapped by the tenant KEK version ``kek_version`` in the
+    Raw AES keyring format; NULL once the subject was erased (crypto-shredding). The row
+    stays, so the pseudonyms in the audit log keep meaning the same subject."""
+
+    __tablename__ = "subjects"
+    __table_args__ = (
+        CheckConstraint(
+            "(erased_at IS NULL AND wrapped_key IS NOT NULL AND kek_version IS NOT NULL)"
+            " OR (erased_at IS NOT NULL AND wrapped_key IS NULL)",
+            name="material",
+        ),
+        Index("ix_subjects_tenant_id_kek_version", "tenant_id", "kek_version"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"), primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(32), primary_key=True)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    kek_version: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    erased_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # A legal hold blocks the subject's erasure and the purge of its expired payloads.
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+
+class ConsentRow(Base):
+    """One consent decision, kept for the history: the current state of a purpose is the
+    decision with the latest ``effective_at`` (then the latest ``id``)."""
+
+    __tablename__ = "consents"
+    __table_args__ = (
+        Index(
+            "ix_consents_tenant_id_pseudonym_purpose_effective_at",
+            "tenant_id",
+            "pseudonym",
+            "purpose",
+            "effective_at",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(_AUDIT_ID, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"))
+    pseudonym: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(64))
+    granted: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(128))
+    effective_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class PayloadRow(Base):
+    """A personalization payload, sealed in the object format (kind ``payload``) under a
+    data key wrapped by its subject's key; ``message`` is the whole sealed message
+    (docs/privacy.md says why payloads live in the catalog, not the object store)."""
+
+    __tablename__ = "payloads"
+    __table_args__ = (
+        Index("ix_payloads_tenant_id_pseudonym_id", "tenant_id", "pseudonym", "id"),
+        Index("ix_payloads_expires_at", "expires_at"),
+        CheckConstraint("size >= 0", name="size_not_negative"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"))
+    pseudonym: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(255))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(BigInteger)
+    message: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class KeyExportRow(Base):
+    """A tenant's request to export its keys (ExportTenantKeys): made by a tenant admin
+    with the recipient public key, approved by a platform admin, then collected once."""
+
+    __tablename__ = "key_exports"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"), index=True)
+    recipient_key: Mapped[bytes] = mapped_column(LargeBinary)
+    requested_by: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    approved_by: Mapped[str | None] = mapped_column(String(16))
+    approved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    collected_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

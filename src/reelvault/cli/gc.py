@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 from reelvault.cli._common import Groups, Output, add_dev_flag, deployment_settings
 
 if TYPE_CHECKING:
-    from reelvault.assets import GcReport
+    from reelvault.objects import GcReport
 
 __all__ = ["add_commands"]
 
@@ -66,7 +66,7 @@ def _gc(args: argparse.Namespace) -> Output:
     settings = deployment_settings(args, "gc" + (" --dry-run" if args.dry_run else ""))
     vault = Vault.from_settings(settings)
     try:
-        report = vault.assets.gc(
+        report = vault.assets.objects.gc(
             older_than_seconds=args.older_than,
             dry_run=args.dry_run,
             delete_unknown=args.delete_unknown,

@@ -33,8 +33,12 @@ from reelvault.crypto.message import (
     encrypt_stream,
     open_frames,
     open_header,
+    open_message,
     rechunk,
     rewrap_data_key,
+    seal_message,
+    unwrap_key,
+    wrap_key,
 )
 
 __all__ = [
@@ -59,8 +63,12 @@ __all__ = [
     "encrypt_stream",
     "open_frames",
     "open_header",
+    "open_message",
     "parse_context",
     "rechunk",
     "rewrap_data_key",
+    "seal_message",
     "serialize_context",
+    "unwrap_key",
+    "wrap_key",
 ]

@@ -59,7 +59,7 @@ from reelvault.crypto.format import (
     frame_iv,
     parse_header,
 )
-from reelvault.crypto.names import parse_kek_key_name
+from reelvault.crypto.names import parse_kek_key_name, parse_subject_key_name
 from reelvault.errors import DecryptionError, OutOfRange
 
 __all__ = [
@@ -152,9 +152,9 @@ def _check_kek(kek: WrappingKey, context: EncryptionContext) -> None:
     A data key wrapped under tenant B's KEK would be readable by B and no longer shredded
     when A's keys are destroyed; a name of another width would change the header length.
     """
-    parsed = parse_kek_key_name(kek.name)
+    parsed = parse_kek_key_name(kek.name) or parse_subject_key_name(kek.name)
     if parsed is None:
-        raise ValueError("not a reelvault KEK name")
+        raise ValueError("not a reelvault KEK or subject key name")
     tenant = context.tenant_id
     if tenant is not None and parsed[0] != tenant:
         raise ValueError("the KEK belongs to another tenant than the encryption context")
@@ -472,6 +472,51 @@ def rewrap_data_key(
     _check_kek(new_kek, header.context)
     _, data_key = _open(header, resolver, expected_context, data_keys)
     return _wrap_data_key(new_kek, data_key, header.context)
+
+
+def wrap_key(kek: WrappingKey, key: bytes, context: EncryptionContext) -> EncryptedDataKey:
+    """Wrap a 32-byte key that is not a message's data key (a subject key) under a KEK, in
+    the same Raw AES keyring wire format and bound to ``context`` as data keys are.
+
+    Raises:
+        ValueError: the key is not 32 bytes, or the KEK belongs to another tenant.
+    """
+    if len(key) != DATA_KEY_LEN:
+        raise ValueError("only 32-byte keys are wrapped")
+    _check_kek(kek, context)
+    return _wrap_data_key(kek, key, context)
+
+
+def unwrap_key(edk: EncryptedDataKey, resolver: KeyResolver, context: EncryptionContext) -> bytes:
+    """The inverse of :func:`wrap_key`.
+
+    Raises:
+        DecryptionError: the key does not unwrap (unknown KEK, other context, tampering).
+        KeyUnavailable: the resolver refused the KEK because of its state.
+    """
+    key = _unwrap_data_key(edk, resolver, context)
+    if key is None:
+        raise DecryptionError("the wrapped key does not unwrap")
+    return key
+
+
+def seal_message(
+    kek: WrappingKey,
+    context: EncryptionContext,
+    data: Buffer,
+    *,
+    frame_length: int = DEFAULT_FRAME_LENGTH,
+) -> bytes:
+    """A whole message of small ``data`` (a payload), header and frames joined."""
+    return b"".join(Sealer(kek, context, frame_length=frame_length).seal((data,)))
+
+
+def open_message(
+    message: Buffer, resolver: KeyResolver, expected_context: EncryptionContext
+) -> bytes:
+    """The plaintext of a whole message, every frame authenticated; as
+    :func:`decrypt_stream` on one chunk."""
+    return b"".join(decrypt_stream((message,), resolver, expected_context))
 
 
 def _parse_or_fail(data: Buffer) -> Header:

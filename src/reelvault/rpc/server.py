@@ -348,13 +348,13 @@ async def readiness(vault: Vault, settings: Settings, health_servicer: Any) -> A
 async def background(vault: Vault, settings: Settings) -> AsyncIterator[None]:
     """Everything a service process runs beside its calls, for the block: the audit
     sequencer (:func:`audit_sequencer`), the heartbeat of running uploads
-    (:meth:`~reelvault.assets.Assets.run_heartbeat`), the retirement of URL signing keys
+    (:meth:`~reelvault.objects.SealedObjects.run_heartbeat`), the retirement of URL signing keys
     past their overlap, and, when ``scrub_interval`` is set,
     the integrity scrub (:func:`reelvault.scrub.run_scrubber`)."""
     stop = threading.Event()
     threads = [
         threading.Thread(
-            target=vault.assets.run_heartbeat,
+            target=vault.assets.objects.run_heartbeat,
             args=(stop,),
             name="reelvault-upload-heartbeat",
             daemon=True,

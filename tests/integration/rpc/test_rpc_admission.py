@@ -155,11 +155,11 @@ def test_an_upload_cancelled_while_it_is_begun_leaves_nothing(stubs, acme, vault
     future.cancel()
     release.set()
     assert wait_for(
-        lambda: [1] if leftovers(vault, acme) == (0, 0, 0) and not vault.assets._live else [],
+        lambda: [1] if leftovers(vault, acme) == (0, 0, 0) and not vault.assets.objects._live else [],
         count=1,
         timeout=30,
     ) == [1]
-    assert vault.assets.refresh_uploads() == 0
+    assert vault.assets.objects.refresh_uploads() == 0
 
 
 def test_an_idle_upload_stream_loses_its_slot(stubs, acme, vault):
