@@ -11,8 +11,9 @@ take a ``Vault`` and nothing else, so a test builds the same graph from fakes wi
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 import boto3
 from botocore.config import Config
@@ -31,6 +32,9 @@ from reelvault.distribution.service import Distribution, DistributionConfig
 from reelvault.errors import ConfigurationError
 from reelvault.instrument import InstrumentedKeyProvider, InstrumentedStore, instrument_catalog
 from reelvault.keys import KmsRootKeyProvider, LocalKeyring, RootKeyProvider, TenantKeys
+from reelvault.lifecycle import TenantLifecycle
+from reelvault.objects import SealedObjects
+from reelvault.privacy import DEFAULT_MAX_PAYLOAD, Consents, Payloads, Privacy, Subjects
 from reelvault.storage import ObjectStore, S3ObjectStore
 
 __all__ = ["Vault", "distribution_config"]
@@ -51,6 +55,12 @@ class Vault:
     audit_log: AuditLog
     audit: AuditReader
     distribution: Distribution
+    objects: SealedObjects
+    subjects: Subjects
+    consents: Consents
+    payloads: Payloads
+    privacy: Privacy
+    lifecycle: TenantLifecycle
 
     @classmethod
     def from_parts(
@@ -68,6 +78,8 @@ class Vault:
         grant_lifetime: int = DEFAULT_GRANT_LIFETIME,
         grant_max_lifetime: int = DEFAULT_GRANT_MAX_LIFETIME,
         distribution: DistributionConfig | None = None,
+        payload_max_bytes: int = DEFAULT_MAX_PAYLOAD,
+        byok: Callable[[str], RootKeyProvider] | None = None,
     ) -> Self:
         """Wire the domain over given parts (tests: fakes). The database must be migrated.
 
@@ -84,7 +96,12 @@ class Vault:
             database, root, clock, origin_prefix=audit_origin, key_name=audit_key_name
         )
         auditor = Auditor(audit_log if audit_sink is None else audit_sink, clock)
-        tenant_keys = TenantKeys(database, root, clock, cache_ttl=key_cache_ttl, auditor=auditor)
+        tenant_keys = TenantKeys(
+            database, root, clock, cache_ttl=key_cache_ttl, auditor=auditor, byok=byok
+        )
+        objects = SealedObjects(database, store, clock, auditor=auditor)
+        subjects = Subjects(database, tenant_keys, root, clock)
+        objects.register(key_slots=subjects)
         assets = Assets(
             database,
             tenant_keys,
@@ -93,7 +110,11 @@ class Vault:
             auditor=auditor,
             grant_lifetime=grant_lifetime,
             grant_max_lifetime=grant_max_lifetime,
+            objects=objects,
+            subjects=subjects,
         )
+        consents = Consents(database, subjects, clock, auditor=auditor)
+        payloads = Payloads(database, subjects, clock, auditor=auditor, max_size=payload_max_bytes)
         config = distribution or DistributionConfig()
         url_keys = UrlSigningKeys(
             database, root, clock, auditor=auditor, max_ttl=config.max_ttl, leeway=config.leeway
@@ -111,6 +132,23 @@ class Vault:
             audit=AuditReader(database, audit_log, auditor),
             distribution=Distribution(
                 database, url_keys, assets, clock, auditor=auditor, config=config
+            ),
+            objects=objects,
+            subjects=subjects,
+            consents=consents,
+            payloads=payloads,
+            privacy=Privacy(
+                database=database,
+                subjects=subjects,
+                consents=consents,
+                payloads=payloads,
+                assets=assets,
+                audit_log=audit_log,
+                clock=clock,
+                auditor=auditor,
+            ),
+            lifecycle=TenantLifecycle(
+                database, tenant_keys, subjects, assets, clock, auditor=auditor
             ),
         )
 
@@ -154,6 +192,8 @@ class Vault:
                 grant_lifetime=settings.grant_lifetime,
                 grant_max_lifetime=settings.grant_max_lifetime,
                 distribution=distribution_config(settings),
+                payload_max_bytes=settings.payload_max_bytes,
+                byok=_byok(settings),
             )
         except BaseException:
             database.dispose()
@@ -199,34 +239,55 @@ def distribution_config(settings: Settings) -> DistributionConfig:
     )
 
 
+def _byok(settings: Settings) -> Callable[[str], RootKeyProvider] | None:
+    """Bring your own key: a provider over a tenant's own KMS key, by ARN, sharing one
+    KMS client; None without KMS settings (then BYOK tenants are refused)."""
+    if settings.root_key_provider != "aws-kms" and not settings.kms_region:
+        return None
+    client = _kms_client(settings)
+    providers: dict[str, RootKeyProvider] = {}
+
+    def provider(arn: str) -> RootKeyProvider:
+        if arn not in providers:
+            providers[arn] = KmsRootKeyProvider(client, arn)
+        return providers[arn]
+
+    return provider
+
+
 def _root_provider(settings: Settings) -> RootKeyProvider:
     if settings.root_key_provider == "aws-kms":
         assert settings.kms_key_id is not None  # Settings requires it for aws-kms
-        # Each attempt gets half the budget, so a throttled or failed first attempt
-        # leaves room for a retry within kms_timeout.
-        connect = min(2.0, settings.kms_timeout / 5)
-        read = settings.kms_timeout / 2 - connect
-        try:
-            client = boto3.client(
-                "kms",
-                region_name=settings.kms_region,
-                endpoint_url=settings.kms_endpoint_url,
-                config=Config(
-                    retries={"mode": "standard", "total_max_attempts": 3},
-                    connect_timeout=connect,
-                    read_timeout=read,
-                ),
-            )
-            bound_botocore(
-                client,
-                budget=settings.kms_timeout,
-                attempt=connect + read,
-                name="key provider",
-            )
-        except BotoCoreError as exc:  # no region, a malformed endpoint URL, ...
-            raise ConfigurationError(
-                f"cannot create the AWS KMS client (REELVAULT_KMS_REGION, "
-                f"REELVAULT_KMS_ENDPOINT_URL): {exc}"
-            ) from None
-        return KmsRootKeyProvider(client, settings.kms_key_id)
+        return KmsRootKeyProvider(_kms_client(settings), settings.kms_key_id)
     return LocalKeyring.load(settings.resolved_keyring_path)
+
+
+def _kms_client(settings: Settings) -> Any:
+    """One bounded KMS client (the root key provider's, and BYOK tenants' keys)."""
+    # Each attempt gets half the budget, so a throttled or failed first attempt
+    # leaves room for a retry within kms_timeout.
+    connect = min(2.0, settings.kms_timeout / 5)
+    read = settings.kms_timeout / 2 - connect
+    try:
+        client = boto3.client(
+            "kms",
+            region_name=settings.kms_region,
+            endpoint_url=settings.kms_endpoint_url,
+            config=Config(
+                retries={"mode": "standard", "total_max_attempts": 3},
+                connect_timeout=connect,
+                read_timeout=read,
+            ),
+        )
+        bound_botocore(
+            client,
+            budget=settings.kms_timeout,
+            attempt=connect + read,
+            name="key provider",
+        )
+    except BotoCoreError as exc:  # no region, a malformed endpoint URL, ...
+        raise ConfigurationError(
+            f"cannot create the AWS KMS client (REELVAULT_KMS_REGION, "
+            f"REELVAULT_KMS_ENDPOINT_URL): {exc}"
+        ) from None
+    return client

@@ -86,6 +86,8 @@ __all__ = [
     "Assets",
     "Download",
     "UploadSpec",
+    "check_content_type",
+    "check_labels",
 ]
 
 MAX_CHUNK: Final = 1024 * 1024
@@ -118,6 +120,8 @@ class AssetInfo:
     created_at: datetime
     kek_version: int
     """The tenant KEK version the data key is wrapped under now; a rewrap raises it."""
+    subject: str | None = None
+    """A personalized rendition's subject (pseudonym): its key wraps the data key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +211,7 @@ def _info(row: AssetRow) -> AssetInfo:
         etag=_etag(row.sha256),
         created_at=row.created_at,
         kek_version=row.kek_version,
+        subject=row.subject,
     )
 
 
@@ -219,6 +224,25 @@ def check_asset_id(asset_id: str) -> None:
         raise InvalidArgument("asset id must be 32 lowercase hex digits")
 
 
+def check_content_type(content_type: str) -> str:
+    """A media type (``type/subtype[; parameters]``), returned as given."""
+    if len(content_type) > 255 or _CONTENT_TYPE.fullmatch(content_type) is None:
+        raise InvalidArgument("content type must look like type/subtype")
+    return content_type
+
+
+def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    """At most 64 labels, keys of [a-z0-9_.-], printable values; returned as given."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if _LABEL_KEY.fullmatch(key) is None:
+            raise InvalidArgument("label keys must be 1-63 characters of [a-z0-9_.-]")
+        if len(value) > 256 or not value.isprintable():
+            raise InvalidArgument("label values must be at most 256 printable characters")
+    return labels
+
+
 def _check_spec(spec: UploadSpec) -> UploadSpec:
     path = spec.path
     if not path or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
@@ -229,16 +253,8 @@ def _check_spec(spec: UploadSpec) -> UploadSpec:
         raise InvalidArgument("path must not contain control or invisible characters")
     if any(segment in ("", ".", "..") for segment in path.split("/")):
         raise InvalidArgument("path segments must not be empty, '.' or '..'")
-    content_type = spec.content_type or DEFAULT_CONTENT_TYPE
-    if len(content_type) > 255 or _CONTENT_TYPE.fullmatch(content_type) is None:
-        raise InvalidArgument("content type must look like type/subtype")
-    if len(spec.labels) > MAX_LABELS:
-        raise InvalidArgument(f"at most {MAX_LABELS} labels")
-    for key, value in spec.labels.items():
-        if _LABEL_KEY.fullmatch(key) is None:
-            raise InvalidArgument("label keys must be 1-63 characters of [a-z0-9_.-]")
-        if len(value) > 256 or not value.isprintable():
-            raise InvalidArgument("label values must be at most 256 printable characters")
+    content_type = check_content_type(spec.content_type or DEFAULT_CONTENT_TYPE)
+    check_labels(spec.labels)
     if spec.expected_size is not None and spec.expected_size < 0:
         raise InvalidArgument("expected size must not be negative")
     if spec.expected_sha256 is not None and len(spec.expected_sha256) != 32:

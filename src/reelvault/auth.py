@@ -438,6 +438,28 @@ class Action(StrEnum):
     ASSET_FETCH = "asset.fetch"
     """A fetch through the HTTP origin with a signed URL: the URL speaks with the
     authority of the role that issued it, limited to this action."""
+    PAYLOAD_WRITE = "payload.write"
+    PAYLOAD_READ = "payload.read"
+    """A payload's data, for a purpose the subject consented to (docs/privacy.md)."""
+    PAYLOAD_LIST = "payload.list"
+    PAYLOAD_DELETE = "payload.delete"
+    CONSENT_WRITE = "consent.write"
+    CONSENT_READ = "consent.read"
+    SUBJECT_HASH = "subject.hash"
+    """A viewer id's pseudonym, to query the audit log with."""
+    SUBJECT_ERASE = "subject.erase"
+    SUBJECT_EXPORT = "subject.export"
+    SUBJECT_HOLD = "subject.hold"
+    KEY_READ = "key.read"
+    KEY_MANAGE = "key.manage"
+    """Rotate, rewrap, disable or enable a KEK version, set the minimum decryption version."""
+    KEY_ROOT = "key.root"
+    """Rewrap every tenant's KEKs under a rotated root key."""
+    TENANT_LIFECYCLE = "tenant.lifecycle"
+    """Disable, enable, schedule or cancel the deletion of a whole tenant."""
+    KEY_EXPORT = "key.export"
+    """Request and collect an export of the tenant's keys (a key release)."""
+    KEY_EXPORT_APPROVE = "key.export-approve"
 
 
 PLATFORM_ROLES: Final = frozenset({Role.PLATFORM_ADMIN, Role.PLATFORM_AUDITOR})
@@ -451,6 +473,8 @@ _KEY_MANAGERS: Final = frozenset({Role.PLATFORM_ADMIN, Role.ADMIN})
 _PLATFORM: Final = frozenset({Role.PLATFORM_ADMIN})
 _AUDITORS: Final = frozenset({Role.AUDITOR, Role.PLATFORM_AUDITOR})
 _DISTRIBUTORS: Final = frozenset({Role.DISTRIBUTOR, Role.ADMIN})
+_DATA_WRITERS: Final = frozenset({Role.ADMIN, Role.INGEST})
+_PRIVACY: Final = frozenset({Role.PRIVACY})
 
 PERMISSIONS: Final[Mapping[Action, frozenset[Role]]] = MappingProxyType(
     {
@@ -482,6 +506,28 @@ PERMISSIONS: Final[Mapping[Action, frozenset[Role]]] = MappingProxyType(
         Action.URL_KEY_LIST: _DISTRIBUTORS,
         Action.URL_KEY_ROTATE: _DISTRIBUTORS,
         Action.ASSET_FETCH: _DISTRIBUTORS,
+        # Viewer data: written by ingest and tenant admins, read by renderers only, for a
+        # consented purpose; the privacy team erases and exports; nobody on the platform.
+        Action.PAYLOAD_WRITE: _DATA_WRITERS,
+        Action.PAYLOAD_READ: frozenset({Role.RENDERER}),
+        Action.PAYLOAD_LIST: _DATA_WRITERS | {Role.RENDERER, Role.PRIVACY},
+        Action.PAYLOAD_DELETE: _DATA_WRITERS | _PRIVACY,
+        Action.CONSENT_WRITE: _DATA_WRITERS | _PRIVACY,
+        Action.CONSENT_READ: _DATA_WRITERS | {Role.RENDERER, Role.PRIVACY},
+        # Auditors need pseudonyms to query the log about a viewer.
+        Action.SUBJECT_HASH: _PRIVACY | {Role.AUDITOR, Role.ADMIN},
+        Action.SUBJECT_ERASE: _PRIVACY,
+        Action.SUBJECT_EXPORT: _PRIVACY,
+        Action.SUBJECT_HOLD: _PRIVACY,
+        # Keys: tenant admins (their own tenant) and platform admins.
+        Action.KEY_READ: _KEY_MANAGERS,
+        Action.KEY_MANAGE: _KEY_MANAGERS,
+        Action.KEY_ROOT: _PLATFORM,
+        Action.TENANT_LIFECYCLE: _KEY_MANAGERS,
+        # Leaving with the keys takes two parties: the tenant's admin asks and collects,
+        # a platform admin approves.
+        Action.KEY_EXPORT: frozenset({Role.ADMIN}),
+        Action.KEY_EXPORT_APPROVE: _PLATFORM,
     }
 )
 """Action -> the roles that may do it. An action missing here is denied to all.

@@ -351,6 +351,17 @@ class Settings:
         default=60.0,
         metadata=_meta("clock skew tolerated when the origin checks a token's times", _seconds),
     )
+    payload_max_bytes: int = field(
+        default=1024 * 1024,
+        metadata=_meta("the largest personalization payload PutPayload accepts", _size),
+    )
+    privacy_interval: float = field(
+        default=300.0,
+        metadata=_meta(
+            "seconds between purges of expired payloads and destructions of tenants due",
+            _seconds,
+        ),
+    )
     origin_base_url: str = field(
         default="http://127.0.0.1:7480",
         metadata=_meta("the origin's address as CDNs and players reach it (URLs name it)", _text),
@@ -737,6 +748,14 @@ class Settings:
             f"must be 1 to {_env('url_max_ttl')} seconds",
         )
         self._check(0 <= self.url_leeway <= 600, "url_leeway", "must be 0 to 600 seconds")
+        self._check(
+            1 <= self.payload_max_bytes <= 16 * 1024 * 1024,
+            "payload_max_bytes",
+            "must be 1 byte to 16 MiB",
+        )
+        self._check(
+            1 <= self.privacy_interval <= 86400, "privacy_interval", "must be 1 to 86400 seconds"
+        )
         self._check(0 <= self.origin_port <= 65535, "origin_port", "must be in 0..65535")
         self._check(1 <= self.origin_workers <= 64, "origin_workers", "must be 1 to 64")
         self._check(

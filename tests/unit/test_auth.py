@@ -760,9 +760,15 @@ def _rpc_methods() -> set[str]:
         for module in pkgutil.iter_modules(reelvault.v1.__path__)
         if module.name.endswith("_pb2")
     )
-    assert {"apikey_pb2", "asset_pb2", "audit_pb2", "distribution_pb2", "tenant_pb2"} <= set(
-        modules
-    )
+    assert {
+        "apikey_pb2",
+        "asset_pb2",
+        "audit_pb2",
+        "distribution_pb2",
+        "key_pb2",
+        "privacy_pb2",
+        "tenant_pb2",
+    } <= set(modules)
     methods: set[str] = set()
     for name in modules:
         module = importlib.import_module(f"reelvault.v1.{name}")
@@ -774,7 +780,7 @@ def _rpc_methods() -> set[str]:
 
 def test_every_rpc_has_an_action_and_nothing_else_does() -> None:
     methods = _rpc_methods()
-    assert len(methods) == 25
+    assert len(methods) == 49
     assert set(METHOD_ACTIONS) == methods
     for method, action in METHOD_ACTIONS.items():
         assert isinstance(action, Action), method
@@ -875,6 +881,8 @@ def test_auditors_read_the_log_and_nothing_else() -> None:
         expected = {Action.AUDIT_READ}
         if role is Role.AUDITOR:  # a tenant role reads its own tenant record
             expected.add(Action.TENANT_READ)
+            # and turns a viewer id into the pseudonym the log knows it by
+            expected.add(Action.SUBJECT_HASH)
         assert may == expected, role
     assert PERMISSIONS[Action.AUDIT_READ] == {Role.AUDITOR, Role.PLATFORM_AUDITOR}
 

@@ -15,8 +15,8 @@ import pytest
 
 from reelvault import errors
 from reelvault.assets import MAX_CHUNK, Assets, UploadSpec
-from reelvault.objects import MIN_GC_AGE, UPLOAD_HEARTBEAT
 from reelvault.clock import FakeClock
+from reelvault.objects import MIN_GC_AGE, UPLOAD_HEARTBEAT
 from tests.unit.asset_helpers import get
 
 pytestmark = pytest.mark.db

@@ -4,7 +4,8 @@ Everything above this layer works with named operations (seal a frame, derive a 
 key, wrap a key, sign a checkpoint) rather than raw primitives, so the set of algorithms in
 use can be read off this file: AES-256-GCM, HKDF-SHA512, Ed25519 (RFC 8032, for the audit
 log's signed checkpoints), and the OS CSPRNG. There is deliberately no way to choose another
-algorithm.
+algorithm. Key exports to a tenant's own public key (crypto.recipient) add RSA-OAEP-SHA256 and
+HPKE (RFC 9180) with DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and AES-256-GCM.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives import hashes, hpke, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -28,6 +30,9 @@ __all__ = [
     "NONCE_LEN",
     "ED25519_KEY_LEN",
     "ED25519_SIGNATURE_LEN",
+    "HPKE_X25519_ENC_LEN",
+    "PublicKeyFacts",
+    "RecipientPrivateKey",
     "TAG_LEN",
     "constant_time_equal",
     "ed25519_generate",
@@ -35,7 +40,11 @@ __all__ = [
     "ed25519_sign",
     "ed25519_verify",
     "hkdf_sha512",
+    "hpke_x25519_seal",
+    "public_key_facts",
     "random_bytes",
+    "rsa_oaep_sha256_encrypt",
+    "x25519_is_low_order",
 ]
 
 KEY_LEN = 32
@@ -191,3 +200,154 @@ class CloudFrontPolicySigner:
         if isinstance(self._key, rsa.RSAPrivateKey):
             return self._key.sign(message, padding.PKCS1v15(), hashes.SHA256())
         return self._key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+
+# -- Key export to a tenant's own public key (crypto/recipient.py) ---------------------------
+
+HPKE_X25519_ENC_LEN = 32
+"""The encapsulated key that starts every HPKE ciphertext to an X25519 key (RFC 9180 Nenc)."""
+
+# SHA-256 for both the hash and MGF1, empty label: the combination every toolkit calls
+# "RSA-OAEP-256" (JWA) or "OAEP with SHA-256", so a tenant can unwrap with any of them.
+_OAEP_SHA256 = padding.OAEP(
+    mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None
+)
+
+# RFC 9180 suite 0x0020/0x0001/0x0002; AES-256-GCM because everything else here is AES-256.
+_HPKE_X25519 = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKeyFacts:
+    """What a DER SubjectPublicKeyInfo holds, as plain values, so that the checks on a
+    tenant's key (crypto.recipient) read without ``cryptography`` types.
+
+    Attributes:
+        kind: "rsa", "x25519", "ec", "ed25519", or "other".
+        spki_der: the library's DER encoding of the key (canonical, whatever the input was).
+        rsa_bits: the modulus size; 0 unless RSA.
+        rsa_exponent: the public exponent; 0 unless RSA.
+        ec_curve: the curve's name (e.g. "secp256r1"); "" unless EC.
+    """
+
+    kind: str
+    spki_der: bytes
+    rsa_bits: int = 0
+    rsa_exponent: int = 0
+    ec_curve: str = ""
+
+
+def public_key_facts(spki_der: bytes) -> PublicKeyFacts:
+    """Parse a DER SubjectPublicKeyInfo; ValueError if the bytes are not one."""
+    try:
+        key = serialization.load_der_public_key(spki_der)
+        canonical = key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (ValueError, UnsupportedAlgorithm):
+        # The library's message describes its parser, not the key; it has no place in an error.
+        raise ValueError("not a DER SubjectPublicKeyInfo") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return PublicKeyFacts(
+            "rsa", canonical, rsa_bits=key.key_size, rsa_exponent=key.public_numbers().e
+        )
+    if isinstance(key, x25519.X25519PublicKey):
+        return PublicKeyFacts("x25519", canonical)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return PublicKeyFacts("ec", canonical, ec_curve=key.curve.name)
+    if isinstance(key, Ed25519PublicKey):
+        return PublicKeyFacts("ed25519", canonical)
+    return PublicKeyFacts("other", canonical)
+
+
+def x25519_is_low_order(spki_der: bytes) -> bool:
+    """Whether an X25519 public key is a low-order point (RFC 7748 section 6.1).
+
+    Every exchange with such a key gives the all-zero secret, so nothing could be sealed to
+    it; refusing it when the key is registered beats failing at the export.
+    """
+    key = serialization.load_der_public_key(spki_der)
+    if not isinstance(key, x25519.X25519PublicKey):
+        raise ValueError("not an X25519 public key")
+    try:
+        x25519.X25519PrivateKey.generate().exchange(key)
+    except ValueError:
+        return True
+    return False
+
+
+def rsa_oaep_sha256_encrypt(spki_der: bytes, plaintext: bytes) -> bytes:
+    """RSA-OAEP (RFC 8017) with SHA-256 and MGF1-SHA-256, no label; as long as the modulus.
+
+    Only ever given a random content key: RSA encrypts at most a few hundred bytes, and it
+    is the hybrid layer's job to carry the document.
+    """
+    key = serialization.load_der_public_key(spki_der)
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("not an RSA public key")
+    return key.encrypt(plaintext, _OAEP_SHA256)
+
+
+def hpke_x25519_seal(spki_der: bytes, plaintext: bytes, info: bytes) -> bytes:
+    """RFC 9180 single-shot Seal in base mode to an X25519 key, with DHKEM(X25519,
+    HKDF-SHA256), HKDF-SHA256 and AES-256-GCM, and an empty aad.
+
+    Returns enc (32 bytes, the ephemeral public key) || ciphertext || 16-byte tag, the
+    layout of ``cryptography``'s HPKE and of RFC 9180's single-shot API. A fresh ephemeral
+    key per call, so the derived nonce is never reused under one key.
+    """
+    key = serialization.load_der_public_key(spki_der)
+    if not isinstance(key, x25519.X25519PublicKey):
+        raise ValueError("not an X25519 public key")
+    return _HPKE_X25519.encrypt(plaintext, key, info=info)
+
+
+class RecipientPrivateKey:
+    """A key-export recipient's private key (RSA or X25519), loaded once.
+
+    The tenant's side of crypto.recipient: the service never holds one; tests and the
+    documented opener do. Every failure to unwrap raises :data:`AuthenticationFailed`, one
+    exception whatever went wrong: telling an OAEP decoding error from another is the oracle
+    that Manger's attack on RSA-OAEP needs.
+    """
+
+    __slots__ = ("_key", "kind", "rsa_modulus_len")
+
+    _key: rsa.RSAPrivateKey | x25519.X25519PrivateKey
+    kind: str
+    rsa_modulus_len: int
+
+    def __init__(self, private_pem: bytes) -> None:
+        try:
+            key = serialization.load_pem_private_key(private_pem, password=None)
+        except (TypeError, ValueError, UnsupportedAlgorithm):
+            # TypeError: the PEM is encrypted. As for CloudFront keys, the library's message
+            # says nothing useful about the key.
+            raise ValueError("not an unencrypted PEM private key") from None
+        if isinstance(key, rsa.RSAPrivateKey):
+            self.kind = "rsa"
+            self.rsa_modulus_len = (key.key_size + 7) // 8
+        elif isinstance(key, x25519.X25519PrivateKey):
+            self.kind = "x25519"
+            self.rsa_modulus_len = 0
+        else:
+            raise ValueError("a key-export recipient's private key is RSA or X25519")
+        self._key = key
+
+    def rsa_oaep_sha256_decrypt(self, ciphertext: bytes) -> bytes:
+        """The inverse of :func:`rsa_oaep_sha256_encrypt`."""
+        if not isinstance(self._key, rsa.RSAPrivateKey):
+            raise AuthenticationFailed
+        try:
+            return self._key.decrypt(ciphertext, _OAEP_SHA256)
+        except ValueError:
+            raise AuthenticationFailed from None
+
+    def hpke_x25519_open(self, enc_and_ciphertext: bytes, info: bytes) -> bytes:
+        """The inverse of :func:`hpke_x25519_seal`."""
+        if not isinstance(self._key, x25519.X25519PrivateKey):
+            raise AuthenticationFailed
+        try:
+            return _HPKE_X25519.decrypt(enc_and_ciphertext, self._key, info=info)
+        except (InvalidTag, ValueError):
+            raise AuthenticationFailed from None

@@ -30,17 +30,23 @@ disabled, so the provider's answer is never the permission check.
 from __future__ import annotations
 
 import math
+import re
 import secrets
+import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
 from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import Database, TenantKeyVersionRow, TenantRepository, TenantRow
+from reelvault.catalog.tables import SubjectRow
 from reelvault.clock import Clock
 from reelvault.crypto.names import (
     MAX_KEK_VERSION,
@@ -66,6 +72,10 @@ __all__ = [
     "MAX_TENANT_NAME_LENGTH",
     "Tenant",
     "TenantKeys",
+    "TenantState",
+    "pack_wrapped",
+    "pseudonym_context",
+    "unpack_wrapped",
 ]
 
 MAX_TENANT_NAME_LENGTH: Final = 128
@@ -85,6 +95,21 @@ class KekState(StrEnum):
 _DECRYPTABLE: Final = frozenset({KekState.ACTIVE, KekState.DECRYPT_ONLY})
 
 
+class TenantState(StrEnum):
+    """The tenant's own state: anything but active refuses every use of its keys, whatever
+    the root key provider would do."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    PENDING_DELETION = "pending-deletion"
+    DESTROYED = "destroyed"
+
+
+MIN_DELETION_DAYS: Final = 7
+MAX_DELETION_DAYS: Final = 30
+_KMS_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]{1,128}")
+
+
 @dataclass(frozen=True, slots=True)
 class Tenant:
     id: str
@@ -93,6 +118,10 @@ class Tenant:
     min_decryption_version: int
     direct_reads: bool = False
     """AssetService.OpenAsset may release read grants (off until a tenant admin enables it)."""
+    state: str = TenantState.ACTIVE
+    deletion_due_at: datetime | None = None
+    kms_key_arn: str | None = None
+    """Bring your own key: the tenant's own KMS key wraps its KEKs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +238,7 @@ class TenantKeys:
         cache_ttl: float = 60.0,
         *,
         auditor: Auditor | None = None,
+        byok: Callable[[str], RootKeyProvider] | None = None,
     ) -> None:
         if not (cache_ttl >= 0 and math.isfinite(cache_ttl)):
             raise ConfigurationError("the KEK cache TTL must be a finite number of seconds >= 0")
@@ -218,11 +248,36 @@ class TenantKeys:
         self._cache_ttl = cache_ttl
         self._cache = _KekCache(clock, cache_ttl)
         self._audit = auditor if auditor is not None else Auditor(NullAuditSink(), clock)
+        # bring your own key: a provider over the tenant's own KMS key, by ARN
+        self._byok = byok
+        self._arns: dict[str, str | None] = {}
+
+    def _provider(self, tenant_id: str) -> RootKeyProvider:
+        """The root key provider of the tenant's KEKs: the service's, or the tenant's own
+        KMS key (its ARN never changes after creation, so it is cached)."""
+        if tenant_id not in self._arns:
+            with self._db.transaction(readonly=True) as session:
+                arn = session.scalar(
+                    select(TenantRow.root_key_arn).where(TenantRow.id == tenant_id)
+                )
+            self._arns[tenant_id] = arn
+        arn = self._arns[tenant_id]
+        if arn is None:
+            return self._root
+        if self._byok is None:
+            raise KeyUnavailable(
+                "the tenant's KEKs are wrapped by its own KMS key, and this process has no "
+                "AWS KMS settings (REELVAULT_KMS_REGION)"
+            )
+        return self._byok(arn)
 
     # -- tenants ---------------------------------------------------------------------
 
-    def create_tenant(self, name: str) -> Tenant:
+    def create_tenant(self, name: str, *, kms_key_arn: str | None = None) -> Tenant:
         """Create a tenant with KEK version 1 active, both in one transaction.
+
+        ``kms_key_arn`` (bring your own key): the tenant's own AWS KMS key, which then
+        wraps every KEK version of the tenant instead of the service's root key.
 
         Raises:
             InvalidArgument: the name is empty, longer than 128 characters, or contains
@@ -240,12 +295,29 @@ class TenantKeys:
                 f"a tenant name is 1 to {MAX_TENANT_NAME_LENGTH} printable characters"
             )
         tenant_id = secrets.token_hex(16)
-        key, wrapped = self._root.generate_key(_wrapping_context(tenant_id, 1))
+        if kms_key_arn:
+            if _KMS_ARN.fullmatch(kms_key_arn) is None:
+                raise InvalidArgument("a KMS key ARN looks like arn:aws:kms:REGION:ACCOUNT:key/ID")
+            if self._byok is None:
+                raise FailedPrecondition(
+                    "bring your own key needs the service's AWS KMS settings (REELVAULT_KMS_REGION)"
+                )
+            provider = self._byok(kms_key_arn)
+        else:
+            kms_key_arn, provider = None, self._root
+        key, wrapped = provider.generate_key(_wrapping_context(tenant_id, 1))
         now = self._now()
         ticket = self._cache.ticket()
         with self._db.transaction() as session:
             repository = TenantRepository(session)
-            row = TenantRow(id=tenant_id, name=name, created_at=now, min_decryption_version=1)
+            row = TenantRow(
+                id=tenant_id,
+                name=name,
+                created_at=now,
+                min_decryption_version=1,
+                state=TenantState.ACTIVE.value,
+                root_key_arn=kms_key_arn,
+            )
             repository.add_tenant(row)
             repository.add_key_version(_new_version_row(tenant_id, 1, wrapped, now))
             tenant = _tenant(row)
@@ -494,6 +566,205 @@ class TenantKeys:
             kek_version=version,
         )
 
+    # -- the tenant's own state ------------------------------------------------------
+
+    def _tenant_state(
+        self, tenant_id: str, allowed: set[TenantState], to: TenantState, *, due: datetime | None
+    ) -> Tenant:
+        _check_tenant_id(tenant_id)
+        with self._db.transaction() as session:
+            row = TenantRepository(session).tenant(tenant_id, lock=True)
+            if TenantState(row.state) not in allowed:
+                raise FailedPrecondition(f"the tenant is {row.state}")
+            if to == TenantState.PENDING_DELETION and _held(session, tenant_id):
+                raise FailedPrecondition(
+                    "the tenant or one of its subjects is under a legal hold; release it first"
+                )
+            row.state = to.value
+            row.deletion_due_at = due
+            tenant = _tenant(row)
+        self._cache.drop(tenant_id)
+        return tenant
+
+    def disable_tenant(self, tenant_id: str) -> Tenant:
+        """Refuse every use of the tenant's keys (reversible: :meth:`enable_tenant`)."""
+        tenant = self._tenant_state(tenant_id, {TenantState.ACTIVE}, TenantState.DISABLED, due=None)
+        self._audit.record("tenant.disable", tenant_id=tenant_id, resources=[_res(tenant_id)])
+        return tenant
+
+    def enable_tenant(self, tenant_id: str) -> Tenant:
+        tenant = self._tenant_state(tenant_id, {TenantState.DISABLED}, TenantState.ACTIVE, due=None)
+        self._audit.record("tenant.enable", tenant_id=tenant_id, resources=[_res(tenant_id)])
+        return tenant
+
+    def schedule_tenant_deletion(self, tenant_id: str, waiting_days: int) -> Tenant:
+        """Disable the tenant at once and make it due for destruction after
+        ``waiting_days`` (7 to 30); :meth:`cancel_tenant_deletion` until then.
+
+        Raises:
+            InvalidArgument: the waiting period is outside 7 to 30 days.
+            FailedPrecondition: a legal hold on the tenant or one of its subjects, or the
+                tenant is already pending deletion or destroyed.
+        """
+        if not MIN_DELETION_DAYS <= waiting_days <= MAX_DELETION_DAYS:
+            raise InvalidArgument(
+                f"the waiting period is {MIN_DELETION_DAYS} to {MAX_DELETION_DAYS} days"
+            )
+        due = self._now() + timedelta(days=waiting_days)
+        tenant = self._tenant_state(
+            tenant_id,
+            {TenantState.ACTIVE, TenantState.DISABLED},
+            TenantState.PENDING_DELETION,
+            due=due,
+        )
+        self._audit.record(
+            "tenant.schedule-deletion",
+            tenant_id=tenant_id,
+            resources=[_res(tenant_id)],
+            detail={"waiting_days": waiting_days},
+        )
+        return tenant
+
+    def cancel_tenant_deletion(self, tenant_id: str) -> Tenant:
+        """Take the tenant out of pending deletion; it comes back disabled (enable it)."""
+        tenant = self._tenant_state(
+            tenant_id, {TenantState.PENDING_DELETION}, TenantState.DISABLED, due=None
+        )
+        self._audit.record(
+            "tenant.cancel-deletion", tenant_id=tenant_id, resources=[_res(tenant_id)]
+        )
+        return tenant
+
+    def due_deletions(self) -> list[str]:
+        """Tenants pending deletion whose waiting period has ended."""
+        now = self._now()
+        with self._db.transaction(readonly=True) as session:
+            return list(
+                session.scalars(
+                    select(TenantRow.id).where(
+                        TenantRow.state == TenantState.PENDING_DELETION.value,
+                        TenantRow.deletion_due_at <= now,
+                    )
+                )
+            )
+
+    def destroy_tenant_keys(self, session: Session, tenant_id: str) -> int:
+        """Inside the destruction's transaction: erase every KEK version's material and the
+        pseudonym key, and mark the tenant destroyed (crypto-shredding). Returns the
+        versions destroyed.
+
+        Raises:
+            FailedPrecondition: the tenant is not pending deletion, or not due yet, or a
+                legal hold appeared meanwhile.
+        """
+        now = self._now()
+        row = TenantRepository(session).tenant(tenant_id, lock=True)
+        if row.state != TenantState.PENDING_DELETION.value or (
+            row.deletion_due_at is None or now < row.deletion_due_at
+        ):
+            raise FailedPrecondition("the tenant is not due for deletion")
+        if _held(session, tenant_id):
+            raise FailedPrecondition("the tenant or one of its subjects is under a legal hold")
+        destroyed = 0
+        for version in TenantRepository(session).key_versions(tenant_id):
+            if version.state != KekState.DESTROYED.value:
+                _set_state(version, KekState.DESTROYED, now)
+                version.wrapped_key = None
+                version.deletion_due_at = version.deletion_due_at or now
+                version.destroyed_at = now
+                destroyed += 1
+        row.pseudonym_key = None
+        row.state = TenantState.DESTROYED.value
+        self._cache.drop(tenant_id)
+        return destroyed
+
+    def rewrap_root(self) -> tuple[int, int]:
+        """Rewrap every KEK version (and pseudonym key) wrapped by the service's root key
+        under its current root key (after a root key rotation: the local keyring's newest
+        version, or KMS ReEncrypt to the configured key). Tenants with their own KMS key
+        are skipped (their keys never were under the service's root). Each key in its own
+        transaction, so a rerun after a failure finishes the job. Returns (KEK versions,
+        pseudonym keys) rewrapped."""
+        with self._db.transaction(readonly=True) as session:
+            versions = [
+                (row.tenant_id, row.version, row.root_key_id, row.wrapped_key)
+                for row in session.scalars(
+                    select(TenantKeyVersionRow)
+                    .join(TenantRow, TenantRow.id == TenantKeyVersionRow.tenant_id)
+                    .where(
+                        TenantKeyVersionRow.wrapped_key.is_not(None),
+                        TenantRow.root_key_arn.is_(None),
+                    )
+                )
+            ]
+            pseudonym_keys = [
+                (row.id, row.pseudonym_key)
+                for row in session.scalars(
+                    select(TenantRow).where(
+                        TenantRow.pseudonym_key.is_not(None), TenantRow.root_key_arn.is_(None)
+                    )
+                )
+            ]
+        kek_count = 0
+        for tenant_id, version, root_key_id, material in versions:
+            if material is None:
+                continue
+            rewrapped = self._root.rewrap(
+                WrappedKey(root_key_id, material), _wrapping_context(tenant_id, version)
+            )
+            with self._db.transaction() as session:
+                session.execute(
+                    update(TenantKeyVersionRow)
+                    .where(
+                        TenantKeyVersionRow.tenant_id == tenant_id,
+                        TenantKeyVersionRow.version == version,
+                        TenantKeyVersionRow.wrapped_key == material,
+                    )
+                    .values(wrapped_key=rewrapped.ciphertext, root_key_id=rewrapped.root_key_id)
+                )
+            kek_count += 1
+        pseudonym_count = 0
+        for tenant_id, packed in pseudonym_keys:
+            if packed is None:
+                continue
+            rewrapped = self._root.rewrap(unpack_wrapped(packed), pseudonym_context(tenant_id))
+            with self._db.transaction() as session:
+                session.execute(
+                    update(TenantRow)
+                    .where(TenantRow.id == tenant_id, TenantRow.pseudonym_key == packed)
+                    .values(pseudonym_key=pack_wrapped(rewrapped))
+                )
+            pseudonym_count += 1
+        self._cache.clear()
+        self._audit.record(
+            "key.rewrap-root",
+            tenant_id=None,
+            detail={"kek_versions": kek_count, "pseudonym_keys": pseudonym_count},
+        )
+        return kek_count, pseudonym_count
+
+    def export_material(self, tenant_id: str) -> list[tuple[KekVersion, bytes]]:
+        """Every KEK version that still has key material, unwrapped, whatever its state
+        (for an approved key export only: the caller audits it as a key release).
+
+        Raises:
+            FailedPrecondition: the tenant was destroyed.
+        """
+        _check_tenant_id(tenant_id)
+        with self._db.transaction(readonly=True) as session:
+            repository = TenantRepository(session)
+            if repository.tenant(tenant_id).state == TenantState.DESTROYED.value:
+                raise FailedPrecondition("the tenant was destroyed")
+            rows = [
+                (_version(row), _wrapped(row))
+                for row in repository.key_versions(tenant_id)
+                if row.wrapped_key is not None
+            ]
+        return [
+            (version, self._unwrap(tenant_id, version.version, wrapped).key)
+            for version, wrapped in rows
+        ]
+
     # -- keys ------------------------------------------------------------------------
 
     def encryption_kek(self, tenant_id: str) -> Kek:
@@ -511,7 +782,7 @@ class TenantKeys:
         ticket = self._cache.ticket()
         with self._db.transaction(readonly=True) as session:
             repository = TenantRepository(session)
-            repository.tenant(tenant_id)
+            _require_usable(repository.tenant(tenant_id))
             row = repository.active_key_version(tenant_id)
             if row is None:
                 raise KeyUnavailable("the tenant has no active KEK version")
@@ -541,6 +812,7 @@ class TenantKeys:
         with self._db.transaction(readonly=True) as session:
             repository = TenantRepository(session)
             tenant_row = repository.tenant(tenant_id)
+            _require_usable(tenant_row)
             row = repository.key_version(tenant_id, version)
             if row.state not in _DECRYPTABLE:
                 raise KeyUnavailable(f"KEK version {version} is {row.state}")
@@ -648,10 +920,10 @@ class TenantKeys:
     def _generate(self, tenant_id: str, version: int) -> tuple[bytes, WrappedKey]:
         if version > MAX_KEK_VERSION:
             raise FailedPrecondition("the tenant has used every KEK version number")
-        return self._root.generate_key(_wrapping_context(tenant_id, version))
+        return self._provider(tenant_id).generate_key(_wrapping_context(tenant_id, version))
 
     def _unwrap(self, tenant_id: str, version: int, wrapped: WrappedKey) -> Kek:
-        key = self._root.unwrap(wrapped, _wrapping_context(tenant_id, version))
+        key = self._provider(tenant_id).unwrap(wrapped, _wrapping_context(tenant_id, version))
         return Kek(kek_key_name(tenant_id, version), version, key)
 
     def _now(self) -> datetime:
@@ -831,8 +1103,59 @@ def _wrapped(row: TenantKeyVersionRow) -> WrappedKey:
 
 def _tenant(row: TenantRow) -> Tenant:
     return Tenant(
-        row.id, row.name, row.created_at, row.min_decryption_version, bool(row.direct_reads)
+        row.id,
+        row.name,
+        row.created_at,
+        row.min_decryption_version,
+        bool(row.direct_reads),
+        state=row.state or TenantState.ACTIVE.value,
+        deletion_due_at=row.deletion_due_at,
+        kms_key_arn=row.root_key_arn,
     )
+
+
+def _require_usable(row: TenantRow) -> None:
+    """Refuse any key of a tenant that is not active, before the provider is asked."""
+    if row.state and row.state != TenantState.ACTIVE.value:
+        raise KeyUnavailable(f"the tenant is {row.state}")
+
+
+def _held(session: Session, tenant_id: str) -> bool:
+    """A legal hold on the tenant (its audit log) or on any of its subjects."""
+    tenant_hold = session.scalar(select(TenantRow.legal_hold).where(TenantRow.id == tenant_id))
+    if tenant_hold:
+        return True
+    subject = session.scalar(
+        select(SubjectRow.pseudonym)
+        .where(SubjectRow.tenant_id == tenant_id, SubjectRow.legal_hold.is_(True))
+        .limit(1)
+    )
+    return subject is not None
+
+
+def _res(tenant_id: str) -> Resource:
+    return Resource("tenant", tenant_id)
+
+
+def pseudonym_context(tenant_id: str) -> dict[str, str]:
+    """The root key context of a tenant's pseudonym key."""
+    return {"reelvault:tenant": tenant_id, "reelvault:purpose": "subject-pseudonyms"}
+
+
+def pack_wrapped(wrapped: WrappedKey) -> bytes:
+    """A root-wrapped key as one column: uint16 length of the root key id, the id, the
+    ciphertext."""
+    root = wrapped.root_key_id.encode("utf-8")
+    return struct.pack(">H", len(root)) + root + wrapped.ciphertext
+
+
+def unpack_wrapped(data: bytes) -> WrappedKey:
+    if len(data) < 2:
+        raise IntegrityError("a stored wrapped key is malformed")
+    (n,) = struct.unpack_from(">H", data)
+    if len(data) < 2 + n:
+        raise IntegrityError("a stored wrapped key is malformed")
+    return WrappedKey(data[2 : 2 + n].decode("utf-8", "replace"), data[2 + n :])
 
 
 def _version(row: TenantKeyVersionRow) -> KekVersion:

@@ -138,6 +138,7 @@ def asset_to_proto(asset: AssetInfo) -> asset_pb2.Asset:
         etag=asset.etag,
         create_time=timestamp(asset.created_at),
         kek_version=asset.kek_version,
+        subject=asset.subject or "",
     )
 
 
@@ -150,6 +151,7 @@ def upload_spec(metadata: asset_pb2.AssetMetadata) -> UploadSpec:
         labels=dict(metadata.labels),
         expected_size=metadata.expected_size if metadata.HasField("expected_size") else None,
         expected_sha256=metadata.expected_sha256 or None,
+        subject_id=metadata.subject_id or None,
     )
 
 

@@ -46,6 +46,12 @@ from reelvault.readiness import DEPENDENCIES, Readiness
 from reelvault.rpc import convert
 from reelvault.rpc.bulkhead import StorePool
 from reelvault.rpc.interceptors import VaultInterceptor
+from reelvault.rpc.privacy_servicers import (
+    ConsentServicer,
+    KeyServicer,
+    PayloadServicer,
+    PrivacyServicer,
+)
 from reelvault.rpc.servicers import (
     ApiKeyServicer,
     AssetServicer,
@@ -64,6 +70,10 @@ from reelvault.v1 import (
     audit_pb2_grpc,
     distribution_pb2,
     distribution_pb2_grpc,
+    key_pb2,
+    key_pb2_grpc,
+    privacy_pb2,
+    privacy_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
 )
@@ -91,6 +101,10 @@ SERVICE_NAMES: Final = (
     asset_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     distribution_pb2.DESCRIPTOR.services_by_name["DistributionService"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["PayloadService"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
+    key_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
 )
 """reelvault's own services, as health checks and reflection name them."""
 
@@ -146,6 +160,10 @@ async def create_server(
         (apikey_pb2_grpc.add_ApiKeyServiceServicer_to_server, ApiKeyServicer(vault)),
         (_add_asset_service, assets),
         (audit_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(vault)),
+        (privacy_pb2_grpc.add_PayloadServiceServicer_to_server, PayloadServicer(vault)),
+        (privacy_pb2_grpc.add_ConsentServiceServicer_to_server, ConsentServicer(vault)),
+        (privacy_pb2_grpc.add_PrivacyServiceServicer_to_server, PrivacyServicer(vault)),
+        (key_pb2_grpc.add_KeyServiceServicer_to_server, KeyServicer(vault)),
         (
             distribution_pb2_grpc.add_DistributionServiceServicer_to_server,
             DistributionServicer(vault),
@@ -299,6 +317,20 @@ SERVICE_NEEDS: Final[dict[str, tuple[str, ...]]] = {
         "catalog",
         "key_provider",
     ),
+    privacy_pb2.DESCRIPTOR.services_by_name["PayloadService"].full_name: (
+        "catalog",
+        "key_provider",
+    ),
+    privacy_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name: (
+        "catalog",
+        "key_provider",
+    ),
+    # erasure deletes stored renditions, but gc finishes that if the store is down
+    privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name: (
+        "catalog",
+        "key_provider",
+    ),
+    key_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name: ("catalog", "key_provider"),
 }
 """What each service's readiness depends on; ``""`` is the whole server. The service
 :data:`LIVENESS` is SERVING while the process serves, whatever its dependencies."""
@@ -344,15 +376,33 @@ async def readiness(vault: Vault, settings: Settings, health_servicer: Any) -> A
             await task
 
 
+def _privacy_rounds(vault: Vault, stop: threading.Event, interval: float) -> None:
+    """Purge expired payloads (retention) and destroy tenants whose deletion is due, every
+    ``interval`` seconds; a failed round is logged and the next one tried."""
+    while not stop.wait(interval):
+        try:
+            vault.payloads.purge_expired()
+            vault.lifecycle.destroy_due()
+        except Exception:
+            _log.warning("privacy round failed", exc_info=True)
+
+
 @contextlib.asynccontextmanager
 async def background(vault: Vault, settings: Settings) -> AsyncIterator[None]:
     """Everything a service process runs beside its calls, for the block: the audit
     sequencer (:func:`audit_sequencer`), the heartbeat of running uploads
     (:meth:`~reelvault.objects.SealedObjects.run_heartbeat`), the retirement of URL signing keys
-    past their overlap, and, when ``scrub_interval`` is set,
+    past their overlap, the privacy rounds (expired payloads purged, tenants due for
+    deletion destroyed; every ``privacy_interval``), and, when ``scrub_interval`` is set,
     the integrity scrub (:func:`reelvault.scrub.run_scrubber`)."""
     stop = threading.Event()
     threads = [
+        threading.Thread(
+            target=_privacy_rounds,
+            args=(vault, stop, settings.privacy_interval),
+            name="reelvault-privacy",
+            daemon=True,
+        ),
         threading.Thread(
             target=vault.assets.objects.run_heartbeat,
             args=(stop,),

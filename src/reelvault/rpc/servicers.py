@@ -83,7 +83,9 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):  # type: ignore[mis
     async def CreateTenant(  # noqa: N802 - gRPC method names
         self, request: tenant_pb2.CreateTenantRequest, context: Any
     ) -> tenant_pb2.Tenant:
-        tenant = await asyncio.to_thread(self._keys.create_tenant, request.name)
+        tenant = await asyncio.to_thread(
+            self._keys.create_tenant, request.name, kms_key_arn=request.kms_key_arn or None
+        )
         return convert.tenant_to_proto(tenant)
 
     async def GetTenant(  # noqa: N802 - gRPC method names

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Asset(_message.Message):
-    __slots__ = ("id", "tenant_id", "path", "content_type", "labels", "size", "sha256", "etag", "create_time", "kek_version")
+    __slots__ = ("id", "tenant_id", "path", "content_type", "labels", "size", "sha256", "etag", "create_time", "kek_version", "subject")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class Asset(_message.Message):
     ETAG_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     KEK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant_id: str
     path: str
@@ -38,10 +39,11 @@ class Asset(_message.Message):
     etag: str
     create_time: _timestamp_pb2.Timestamp
     kek_version: int
-    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., path: _Optional[str] = ..., content_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., etag: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kek_version: _Optional[int] = ...) -> None: ...
+    subject: str
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., path: _Optional[str] = ..., content_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., etag: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kek_version: _Optional[int] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class AssetMetadata(_message.Message):
-    __slots__ = ("path", "content_type", "labels", "expected_size", "expected_sha256")
+    __slots__ = ("path", "content_type", "labels", "expected_size", "expected_sha256", "subject_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,12 +56,14 @@ class AssetMetadata(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     path: str
     content_type: str
     labels: _containers.ScalarMap[str, str]
     expected_size: int
     expected_sha256: bytes
-    def __init__(self, path: _Optional[str] = ..., content_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., expected_size: _Optional[int] = ..., expected_sha256: _Optional[bytes] = ...) -> None: ...
+    subject_id: str
+    def __init__(self, path: _Optional[str] = ..., content_type: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., expected_size: _Optional[int] = ..., expected_sha256: _Optional[bytes] = ..., subject_id: _Optional[str] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("metadata", "chunk", "end")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19reelvault/v1/tenant.proto\x12\x0creelvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"i\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64irect_reads\x18\x04 \x01(\x08\"#\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\x14\n\x12ListTenantsRequest\"<\n\x13ListTenantsResponse\x12%\n\x07tenants\x18\x01 \x03(\x0b\x32\x14.reelvault.v1.Tenant\"W\n\x16SetTenantPolicyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x19\n\x0c\x64irect_reads\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x0f\n\r_direct_reads2\xbe\x02\n\rTenantService\x12G\n\x0c\x43reateTenant\x12!.reelvault.v1.CreateTenantRequest\x1a\x14.reelvault.v1.Tenant\x12\x41\n\tGetTenant\x12\x1e.reelvault.v1.GetTenantRequest\x1a\x14.reelvault.v1.Tenant\x12R\n\x0bListTenants\x12 .reelvault.v1.ListTenantsRequest\x1a!.reelvault.v1.ListTenantsResponse\x12M\n\x0fSetTenantPolicy\x12$.reelvault.v1.SetTenantPolicyRequest\x1a\x14.reelvault.v1.Tenantb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19reelvault/v1/tenant.proto\x12\x0creelvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"i\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64irect_reads\x18\x04 \x01(\x08\"8\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bkms_key_arn\x18\x02 \x01(\t\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\x14\n\x12ListTenantsRequest\"<\n\x13ListTenantsResponse\x12%\n\x07tenants\x18\x01 \x03(\x0b\x32\x14.reelvault.v1.Tenant\"W\n\x16SetTenantPolicyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x19\n\x0c\x64irect_reads\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x0f\n\r_direct_reads2\xbe\x02\n\rTenantService\x12G\n\x0c\x43reateTenant\x12!.reelvault.v1.CreateTenantRequest\x1a\x14.reelvault.v1.Tenant\x12\x41\n\tGetTenant\x12\x1e.reelvault.v1.GetTenantRequest\x1a\x14.reelvault.v1.Tenant\x12R\n\x0bListTenants\x12 .reelvault.v1.ListTenantsRequest\x1a!.reelvault.v1.ListTenantsResponse\x12M\n\x0fSetTenantPolicy\x12$.reelvault.v1.SetTenantPolicyRequest\x1a\x14.reelvault.v1.Tenantb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANT']._serialized_start=76
   _globals['_TENANT']._serialized_end=181
   _globals['_CREATETENANTREQUEST']._serialized_start=183
-  _globals['_CREATETENANTREQUEST']._serialized_end=218
-  _globals['_GETTENANTREQUEST']._serialized_start=220
-  _globals['_GETTENANTREQUEST']._serialized_end=257
-  _globals['_LISTTENANTSREQUEST']._serialized_start=259
-  _globals['_LISTTENANTSREQUEST']._serialized_end=279
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=281
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=341
-  _globals['_SETTENANTPOLICYREQUEST']._serialized_start=343
-  _globals['_SETTENANTPOLICYREQUEST']._serialized_end=430
-  _globals['_TENANTSERVICE']._serialized_start=433
-  _globals['_TENANTSERVICE']._serialized_end=751
+  _globals['_CREATETENANTREQUEST']._serialized_end=239
+  _globals['_GETTENANTREQUEST']._serialized_start=241
+  _globals['_GETTENANTREQUEST']._serialized_end=278
+  _globals['_LISTTENANTSREQUEST']._serialized_start=280
+  _globals['_LISTTENANTSREQUEST']._serialized_end=300
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=302
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=362
+  _globals['_SETTENANTPOLICYREQUEST']._serialized_start=364
+  _globals['_SETTENANTPOLICYREQUEST']._serialized_end=451
+  _globals['_TENANTSERVICE']._serialized_start=454
+  _globals['_TENANTSERVICE']._serialized_end=772
 # @@protoc_insertion_point(module_scope)

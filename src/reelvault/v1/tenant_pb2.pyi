@@ -22,10 +22,12 @@ class Tenant(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., direct_reads: _Optional[bool] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "kms_key_arn")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    KMS_KEY_ARN_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    kms_key_arn: str
+    def __init__(self, name: _Optional[str] = ..., kms_key_arn: _Optional[str] = ...) -> None: ...
 
 class GetTenantRequest(_message.Message):
     __slots__ = ("tenant_id",)

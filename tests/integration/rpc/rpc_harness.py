@@ -25,7 +25,13 @@ from reelvault.auth import PLATFORM_ROLES, Role
 from reelvault.catalog.tables import UploadRow
 from reelvault.config import Settings
 from reelvault.rpc.server import MAX_MESSAGE_BYTES, HealthServicer, create_server, shutdown
-from reelvault.v1 import apikey_pb2_grpc, asset_pb2_grpc, tenant_pb2_grpc
+from reelvault.v1 import (
+    apikey_pb2_grpc,
+    asset_pb2_grpc,
+    key_pb2_grpc,
+    privacy_pb2_grpc,
+    tenant_pb2_grpc,
+)
 
 MiB = 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -99,6 +105,10 @@ class Stubs:
         self.keys = apikey_pb2_grpc.ApiKeyServiceStub(self.channel)
         self.assets = asset_pb2_grpc.AssetServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.payloads = privacy_pb2_grpc.PayloadServiceStub(self.channel)
+        self.consent = privacy_pb2_grpc.ConsentServiceStub(self.channel)
+        self.privacy = privacy_pb2_grpc.PrivacyServiceStub(self.channel)
+        self.tenant_keys = key_pb2_grpc.KeyServiceStub(self.channel)
 
 
 def bearer(token: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
@@ -147,3 +157,12 @@ def leftovers(vault: Vault, tenant: Tenancy) -> tuple[int, int, int]:
             select(func.count()).select_from(UploadRow).where(UploadRow.tenant_id == tenant.id)
         )
     return objects, multipart, rows or 0
+
+
+def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
+    """The error a call fails with (the test fails if it succeeds)."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error
+    raise AssertionError("the call succeeded")

@@ -155,7 +155,9 @@ def test_an_upload_cancelled_while_it_is_begun_leaves_nothing(stubs, acme, vault
     future.cancel()
     release.set()
     assert wait_for(
-        lambda: [1] if leftovers(vault, acme) == (0, 0, 0) and not vault.assets.objects._live else [],
+        lambda: (
+            [1] if leftovers(vault, acme) == (0, 0, 0) and not vault.assets.objects._live else []
+        ),
         count=1,
         timeout=30,
     ) == [1]
