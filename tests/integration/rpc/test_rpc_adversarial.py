@@ -34,6 +34,8 @@ from reelvault.v1 import (
     audit_pb2_grpc,
     distribution_pb2,
     distribution_pb2_grpc,
+    key_pb2,
+    privacy_pb2,
     tenant_pb2,
 )
 
@@ -322,6 +324,107 @@ def _calls(api: Stubs, md: Metadata, tenant_id: str, tag: str) -> dict[str, Call
         ),
         f"{svc}DistributionService/RotateSigningKey": lambda: urls.RotateSigningKey(
             distribution_pb2.RotateSigningKeyRequest(), metadata=md
+        ),
+        **_privacy_calls(api, md, tag),
+        **_key_calls(api, md, tenant_id),
+    }
+
+
+def _privacy_calls(api: Stubs, md: Metadata, tag: str) -> dict[str, Callable[[], Any]]:
+    svc = "/reelvault.v1."
+    viewer = f"viewer-of-{tag}"
+    return {
+        f"{svc}PayloadService/PutPayload": lambda: api.payloads.PutPayload(
+            privacy_pb2.PutPayloadRequest(subject_id=viewer, purpose="p", data=b"{}"),
+            metadata=md,
+        ),
+        f"{svc}PayloadService/GetPayload": lambda: api.payloads.GetPayload(
+            privacy_pb2.GetPayloadRequest(id="0" * 32, purpose="p"), metadata=md
+        ),
+        f"{svc}PayloadService/ListPayloads": lambda: api.payloads.ListPayloads(
+            privacy_pb2.ListPayloadsRequest(subject_id=viewer), metadata=md
+        ),
+        f"{svc}PayloadService/DeletePayload": lambda: api.payloads.DeletePayload(
+            privacy_pb2.DeletePayloadRequest(id="0" * 32), metadata=md
+        ),
+        f"{svc}ConsentService/RecordConsent": lambda: api.consent.RecordConsent(
+            privacy_pb2.RecordConsentRequest(
+                subject_id=viewer, purpose="p", granted=True, source="test"
+            ),
+            metadata=md,
+        ),
+        f"{svc}ConsentService/GetConsent": lambda: api.consent.GetConsent(
+            privacy_pb2.GetConsentRequest(subject_id=viewer), metadata=md
+        ),
+        f"{svc}PrivacyService/HashSubject": lambda: api.privacy.HashSubject(
+            privacy_pb2.HashSubjectRequest(subject_id=viewer), metadata=md
+        ),
+        f"{svc}PrivacyService/EraseSubject": lambda: api.privacy.EraseSubject(
+            privacy_pb2.EraseSubjectRequest(subject_id=f"erased-{tag}"), metadata=md
+        ),
+        f"{svc}PrivacyService/ExportSubject": lambda: list(
+            api.privacy.ExportSubject(
+                privacy_pb2.ExportSubjectRequest(subject_id=viewer), metadata=md
+            )
+        ),
+        f"{svc}PrivacyService/SetLegalHold": lambda: api.privacy.SetLegalHold(
+            privacy_pb2.SetLegalHoldRequest(subject_id=viewer, hold=False), metadata=md
+        ),
+    }
+
+
+def _key_calls(api: Stubs, md: Metadata, tenant_id: str) -> dict[str, Callable[[], Any]]:
+    """Harmless key calls: each either changes nothing others depend on or is refused
+    for its arguments after authorization."""
+    svc = "/reelvault.v1."
+    keys = api.tenant_keys
+    missing = "f" * 32
+    return {
+        f"{svc}KeyService/GetKeyStatus": lambda: keys.GetKeyStatus(
+            key_pb2.GetKeyStatusRequest(tenant_id=tenant_id), metadata=md
+        ),
+        f"{svc}KeyService/RotateTenantKey": lambda: keys.RotateTenantKey(
+            key_pb2.RotateTenantKeyRequest(tenant_id=tenant_id), metadata=md
+        ),
+        f"{svc}KeyService/RewrapTenant": lambda: list(
+            keys.RewrapTenant(key_pb2.RewrapTenantRequest(tenant_id=tenant_id), metadata=md)
+        ),
+        f"{svc}KeyService/DisableKeyVersion": lambda: keys.DisableKeyVersion(
+            key_pb2.KeyVersionRequest(tenant_id=tenant_id, version=99), metadata=md
+        ),
+        f"{svc}KeyService/EnableKeyVersion": lambda: keys.EnableKeyVersion(
+            key_pb2.KeyVersionRequest(tenant_id=tenant_id, version=1), metadata=md
+        ),
+        f"{svc}KeyService/SetMinDecryptionVersion": lambda: keys.SetMinDecryptionVersion(
+            key_pb2.KeyVersionRequest(tenant_id=tenant_id, version=1), metadata=md
+        ),
+        f"{svc}KeyService/RewrapRootKeys": lambda: keys.RewrapRootKeys(
+            key_pb2.RewrapRootKeysRequest(), metadata=md
+        ),
+        f"{svc}KeyService/ScheduleTenantDeletion": lambda: keys.ScheduleTenantDeletion(
+            key_pb2.ScheduleTenantDeletionRequest(tenant_id=tenant_id, waiting_days=0),
+            metadata=md,
+        ),
+        f"{svc}KeyService/CancelTenantDeletion": lambda: keys.CancelTenantDeletion(
+            key_pb2.TenantRef(tenant_id=tenant_id), metadata=md
+        ),
+        f"{svc}KeyService/DisableTenant": lambda: keys.DisableTenant(
+            key_pb2.TenantRef(tenant_id=missing), metadata=md
+        ),
+        f"{svc}KeyService/EnableTenant": lambda: keys.EnableTenant(
+            key_pb2.TenantRef(tenant_id=tenant_id), metadata=md
+        ),
+        f"{svc}KeyService/RequestKeyExport": lambda: keys.RequestKeyExport(
+            key_pb2.RequestKeyExportRequest(tenant_id=tenant_id, recipient_public_key=b"no"),
+            metadata=md,
+        ),
+        f"{svc}KeyService/ApproveKeyExport": lambda: keys.ApproveKeyExport(
+            key_pb2.ApproveKeyExportRequest(tenant_id=tenant_id, export_id="0" * 32),
+            metadata=md,
+        ),
+        f"{svc}KeyService/ExportTenantKeys": lambda: keys.ExportTenantKeys(
+            key_pb2.ExportTenantKeysRequest(tenant_id=tenant_id, export_id="0" * 32),
+            metadata=md,
         ),
     }
 

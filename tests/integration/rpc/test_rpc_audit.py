@@ -8,6 +8,8 @@ import json
 import grpc
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rpc_harness import MiB, Stubs, Tenancy, bearer
 
 from reelvault.app import Vault
@@ -23,6 +25,8 @@ from reelvault.v1 import (
     audit_pb2_grpc,
     distribution_pb2,
     distribution_pb2_grpc,
+    key_pb2,
+    privacy_pb2,
     tenant_pb2,
 )
 
@@ -123,6 +127,7 @@ def test_every_rpc_leaves_an_event_with_what_the_domain_knows(
     urls.RevokeAsset(distribution_pb2.RevokeAssetRequest(asset_id=asset.id), metadata=distributor)
     urls.ListSigningKeys(distribution_pb2.ListSigningKeysRequest(), metadata=distributor)
     urls.RotateSigningKey(distribution_pb2.RotateSigningKeyRequest(), metadata=acme.md())
+    _privacy_and_key_calls(api, acme, platform, other.id)
     api.assets.DeleteAsset(asset_pb2.DeleteAssetRequest(asset_id=asset.id), metadata=acme.md())
 
     recorded = events(vault, acme.id) + events(vault, PLATFORM_LOG) + events(vault, other.id)
@@ -130,7 +135,10 @@ def test_every_rpc_leaves_an_event_with_what_the_domain_knows(
     assert set(METHOD_ACTIONS) <= methods, set(METHOD_ACTIONS) - methods
     for event in recorded:
         # key operations inside a call are events of their own (a first URL makes a key)
-        if event.method in METHOD_ACTIONS and not event.action.startswith(("key.", "url.key-")):
+        # (and so are what erasure, rewrap and tenant changes did, with their counts)
+        if event.method in METHOD_ACTIONS and not (
+            event.action.startswith(("key.", "url.key-")) or event.action in _DOMAIN_RECORDS
+        ):
             assert event.action == METHOD_ACTIONS[event.method].value
     (issue,) = [e for e in recorded if e.action == "url.issue" and e.method.endswith("/IssueUrl")]
     assert issued.token.encode() not in issue.record  # the token is a bearer credential
@@ -149,6 +157,86 @@ def test_every_rpc_leaves_an_event_with_what_the_domain_knows(
     # The platform admin's key creation in a tenant goes to that tenant's log.
     assert {e.log_id for e in recorded if e.action == "tenant.list"} == {PLATFORM_LOG}
     assert any(e.action == "key.create" and e.log_id == other.id for e in recorded)
+
+
+_DOMAIN_RECORDS = {
+    "subject.erased",
+    "tenant.disable",
+    "tenant.enable",
+    "tenant.schedule-deletion",
+    "tenant.cancel-deletion",
+}
+
+
+def _privacy_and_key_calls(api: Stubs, acme: Tenancy, platform, other_id: str) -> None:
+    viewer = "viewer-7@example.com"
+    payload = api.payloads.PutPayload(
+        privacy_pb2.PutPayloadRequest(subject_id=viewer, purpose="greeting", data=b'{"n":1}'),
+        metadata=acme.md(Role.INGEST),
+    )
+    api.consent.RecordConsent(
+        privacy_pb2.RecordConsentRequest(
+            subject_id=viewer, purpose="greeting", granted=True, source="form"
+        ),
+        metadata=acme.md(Role.INGEST),
+    )
+    api.consent.GetConsent(
+        privacy_pb2.GetConsentRequest(subject_id=viewer), metadata=acme.md(Role.PRIVACY)
+    )
+    api.payloads.GetPayload(
+        privacy_pb2.GetPayloadRequest(id=payload.id, purpose="greeting"),
+        metadata=acme.md(Role.RENDERER),
+    )
+    api.payloads.ListPayloads(
+        privacy_pb2.ListPayloadsRequest(subject_id=viewer), metadata=acme.md(Role.INGEST)
+    )
+    api.privacy.HashSubject(
+        privacy_pb2.HashSubjectRequest(subject_id=viewer), metadata=acme.md(Role.AUDITOR)
+    )
+    list(
+        api.privacy.ExportSubject(
+            privacy_pb2.ExportSubjectRequest(subject_id=viewer), metadata=acme.md(Role.PRIVACY)
+        )
+    )
+    api.privacy.SetLegalHold(
+        privacy_pb2.SetLegalHoldRequest(subject_id=viewer, hold=False),
+        metadata=acme.md(Role.PRIVACY),
+    )
+    api.payloads.DeletePayload(
+        privacy_pb2.DeletePayloadRequest(id=payload.id), metadata=acme.md(Role.INGEST)
+    )
+    api.privacy.EraseSubject(
+        privacy_pb2.EraseSubjectRequest(subject_id=viewer), metadata=acme.md(Role.PRIVACY)
+    )
+    keys = api.tenant_keys
+    admin = acme.md()
+    keys.GetKeyStatus(key_pb2.GetKeyStatusRequest(), metadata=admin)
+    keys.RotateTenantKey(key_pb2.RotateTenantKeyRequest(), metadata=admin)
+    list(keys.RewrapTenant(key_pb2.RewrapTenantRequest(), metadata=admin))
+    keys.SetMinDecryptionVersion(key_pb2.KeyVersionRequest(version=1), metadata=admin)
+    keys.DisableKeyVersion(key_pb2.KeyVersionRequest(version=1), metadata=admin)
+    keys.EnableKeyVersion(key_pb2.KeyVersionRequest(version=1), metadata=admin)
+    keys.RewrapRootKeys(key_pb2.RewrapRootKeysRequest(), metadata=platform)
+    keys.DisableTenant(key_pb2.TenantRef(), metadata=admin)
+    keys.EnableTenant(key_pb2.TenantRef(), metadata=admin)
+    keys.ScheduleTenantDeletion(
+        key_pb2.ScheduleTenantDeletionRequest(tenant_id=other_id, waiting_days=7),
+        metadata=platform,
+    )
+    keys.CancelTenantDeletion(key_pb2.TenantRef(tenant_id=other_id), metadata=platform)
+    recipient = X25519PrivateKey.generate().public_key()
+    pem = recipient.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    export = keys.RequestKeyExport(
+        key_pb2.RequestKeyExportRequest(recipient_public_key=pem), metadata=admin
+    )
+    keys.ApproveKeyExport(
+        key_pb2.ApproveKeyExportRequest(tenant_id=acme.id, export_id=export.id),
+        metadata=platform,
+    )
+    collected = keys.ExportTenantKeys(
+        key_pb2.ExportTenantKeysRequest(export_id=export.id), metadata=admin
+    )
+    assert collected.envelope
 
 
 def test_denied_failed_and_unauthenticated_calls_are_recorded_without_secrets(
