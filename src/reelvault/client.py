@@ -52,6 +52,7 @@ from grpc_health.v1 import (  # type: ignore[import-untyped, unused-ignore]
 )
 
 from reelvault import errors
+from reelvault.client_privacy import PrivacyCalls
 from reelvault.direct import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
@@ -233,6 +234,8 @@ class Asset:
     etag: str
     created_at: datetime
     kek_version: int = 0
+    subject: str = ""
+    """A personalized rendition's subject (pseudonym); empty for other assets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,7 +515,7 @@ def _connection_hint(details: str, *, tls: bool, client_cert: bool) -> str | Non
     )
 
 
-class Client:
+class Client(PrivacyCalls):
     """One channel to a reelvault server; safe to share between threads.
 
     Args:
@@ -622,10 +625,11 @@ class Client:
 
     # -- tenants ------------------------------------------------------------------------
 
-    def create_tenant(self, name: str) -> Tenant:
-        """Create a tenant and its first key-encryption key (platform admin only)."""
-        reply = self._unary(self._tenants.CreateTenant, tenant_pb2.CreateTenantRequest(name=name))
-        return _tenant(reply)
+    def create_tenant(self, name: str, *, kms_key_arn: str | None = None) -> Tenant:
+        """Create a tenant and its first key-encryption key (platform admin only); with
+        ``kms_key_arn`` its KEKs are wrapped by the tenant's own KMS key."""
+        request = tenant_pb2.CreateTenantRequest(name=name, kms_key_arn=kms_key_arn or "")
+        return _tenant(self._unary(self._tenants.CreateTenant, request))
 
     def get_tenant(self, tenant_id: str) -> Tenant:
         reply = self._unary(
@@ -770,6 +774,7 @@ class Client:
         content_type: str | None = None,
         labels: Mapping[str, str] | None = None,
         progress: Progress | None = None,
+        subject_id: str | None = None,
     ) -> Asset:
         """Store ``source`` as a new asset at ``path`` and return it.
 
@@ -779,6 +784,8 @@ class Client:
                 (``expected_size``), so a file that changes while being read is refused
                 instead of stored truncated.
             path: the tenant-unique asset path; it never reaches storage.
+            subject_id: a personalized rendition's viewer: its key then protects the
+                asset, and erasing the viewer deletes it.
             progress: called with the total bytes sent so far after each chunk (from a
                 gRPC worker thread).
 
@@ -788,7 +795,10 @@ class Client:
         """
         with _open_source(source) as (chunks, size):
             metadata = asset_pb2.AssetMetadata(
-                path=path, content_type=content_type or "", labels=dict(labels or {})
+                path=path,
+                content_type=content_type or "",
+                labels=dict(labels or {}),
+                subject_id=subject_id or "",
             )
             if size is not None:
                 metadata.expected_size = size
@@ -1669,6 +1679,7 @@ def _asset(message: asset_pb2.Asset) -> Asset:
         etag=message.etag,
         created_at=_time(message.create_time),
         kek_version=message.kek_version,
+        subject=message.subject,
     )
 
 

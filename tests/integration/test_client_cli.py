@@ -374,6 +374,67 @@ def test_url_sign_serves_through_the_dev_origin_and_revoke_stops_it(
     assert listed["keys"][0]["algorithm"] == "ed25519"
 
 
+def test_payload_consent_subject_and_key_commands(dev: Dev, tmp_path: Path) -> None:
+    admin = dev.admin_token
+    tenant = run(dev, "tenant", "create", "privacy-studios", token=admin)
+    keys = {
+        role: run(dev, "apikey", "create", "--tenant", tenant["id"], "--role", role, token=admin)[
+            "secret"
+        ]
+        for role in ("admin", "ingest", "renderer", "privacy")
+    }
+    viewer = "ada@example.com"
+    stored = run(
+        dev, "payload", "put", viewer, "--purpose", "greeting", "--data", '{"name":"Ada"}',
+        token=keys["ingest"],
+    )  # fmt: skip
+    assert viewer not in json.dumps(stored)
+    assert_cli_error(
+        raw(dev, "payload", "get", stored["id"], "--purpose", "greeting", token=keys["renderer"]),
+        "consent",
+    )
+    run(
+        dev, "consent", "set", viewer, "--purpose", "greeting", "--grant", "--source", "form",
+        token=keys["ingest"],
+    )  # fmt: skip
+    read = run(dev, "payload", "get", stored["id"], "--purpose", "greeting", token=keys["renderer"])
+    assert json.loads(read["data"]) == {"name": "Ada"}
+    listed = run(dev, "payload", "ls", viewer, token=keys["ingest"])["payloads"]
+    assert [p["id"] for p in listed] == [stored["id"]]
+    state = run(dev, "consent", "get", viewer, token=keys["privacy"])
+    assert state["granted"] == {"greeting": True}
+    pseudonym = run(dev, "subject", "hash", viewer, token=keys["privacy"])["subject"]
+    assert pseudonym == stored["subject"]
+    exported = run(dev, "subject", "export", viewer, token=keys["privacy"])
+    assert exported["payloads"][0]["data"] == {"name": "Ada"}
+    assert any(e["action"] == "payload.read" for e in exported["audit_events"])
+    # the key lifecycle: rotate, rewrap (stored objects untouched), status
+    source = tmp_path / "rendition.mp4"
+    source.write_bytes(random.randbytes(70_000))
+    run(dev, "asset", "put", str(source), "--path", "r/1.mp4", token=keys["ingest"])
+    before = stored_objects(dev)
+    rotated = run(dev, "key", "rotate", token=keys["admin"])
+    assert [v["state"] for v in rotated["versions"]] == ["decrypt-only", "active"]
+    assert rotated["keys_to_rewrap"] == {"asset": 1, "subject": 1}
+    rewrapped = run(dev, "key", "rewrap", token=keys["admin"])
+    assert rewrapped["moved"] == {"asset": 1, "subject": 1}
+    assert rewrapped["status"]["keys_to_rewrap"] == {"asset": 0, "subject": 0}
+    assert stored_objects(dev) == before
+    read = run(dev, "payload", "get", stored["id"], "--purpose", "greeting", token=keys["renderer"])
+    assert json.loads(read["data"]) == {"name": "Ada"}
+    erased = run(dev, "subject", "erase", viewer, token=keys["privacy"])
+    assert (erased["key_destroyed"], erased["payloads_deleted"]) == (True, 1)
+    assert_cli_error(
+        raw(dev, "payload", "get", stored["id"], "--purpose", "greeting", token=keys["renderer"]),
+        "not found",
+    )
+    scheduled = run(dev, "tenant", "delete", "--schedule", "7", token=keys["admin"])
+    assert scheduled["state"] == "pending-deletion"
+    cancelled = run(dev, "tenant", "delete", "--cancel", token=keys["admin"])
+    assert cancelled["state"] == "disabled"
+    assert run(dev, "tenant", "enable", token=keys["admin"])["state"] == "active"
+
+
 def test_put_from_stdin(dev: Dev, tmp_path: Path) -> None:
     admin = dev.admin_token
     tenant = run(dev, "tenant", "create", "stdin-studios", token=admin)

@@ -41,7 +41,9 @@ from reelvault.cli import (
     audit,
     gc,
     health,
+    key,
     keyring,
+    privacy,
     scrub,
     service,
     tenant,
@@ -117,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     apikey.add_commands(groups, common)
     asset.add_commands(groups, common)
     url.add_commands(groups, common)
+    privacy.add_commands(groups, common)
+    key.add_commands(groups, common)
     audit.add_commands(groups, common)
     gc.add_commands(groups, common)
     scrub.add_commands(groups, common)
