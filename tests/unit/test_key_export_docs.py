@@ -29,7 +29,7 @@ def decrypt_stored_object() -> Callable[[bytes, bytes], bytes]:
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
     (source,) = [b for b in blocks if "def decrypt_stored_object" in b]
     namespace: dict[str, object] = {}
-    exec(compile(source, str(DOCS), "exec"), namespace)  # noqa: S102 - the documented code
+    exec(compile(source, str(DOCS), "exec"), namespace)
     function = namespace["decrypt_stored_object"]
     assert callable(function)
     return function  # type: ignore[return-value]
