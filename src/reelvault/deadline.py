@@ -4,8 +4,9 @@ The transport edge binds the call's deadline (:func:`bound`) for the call's step
 a context variable, so it follows a call into the worker threads that run the domain
 (``asyncio.to_thread`` and :func:`reelvault.rpc.pools.run` copy the context). Dependency
 clients ask :func:`remaining` before they start an attempt, and refuse to start one that
-cannot finish in time: work for a caller who has given up stops at the next request
-boundary instead of running on for minutes.
+cannot finish in time, and the catalog sends no statement once it has passed
+(``catalog.db``): work for a caller who has given up stops at the next request boundary
+instead of running on for minutes.
 
 :func:`bound_botocore` applies this, and a per-operation budget, to a botocore client
 (the object store, KMS): each API call (one part, one range, one key unwrap) may take at

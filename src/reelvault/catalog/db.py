@@ -15,6 +15,16 @@ SQLite needs three things the defaults get wrong for a service:
 * ``synchronous`` stays at its default (FULL): losing a committed KEK version to a power
   cut would make everything encrypted under it unreadable, which costs more than the
   fsyncs.
+
+Statements honour the caller's deadline (:mod:`reelvault.deadline`), as the object store
+and the key provider do: once the deadline bound to the call has passed, the next
+statement of :meth:`Database.transaction` or :meth:`Database.read_row` (SQLite's ``BEGIN``
+included) is not sent and :class:`~reelvault.errors.DeadlineExceeded` is raised instead,
+so a caller who has given up stops costing the database at the next statement. A
+statement already sent runs on to its own bounds (PostgreSQL's ``statement_timeout``,
+SQLite's ``busy_timeout``). Statements on :attr:`Database.engine` itself are not checked:
+the audit log's group commit, which commits other callers' events beside its leader's,
+and migrations.
 """
 
 from __future__ import annotations
@@ -37,8 +47,9 @@ from sqlalchemy.exc import ArgumentError, InternalError, OperationalError, Progr
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from reelvault import deadline
 from reelvault._files import ensure_private
-from reelvault.errors import ConfigurationError, IntegrityError, Unavailable
+from reelvault.errors import ConfigurationError, DeadlineExceeded, IntegrityError, Unavailable
 
 __all__ = [
     "DEFAULT_URL",
@@ -55,6 +66,8 @@ DEFAULT_URL: Final = "sqlite:///.reelvault/catalog.sqlite3"
 _SCRIPT_LOCATION: Final = "reelvault.catalog:migrations"
 # Execution option read by the SQLite "begin" hook: IMMEDIATE or DEFERRED.
 _SQLITE_BEGIN: Final = "reelvault_sqlite_begin"
+# Execution option: the connection's statements stop at the caller's deadline (module doc).
+_BOUNDED: Final = "reelvault_deadline"
 # pg_advisory_xact_lock key that serializes migrate() across replicas starting together.
 _MIGRATION_LOCK_KEY: Final = 0x7265656C7661  # "reelva"
 # libpq and psycopg quote connection parameters in some messages; never a password.
@@ -116,12 +129,14 @@ class Database:
                 "catalog database URL is malformed or names an unknown driver "
                 "(expected sqlite:///PATH or postgresql+psycopg://...)"
             ) from None
-        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        event.listen(self._engine, "before_cursor_execute", _stop_at_deadline)
+        bounded = self._engine.execution_options(**{_BOUNDED: True})
+        self._sessions = sessionmaker(bounded, expire_on_commit=False)
         self._read_sessions = sessionmaker(
-            self._engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}),
+            bounded.execution_options(**{_SQLITE_BEGIN: "DEFERRED"}),
             expire_on_commit=False,
         )
-        self._lone_reads = self._engine.execution_options(**{_SQLITE_BEGIN: "NONE"})
+        self._lone_reads = bounded.execution_options(**{_SQLITE_BEGIN: "NONE"})
 
     @property
     def engine(self) -> Engine:
@@ -146,6 +161,7 @@ class Database:
 
         Raises:
             Unavailable: the database cannot be reached or stayed locked.
+            DeadlineExceeded: the caller's deadline passed before a statement was sent.
         """
         factory = self._read_sessions if readonly else self._sessions
         try:
@@ -164,6 +180,7 @@ class Database:
 
         Raises:
             Unavailable: the database cannot be reached or stayed locked.
+            DeadlineExceeded: the caller's deadline had passed.
         """
         try:
             with self._lone_reads.connect() as connection:
@@ -295,6 +312,22 @@ def safe_endpoint(url: str, *, whole: bool = False) -> str:
         else:
             rest = f"{user}:{_HIDDEN}@{rest}"
     return _PASSWORD_QUERY.sub(rf"\1{_HIDDEN}", head + rest)
+
+
+def _stop_at_deadline(
+    connection: Connection,
+    _cursor: Any,
+    _statement: str,
+    _parameters: Any,
+    _context: Any,
+    _executemany: bool,
+) -> None:
+    """``before_cursor_execute``: refuse to send a statement of a bounded connection
+    (:data:`_BOUNDED`) once the caller's deadline has passed (module docstring). It runs
+    for every statement, so without a deadline it is one context-variable lookup."""
+    left = deadline.remaining()
+    if left is not None and left <= 0 and connection.get_execution_options().get(_BOUNDED):
+        raise DeadlineExceeded()
 
 
 def _upgrade(connection: Connection) -> None:

@@ -367,9 +367,14 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
         if access is None:
             return
         denied = code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-        await asyncio.shield(
-            asyncio.to_thread(self._auditor.conclude, access, code.name, denied=denied)
-        )
+
+        def record() -> None:
+            # Not bound by the call's deadline: a call that failed with DEADLINE_EXCEEDED
+            # is recorded too, and the catalog stops at the deadline (reelvault.deadline).
+            with deadline.bound(None):
+                self._auditor.conclude(access, code.name, denied=denied)
+
+        await asyncio.shield(asyncio.to_thread(record))
 
     def _conclude_later(self, call: _Call) -> None:
         """Record a call the server closed (nothing is sent any more): best effort, in
@@ -563,8 +568,13 @@ def _map_error(exc: ReelvaultError) -> tuple[Any, str]:
         _log.error("internal error", exc_info=exc)
         return code, _INTERNAL_MESSAGE
     if isinstance(exc, IntegrityError):
-        # Possible tampering or corruption: the reason stays in the server log.
-        _log.error("stored data failed an integrity check", reason=getattr(exc, "reason", None))
+        # Possible tampering or corruption: the reason stays in the server log. Only a
+        # DecryptionError carries a ``reason``; the others' message is the reason (a
+        # missing or truncated object), short and free of secrets like every message here.
+        _log.error(
+            "stored data failed an integrity check",
+            reason=getattr(exc, "reason", None) or exc.message,
+        )
     elif isinstance(exc, Unavailable):
         _log.warning("dependency unavailable", exc_info=exc)
     elif isinstance(exc, Unauthenticated | PermissionDenied):
