@@ -381,7 +381,8 @@ class Assets:
             target = self._store.begin(object_key)
         except BaseException:
             self.objects.end_upload(object_key)
-            self.objects.forget_upload(object_key)
+            with deadline.bound(None):  # cleanup runs after a deadline, as abort() does
+                self.objects.forget_upload(object_key)
             raise
         return AssetUpload(
             self,

@@ -380,7 +380,10 @@ def _statement_failed(context: Any) -> None:  # an ExceptionContext
     if started is not None:
         _catalog.observe(operation, time.perf_counter() - started)
     error = context.sqlalchemy_exception
-    name = type(error).__name__ if isinstance(error, DBAPIError) else "other"
+    if isinstance(error, DBAPIError):
+        name = type(error).__name__
+    else:  # the deadline hook raises DeadlineExceeded: named as for the store
+        name = _error_name(context.original_exception)
     DEPENDENCY_ERRORS.labels("catalog", operation, name).inc()
     span = getattr(context.execution_context, _SPAN, None)
     if span is not None:

@@ -95,7 +95,7 @@ BYTES_SENT: Final = Counter(
 ADMISSION_REJECTIONS: Final = Counter(
     "reelvault_admission_rejections",
     "Calls refused with RESOURCE_EXHAUSTED by admission control, by kind (upload,"
-    " download) and the limit that refused them (process, tenant).",
+    " download, delete) and the limit that refused them (process, tenant).",
     ("kind", "limit"),
 )
 DEPENDENCY_DURATION: Final = Histogram(
