@@ -252,6 +252,10 @@ class TenantKeys:
         self._byok = byok
         self._arns: dict[str, str | None] = {}
 
+    def root_for(self, tenant_id: str) -> RootKeyProvider:
+        """The root key provider of the tenant's keys (its own KMS key for BYOK tenants)."""
+        return self._provider(tenant_id)
+
     def _provider(self, tenant_id: str) -> RootKeyProvider:
         """The root key provider of the tenant's KEKs: the service's, or the tenant's own
         KMS key (its ARN never changes after creation, so it is cached)."""

@@ -39,7 +39,6 @@ from reelvault.errors import (
     InvalidArgument,
     NotFound,
 )
-from reelvault.keys.provider import RootKeyProvider
 from reelvault.keys.tenant import TenantKeys, pack_wrapped, pseudonym_context, unpack_wrapped
 from reelvault.objects import SubjectKey
 
@@ -121,12 +120,9 @@ class Subjects:
 
     name = "subject"
 
-    def __init__(
-        self, database: Database, tenant_keys: TenantKeys, root: RootKeyProvider, clock: Clock
-    ) -> None:
+    def __init__(self, database: Database, tenant_keys: TenantKeys, clock: Clock) -> None:
         self._db = database
         self._keys = tenant_keys
-        self._root = root
         self._clock = clock
         self._pseudonym_keys: dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -155,14 +151,18 @@ class Subjects:
         if cached is not None:
             return cached
         with self._db.transaction(readonly=True) as session:
-            stored = session.scalar(
-                select(TenantRow.pseudonym_key).where(TenantRow.id == tenant_id)
-            )
-            exists = stored is not None or session.get(TenantRow, tenant_id) is not None
-        if not exists:
+            found = session.execute(
+                select(TenantRow.pseudonym_key, TenantRow.state).where(TenantRow.id == tenant_id)
+            ).one_or_none()
+        if found is None:
             raise NotFound("tenant not found")
+        stored, state = found
+        if state == "destroyed":  # its pseudonym key was shredded with it: never a new one
+            raise FailedPrecondition("the tenant was destroyed")
+        # a BYOK tenant's pseudonym key is under its own KMS key, like its KEKs
+        root = self._keys.root_for(tenant_id)
         if stored is None:
-            key, wrapped = self._root.generate_key(pseudonym_context(tenant_id))
+            key, wrapped = root.generate_key(pseudonym_context(tenant_id))
             with self._db.transaction() as session:
                 # only if no other process set it first; then use theirs
                 session.execute(
@@ -176,7 +176,7 @@ class Subjects:
                 )
         if stored is None:  # pragma: no cover - set just above
             raise IntegrityError("the tenant has no pseudonym key")
-        key = self._root.unwrap(unpack_wrapped(stored), pseudonym_context(tenant_id))
+        key = root.unwrap(unpack_wrapped(stored), pseudonym_context(tenant_id))
         with self._lock:
             self._pseudonym_keys[tenant_id] = key
         return key
