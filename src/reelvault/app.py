@@ -100,7 +100,7 @@ class Vault:
             database, root, clock, cache_ttl=key_cache_ttl, auditor=auditor, byok=byok
         )
         objects = SealedObjects(database, store, clock, auditor=auditor)
-        subjects = Subjects(database, tenant_keys, clock)
+        subjects = Subjects(database, tenant_keys, clock, cache_ttl=key_cache_ttl)
         objects.register(key_slots=subjects)
         assets = Assets(
             database,

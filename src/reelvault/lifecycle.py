@@ -190,6 +190,7 @@ class TenantLifecycle:
             for key in keys:
                 self._assets.objects.record_deleted(session, key)
             session.execute(delete(AssetRow).where(AssetRow.tenant_id == tenant_id))
+        self._subjects.forget(tenant_id)
         self._audit.record(
             "tenant.destroy",
             tenant_id=tenant_id,

@@ -120,11 +120,21 @@ class Subjects:
 
     name = "subject"
 
-    def __init__(self, database: Database, tenant_keys: TenantKeys, clock: Clock) -> None:
+    def __init__(
+        self,
+        database: Database,
+        tenant_keys: TenantKeys,
+        clock: Clock,
+        *,
+        cache_ttl: float = 60.0,
+    ) -> None:
         self._db = database
         self._keys = tenant_keys
         self._clock = clock
-        self._pseudonym_keys: dict[str, bytes] = {}
+        # pseudonym keys are cached like KEKs: for the KEK cache's TTL, so a destroyed
+        # tenant's key is gone from every replica within the same bound
+        self._cache_ttl = cache_ttl
+        self._pseudonym_keys: dict[str, tuple[bytes, float]] = {}
         self._lock = threading.Lock()
 
     def _now(self) -> datetime:
@@ -148,8 +158,8 @@ class Subjects:
         if not valid_tenant_id(tenant_id):
             raise InvalidArgument("tenant id must be 32 lowercase hex digits")
         cached = self._pseudonym_keys.get(tenant_id)
-        if cached is not None:
-            return cached
+        if cached is not None and self._clock.monotonic() < cached[1]:
+            return cached[0]
         with self._db.transaction(readonly=True) as session:
             found = session.execute(
                 select(TenantRow.pseudonym_key, TenantRow.state).where(TenantRow.id == tenant_id)
@@ -177,9 +187,15 @@ class Subjects:
         if stored is None:  # pragma: no cover - set just above
             raise IntegrityError("the tenant has no pseudonym key")
         key = root.unwrap(unpack_wrapped(stored), pseudonym_context(tenant_id))
-        with self._lock:
-            self._pseudonym_keys[tenant_id] = key
+        if self._cache_ttl > 0:
+            with self._lock:
+                self._pseudonym_keys[tenant_id] = (key, self._clock.monotonic() + self._cache_ttl)
         return key
+
+    def forget(self, tenant_id: str) -> None:
+        """Drop the tenant's cached pseudonym key (its tenant was destroyed here)."""
+        with self._lock:
+            self._pseudonym_keys.pop(tenant_id, None)
 
     # --- subject keys ----------------------------------------------------------------
 
