@@ -439,6 +439,13 @@ class Assets:
                     # gc took the row for a dead upload's (its heartbeat had stopped) and
                     # may be deleting the object: this upload must not commit.
                     raise Unavailable("the upload expired (its heartbeat stopped); retry it")
+                if upload.subject is not None and self._subjects is not None:
+                    # an erasure that committed since the upload began wins: the rendition
+                    # must not outlive it (the subject's row is locked until this commit);
+                    # and a rewrap since then moved the subject key, so its version is now
+                    row.kek_version = self._subjects.hold_live(
+                        session, upload.tenant_id, upload.subject
+                    )
                 session.add(row)
                 session.flush()
                 info = _info(row)

@@ -32,13 +32,14 @@ from reelvault.catalog.tables import (
     UrlSigningKeyRow,
 )
 from reelvault.clock import Clock
-from reelvault.crypto import PROVIDER_ID
+from reelvault.crypto import PROVIDER_ID, EncryptedDataKey, unwrap_key
 from reelvault.crypto.names import kek_key_name, subject_key_name
 from reelvault.crypto.recipient import parse_recipient_key, seal_to_recipient
-from reelvault.errors import FailedPrecondition, InvalidArgument, NotFound
+from reelvault.errors import DecryptionError, FailedPrecondition, InvalidArgument, NotFound
 from reelvault.keys.tenant import KekVersion, Tenant, TenantKeys
 from reelvault.objects import RewrapProgress
 from reelvault.privacy.subjects import Subjects
+from reelvault.privacy.subjects import _key_context as subject_key_context
 
 __all__ = ["KeyExport", "KeyStatus", "TenantLifecycle"]
 
@@ -263,6 +264,7 @@ class TenantLifecycle:
                 raise FailedPrecondition("the key export was collected already")
             recipient_pem = row.recipient_key
         recipient = parse_recipient_key(recipient_pem)
+        keks = self._keys.export_material(tenant_id)
         document = {
             "format": _EXPORT_FORMAT,
             "tenant_id": tenant_id,
@@ -275,7 +277,7 @@ class TenantLifecycle:
                     "key_name": kek_key_name(tenant_id, version.version),
                     "key": base64.b64encode(key).decode("ascii"),
                 }
-                for version, key in self._keys.export_material(tenant_id)
+                for version, key in keks
             ],
             "subject_keys": [
                 {
@@ -283,7 +285,7 @@ class TenantLifecycle:
                     "key_name": subject_key_name(tenant_id, pseudonym),
                     "key": base64.b64encode(key).decode("ascii"),
                 }
-                for pseudonym, key in self._subjects.export_material(tenant_id)
+                for pseudonym, key in self._subject_keys(tenant_id, keks)
             ],
         }
         envelope = seal_to_recipient(
@@ -304,6 +306,39 @@ class TenantLifecycle:
                 raise NotFound("key export not found")
             return _export(collected), envelope
 
+    def _subject_keys(
+        self, tenant_id: str, keks: list[tuple[KekVersion, bytes]]
+    ) -> list[tuple[str, bytes]]:
+        """Every live subject key of the tenant, unwrapped with the exported KEK versions
+        themselves: like them, whatever the state of its version or of the tenant (a
+        disabled version, a tenant disabled or pending deletion, leaving with its keys).
+        A subject key under a destroyed version is shredded already and left out."""
+        exported = {kek_key_name(tenant_id, version.version): key for version, key in keks}
+        with self._db.transaction(readonly=True) as session:
+            rows = [
+                (row.pseudonym, row.wrapped_key, row.kek_version)
+                for row in session.scalars(
+                    select(SubjectRow)
+                    .where(SubjectRow.tenant_id == tenant_id, SubjectRow.erased_at.is_(None))
+                    .order_by(SubjectRow.pseudonym)
+                )
+            ]
+        resolver = _ExportedKeks(exported)
+        out: list[tuple[str, bytes]] = []
+        for pseudonym, wrapped, version in rows:
+            if wrapped is None or version is None:
+                continue
+            if kek_key_name(tenant_id, version) not in exported:
+                continue
+            try:
+                edk = EncryptedDataKey.parse(wrapped)
+            except ValueError:
+                raise DecryptionError("a stored subject key is malformed") from None
+            out.append(
+                (pseudonym, unwrap_key(edk, resolver, subject_key_context(tenant_id, pseudonym)))
+            )
+        return out
+
     def _export_row(self, session: Session, tenant_id: str, export_id: str) -> KeyExportRow:
         if not (isinstance(export_id, str) and len(export_id) == 32):
             raise InvalidArgument("an export id is 32 lowercase hex digits")
@@ -314,6 +349,18 @@ class TenantLifecycle:
             raise FailedPrecondition("the key export request expired; request it again")
         TenantRepository(session).tenant(tenant_id)
         return row
+
+
+class _ExportedKeks:
+    """A KeyResolver over the KEK versions of an export, by key name."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: dict[str, bytes]) -> None:
+        self._keys = keys
+
+    def wrapping_key(self, key_name: str) -> bytes | None:
+        return self._keys.get(key_name)
 
 
 def _export(row: KeyExportRow) -> KeyExport:

@@ -117,6 +117,14 @@ class SubjectKeyring(Protocol):
         """What unwraps data keys wrapped by that subject's key."""
         ...
 
+    def hold_live(self, session: Session, tenant_id: str, pseudonym: str) -> int:
+        """Inside the transaction that commits an object of the subject's: lock the
+        subject's row against an erasure until it commits, and raise FailedPrecondition
+        if the subject was erased since its key was read (the object must then not
+        commit: the erasure already deleted the subject's objects). Returns the KEK
+        version that wraps the subject key now."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RewrapProgress:

@@ -37,7 +37,7 @@ from sqlalchemy import select, update
 
 from reelvault.audit import Auditor
 from reelvault.catalog import Database
-from reelvault.catalog.tables import UrlSigningKeyRow
+from reelvault.catalog.tables import TenantRow, UrlSigningKeyRow
 from reelvault.clock import Clock
 from reelvault.crypto.signing import ed25519_public_key
 from reelvault.distribution.tokens import (
@@ -47,7 +47,7 @@ from reelvault.distribution.tokens import (
     SigningKey,
     VerifyingKey,
 )
-from reelvault.errors import InvalidArgument
+from reelvault.errors import InvalidArgument, KeyUnavailable
 from reelvault.keys import RootKeyProvider, WrappedKey
 
 __all__ = ["KEY_CACHE_TTL", "KeyInfo", "UrlSigningKeys"]
@@ -120,6 +120,14 @@ class UrlSigningKeys:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.now(), UTC)
 
+    def _require_active(self, tenant_id: str) -> None:
+        """A disabled, pending-deletion or destroyed tenant signs nothing (its URLs could
+        not be served anyway: its keys are refused)."""
+        with self._db.transaction(readonly=True) as session:
+            state = session.scalar(select(TenantRow.state).where(TenantRow.id == tenant_id))
+        if state is not None and state != "active":
+            raise KeyUnavailable(f"the tenant is {state}")
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def rotate(
@@ -134,6 +142,7 @@ class UrlSigningKeys:
             The new key, and for an HMAC key its secret (shown once: the edge needs it).
         """
         self._check_algorithm(algorithm)
+        self._require_active(tenant_id)
         now = self._now()
         kid = secrets.token_urlsafe(12)
         context = _CONTEXT | {"tenant": tenant_id, "kid": kid}
@@ -227,6 +236,7 @@ class UrlSigningKeys:
             InvalidArgument: no HMAC key exists yet, or an unknown algorithm.
         """
         self._check_algorithm(algorithm)
+        self._require_active(tenant_id)
         row = self._signing_row(tenant_id, algorithm)
         if row is None:
             if algorithm != ALG_ED25519:

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 
 from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import Database, TenantKeyVersionRow, TenantRepository, TenantRow
-from reelvault.catalog.tables import SubjectRow
+from reelvault.catalog.tables import AuditSigningKeyRow, SubjectRow, UrlSigningKeyRow
 from reelvault.clock import Clock
 from reelvault.crypto.names import (
     MAX_KEK_VERSION,
@@ -392,13 +392,14 @@ class TenantKeys:
 
         Raises:
             NotFound: unknown tenant.
-            FailedPrecondition: the version numbers are exhausted.
+            FailedPrecondition: the version numbers are exhausted, or the tenant was
+                destroyed.
             Unavailable: the root provider or the catalog cannot be reached.
         """
         _check_tenant_id(tenant_id)
         with self._db.transaction(readonly=True) as session:
             repository = TenantRepository(session)
-            repository.tenant(tenant_id)
+            _require_not_destroyed(repository.tenant(tenant_id))
             version = repository.latest_key_version(tenant_id) + 1
         key, wrapped = self._generate(tenant_id, version)
         # Taken before the commit: a state change of the new version committed by another
@@ -406,7 +407,8 @@ class TenantKeys:
         ticket = self._cache.ticket()
         with self._db.transaction() as session:
             repository = TenantRepository(session)
-            repository.tenant(tenant_id, lock=True)
+            # under the lock: a destruction that committed meanwhile wins
+            _require_not_destroyed(repository.tenant(tenant_id, lock=True))
             latest = repository.latest_key_version(tenant_id)
             if latest + 1 != version:  # another rotation committed first
                 version = latest + 1
@@ -688,7 +690,13 @@ class TenantKeys:
         version, or KMS ReEncrypt to the configured key). Tenants with their own KMS key
         are skipped (their keys never were under the service's root). Each key in its own
         transaction, so a rerun after a failure finishes the job. Returns (KEK versions,
-        pseudonym keys) rewrapped."""
+        pseudonym keys) rewrapped.
+
+        The service's other root-wrapped keys move too, whatever their tenant: the audit
+        checkpoint signing key and every URL signing key that still holds its secret
+        (counted in the audit record). Otherwise the old root version could not be
+        dropped once every KEK shows the new one: checkpoints would no longer be signed,
+        nor URLs issued."""
         with self._db.transaction(readonly=True) as session:
             versions = [
                 (row.tenant_id, row.version, row.root_key_id, row.wrapped_key)
@@ -739,13 +747,64 @@ class TenantKeys:
                     .values(pseudonym_key=pack_wrapped(rewrapped))
                 )
             pseudonym_count += 1
+        audit_count, url_count = self._rewrap_service_keys()
         self._cache.clear()
         self._audit.record(
             "key.rewrap-root",
             tenant_id=None,
-            detail={"kek_versions": kek_count, "pseudonym_keys": pseudonym_count},
+            detail={
+                "kek_versions": kek_count,
+                "pseudonym_keys": pseudonym_count,
+                "audit_signing_keys": audit_count,
+                "url_signing_keys": url_count,
+            },
         )
         return kek_count, pseudonym_count
+
+    def _rewrap_service_keys(self) -> tuple[int, int]:
+        """:meth:`rewrap_root` of the audit signing keys and URL signing secrets, which the
+        service's root key wraps for every tenant (BYOK ones included), each in its own
+        transaction and only if unchanged meanwhile."""
+        # imported here: both modules import reelvault.keys (a cycle at import time)
+        from reelvault.audit.log import _SIGNING_CONTEXT  # noqa: PLC0415
+        from reelvault.distribution.keys import _CONTEXT as _URL_CONTEXT  # noqa: PLC0415
+
+        with self._db.transaction(readonly=True) as session:
+            audit_keys = [
+                (row.name, row.root_key_id, row.wrapped_key)
+                for row in session.scalars(select(AuditSigningKeyRow))
+            ]
+            url_keys = [
+                (row.kid, row.tenant_id, row.root_key_id, row.wrapped_secret)
+                for row in session.scalars(
+                    select(UrlSigningKeyRow).where(UrlSigningKeyRow.wrapped_secret.is_not(None))
+                )
+            ]
+        for name, root_key_id, material in audit_keys:
+            rewrapped = self._root.rewrap(
+                WrappedKey(root_key_id, material), _SIGNING_CONTEXT | {"name": name}
+            )
+            with self._db.transaction() as session:
+                session.execute(
+                    update(AuditSigningKeyRow)
+                    .where(
+                        AuditSigningKeyRow.name == name, AuditSigningKeyRow.wrapped_key == material
+                    )
+                    .values(wrapped_key=rewrapped.ciphertext, root_key_id=rewrapped.root_key_id)
+                )
+        for kid, tenant_id, root_key_id, secret in url_keys:
+            if secret is None:
+                continue
+            rewrapped = self._root.rewrap(
+                WrappedKey(root_key_id, secret), _URL_CONTEXT | {"tenant": tenant_id, "kid": kid}
+            )
+            with self._db.transaction() as session:
+                session.execute(
+                    update(UrlSigningKeyRow)
+                    .where(UrlSigningKeyRow.kid == kid, UrlSigningKeyRow.wrapped_secret == secret)
+                    .values(wrapped_secret=rewrapped.ciphertext, root_key_id=rewrapped.root_key_id)
+                )
+        return len(audit_keys), len(url_keys)
 
     def export_material(self, tenant_id: str) -> list[tuple[KekVersion, bytes]]:
         """Every KEK version that still has key material, unwrapped, whatever its state
@@ -1116,6 +1175,12 @@ def _tenant(row: TenantRow) -> Tenant:
         deletion_due_at=row.deletion_due_at,
         kms_key_arn=row.root_key_arn,
     )
+
+
+def _require_not_destroyed(row: TenantRow) -> None:
+    """A destroyed tenant's keys were shredded for good: it never gets new key material."""
+    if row.state == TenantState.DESTROYED.value:
+        raise FailedPrecondition("the tenant was destroyed")
 
 
 def _require_usable(row: TenantRow) -> None:

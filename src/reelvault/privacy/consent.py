@@ -94,7 +94,7 @@ class Consents:
 
         Args:
             effective_at: when the subject decided (None: now); not in the future (a few
-                minutes of clock skew are allowed).
+                minutes of clock skew are allowed, and recorded as now).
 
         Raises:
             InvalidArgument: bad purpose, source or time.
@@ -109,6 +109,9 @@ class Consents:
         when = now if effective_at is None else effective_at
         if when > now + _MAX_SKEW:
             raise InvalidArgument("a consent decision cannot take effect in the future")
+        # Within the skew, the decision takes effect now: stored ahead, it would stay "the
+        # latest" for minutes, and a withdrawal recorded meanwhile would not take effect.
+        when = min(when, now)
         pseudonym = self._subjects.pseudonym(tenant_id, subject_id)
         self._audit.note(
             resource=Resource("subject", pseudonym),

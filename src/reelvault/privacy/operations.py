@@ -243,13 +243,38 @@ def _payload(info: Any, data: bytes) -> dict[str, Any]:
         "expires_at": None if info.expires_at is None else _time(info.expires_at),
     }
     if info.content_type.split(";")[0].strip() == "application/json":
-        try:
-            entry["data"] = json.loads(data)
+        parsed = _faithful_json(data)
+        if parsed is not _UNFAITHFUL:
+            entry["data"] = parsed
             return entry
-        except ValueError:
-            pass
     entry["data_base64"] = base64.b64encode(data).decode("ascii")
     return entry
+
+
+_UNFAITHFUL: Final = object()
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("duplicate keys")
+    return value
+
+
+def _faithful_json(data: bytes) -> Any:
+    """A JSON payload's value, if the export can hold it as JSON without losing or
+    breaking anything; else ``_UNFAITHFUL`` (the export then holds its bytes in base64).
+    Refused: invalid JSON, NaN and infinities (the export would not be JSON), duplicate
+    keys (all but one would be lost), nesting deep enough to exhaust the parser (one
+    such payload would otherwise make the subject's export fail for good)."""
+    try:
+        return json.loads(data, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError):
+        return _UNFAITHFUL
 
 
 def _dump(value: dict[str, Any]) -> bytes:

@@ -158,6 +158,8 @@ class Payloads:
         self._audit.note(resource=Resource("payload", payload_id, None, 0, len(data)))
         self._audit.release()
         with self._db.transaction() as session:
+            # an erasure that committed since the subject key was read wins
+            self._subjects.hold_live(session, tenant_id, bound.pseudonym)
             session.add(row)
             session.flush()
             return _info(row)
@@ -330,15 +332,28 @@ def _encode_token(after: str, pseudonym: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+# what _encode_token makes: two ids of 32 hex digits in a small JSON object, in base64
+_MAX_TOKEN_CHARS: Final = 256
+
+
 def _decode_token(token: str, pseudonym: str) -> str:
+    """The payload id a page token continues after. Anything this module did not make
+    (oversized, not JSON, deeply nested JSON, another subject's, a position that is not a
+    payload id, which could reach SQL as anything) is INVALID_ARGUMENT."""
     if not token:
         return ""
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise InvalidArgument("malformed page token")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         value = json.loads(raw)
         after, subject = value["after"], value["subject"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError):
         raise InvalidArgument("malformed page token") from None
-    if subject != pseudonym or not isinstance(after, str) or len(after) > _ID_LEN:
+    if subject != pseudonym or not isinstance(after, str):
         raise InvalidArgument("the page token belongs to another listing")
+    try:
+        check_payload_id(after)
+    except InvalidArgument:
+        raise InvalidArgument("malformed page token") from None
     return after

@@ -223,6 +223,33 @@ class Subjects:
     def resolver(self, tenant_id: str, pseudonym: str) -> _SubjectResolver:
         return _SubjectResolver(self, tenant_id, pseudonym)
 
+    def hold_live(self, session: Session, tenant_id: str, pseudonym: str) -> int:
+        """Inside the transaction that commits a payload or a personalized rendition:
+        the subject must still be live. Its key was read before (outside this
+        transaction), so an erasure may have committed since; the object would then
+        outlive the erasure (a row under a shredded key, listed and exported). The row
+        is locked (shared) until the commit, so an erasure (``shred`` locks it for update)
+        either commits first and is seen here, or waits and then deletes the object too.
+        Returns the KEK version that wraps the subject key now (a rewrap may have moved
+        it since it was read).
+
+        Raises:
+            FailedPrecondition: the subject was erased.
+        """
+        found = session.execute(
+            select(SubjectRow.erased_at, SubjectRow.wrapped_key, SubjectRow.kek_version)
+            .where(SubjectRow.tenant_id == tenant_id, SubjectRow.pseudonym == pseudonym)
+            .with_for_update(read=True)
+        ).one_or_none()
+        if (
+            found is None
+            or found.erased_at is not None
+            or found.wrapped_key is None
+            or found.kek_version is None
+        ):
+            raise FailedPrecondition("the subject was erased")
+        return int(found.kek_version)
+
     def _unwrapped(self, tenant_id: str, pseudonym: str) -> bytes | None:
         """The subject key for a resolver; None once erased (decryption then fails)."""
         row = self._row(tenant_id, pseudonym)
