@@ -771,12 +771,17 @@ class Assets:
         self._audit.note(tenant_id=tenant_id)
         check_asset_id(asset_id)
         with self._db.transaction(readonly=True) as session:
-            path = session.scalar(
-                select(AssetRow.path).where(
+            found = session.execute(
+                select(AssetRow.path, AssetRow.subject).where(
                     AssetRow.id == asset_id, AssetRow.tenant_id == tenant_id
                 )
-            )
+            ).one_or_none()
+        path, subject = found if found is not None else (None, None)
         self._audit.note(resource=Resource("asset", asset_id, path))
+        if subject is not None and self._subjects is not None:
+            self._audit.note(resource=Resource("subject", subject))
+            if self._subjects.is_held(tenant_id, subject):
+                raise FailedPrecondition("the subject is under a legal hold; release it first")
         # Recorded before the delete commits: a deletion is never unaudited. (Not inside
         # the write transaction: on SQLite the audit commit needs the same write lock.)
         self._audit.release()

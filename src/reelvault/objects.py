@@ -117,6 +117,10 @@ class SubjectKeyring(Protocol):
         """What unwraps data keys wrapped by that subject's key."""
         ...
 
+    def is_held(self, tenant_id: str, pseudonym: str) -> bool:
+        """Whether the subject is under a legal hold (its objects may not be deleted)."""
+        ...
+
     def hold_live(self, session: Session, tenant_id: str, pseudonym: str) -> int:
         """Inside the transaction that commits an object of the subject's: lock the
         subject's row against an erasure until it commits, and raise FailedPrecondition

@@ -345,3 +345,35 @@ def test_byok_needs_a_well_formed_arn_and_kms_settings(vault: Vault):
         vault.tenant_keys.create_tenant(
             "no-kms", kms_key_arn="arn:aws:kms:us-east-1:111122223333:key/abc"
         )
+
+
+# -- legal holds and viewer ids ---------------------------------------------------------------
+
+
+def test_a_legal_hold_blocks_single_deletions_of_the_subjects_data(vault: Vault):
+    tenant = vault.tenant_keys.create_tenant("acme").id
+    _, personal, payload = _populate(vault, tenant)
+    vault.privacy.set_legal_hold(tenant, VIEWER, True)
+    with pytest.raises(FailedPrecondition, match="legal hold"):
+        vault.payloads.delete(tenant, payload)
+    with pytest.raises(FailedPrecondition, match="legal hold"):
+        vault.assets.delete(tenant, personal)
+    assert vault.payloads.get(tenant, payload, "greeting")[1] == b'{"n":1}'
+    assert _read(vault, tenant, personal) == b"a" * 70_000
+    vault.privacy.set_legal_hold(tenant, VIEWER, False)
+    vault.payloads.delete(tenant, payload)
+    vault.assets.delete(tenant, personal)
+    with pytest.raises(NotFound):
+        vault.payloads.get(tenant, payload, "greeting")
+
+
+def test_one_viewer_id_in_two_unicode_forms_is_one_subject(vault: Vault):
+    tenant = vault.tenant_keys.create_tenant("acme").id
+    composed, decomposed = "Zo\u00eb", "Zoe\u0308"  # the same name, NFC and NFD
+    assert composed != decomposed
+    assert vault.subjects.pseudonym(tenant, composed) == vault.subjects.pseudonym(
+        tenant, decomposed
+    )
+    vault.payloads.put(tenant, composed, purpose="greeting", data=b"{}")
+    erased = vault.privacy.erase(tenant, decomposed)
+    assert erased.payloads_deleted == 1

@@ -250,11 +250,22 @@ class Payloads:
         if pseudonym is not None:
             self._audit.note(resource=Resource("subject", pseudonym))
         self._audit.note(resource=Resource("payload", payload_id))
+        held = exists().where(
+            and_(
+                SubjectRow.tenant_id == PayloadRow.tenant_id,
+                SubjectRow.pseudonym == PayloadRow.pseudonym,
+                SubjectRow.legal_hold.is_(True),
+            )
+        )
+        if pseudonym is not None:
+            info = self._subjects.info(tenant_id, pseudonym)
+            if info is not None and info.legal_hold:
+                raise FailedPrecondition("the subject is under a legal hold; release it first")
         self._audit.release()
         with self._db.transaction() as session:
             session.execute(
                 delete(PayloadRow).where(
-                    PayloadRow.id == payload_id, PayloadRow.tenant_id == tenant_id
+                    PayloadRow.id == payload_id, PayloadRow.tenant_id == tenant_id, ~held
                 )
             )
 

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -151,7 +152,10 @@ class Subjects:
         """
         check_subject_id(subject_id)
         key = self._pseudonym_key(tenant_id)
-        digest = hmac.new(key, _PSEUDONYM_LABEL + subject_id.encode("utf-8"), hashlib.sha256)
+        # NFC first: one name typed in two Unicode forms is one viewer (erasing one
+        # spelling must not miss the other)
+        canonical = unicodedata.normalize("NFC", subject_id)
+        digest = hmac.new(key, _PSEUDONYM_LABEL + canonical.encode("utf-8"), hashlib.sha256)
         return digest.hexdigest()[:32]
 
     def _pseudonym_key(self, tenant_id: str) -> bytes:
@@ -291,6 +295,10 @@ class Subjects:
             if row is not None:
                 session.expunge(row)
             return row
+
+    def is_held(self, tenant_id: str, pseudonym: str) -> bool:
+        row = self._row(tenant_id, pseudonym)
+        return row is not None and bool(row.legal_hold)
 
     def info(self, tenant_id: str, pseudonym: str) -> SubjectInfo | None:
         row = self._row(tenant_id, pseudonym)
