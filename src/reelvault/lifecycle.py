@@ -25,6 +25,7 @@ from reelvault.assets import Assets
 from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import Database, TenantRepository
 from reelvault.catalog.tables import (
+    ApiKeyRow,
     AssetRow,
     KeyExportRow,
     PayloadRow,
@@ -44,6 +45,7 @@ from reelvault.privacy.subjects import _key_context as subject_key_context
 __all__ = ["KeyExport", "KeyStatus", "TenantLifecycle"]
 
 EXPORT_REQUEST_LIFETIME: Final = timedelta(days=7)
+EXPORT_KEY_MIN_AGE: Final = timedelta(days=7)
 _EXPORT_FORMAT: Final = "reelvault.key-export.v1"
 _log = structlog.get_logger("reelvault.lifecycle")
 
@@ -215,10 +217,30 @@ class TenantLifecycle:
     # --- export ----------------------------------------------------------------------
 
     def request_export(self, tenant_id: str, recipient_pem: bytes, requested_by: str) -> KeyExport:
-        """A tenant admin's request to export the tenant's keys to ``recipient_pem``."""
+        """A tenant admin's request to export the tenant's keys to ``recipient_pem``.
+
+        The requesting API key must be one of the tenant's and at least
+        :data:`EXPORT_KEY_MIN_AGE` old: a platform admin can mint tenant admin keys, so
+        without this one person could both request and approve; with it, a key minted for
+        the purpose shows in the tenant's audit log (``apikey.create``) for a week first,
+        and the tenant can revoke it.
+
+        Raises:
+            InvalidArgument: the recipient key is not an accepted public key.
+            FailedPrecondition: the requesting key is too young or not the tenant's.
+        """
         self._note(tenant_id)
         recipient = parse_recipient_key(recipient_pem)
         self._keys.get_tenant(tenant_id)
+        with self._db.transaction(readonly=True) as session:
+            key = session.get(ApiKeyRow, requested_by)
+        if key is None or key.tenant_id != tenant_id or key.revoked_at is not None:
+            raise FailedPrecondition("a key export is requested with one of the tenant's keys")
+        if self._now() - key.created_at < EXPORT_KEY_MIN_AGE:
+            raise FailedPrecondition(
+                f"the requesting API key must be at least {EXPORT_KEY_MIN_AGE.days} days old "
+                "(a key minted for an export shows in the tenant's audit log that long first)"
+            )
         row = KeyExportRow(
             id=secrets.token_hex(16),
             tenant_id=tenant_id,
@@ -252,8 +274,15 @@ class TenantLifecycle:
             return _export(row)
 
     def collect_export(self, tenant_id: str, export_id: str) -> tuple[KeyExport, bytes]:
-        """The approved export, sealed to the recipient key; collected once. Recorded
-        (a key release) before it is returned."""
+        """The approved export, sealed to the recipient key; collected once. The export is
+        claimed first (so concurrent collections record one release), then recorded as a
+        key release, durably, before it is returned; if sealing or the record fails, the
+        claim is undone and the export can be collected again.
+
+        Raises:
+            FailedPrecondition: not approved, collected already, expired, or the tenant is
+                disabled (a platform admin's emergency stop holds exports too) or destroyed.
+        """
         self._note(tenant_id)
         self._audit.note(resource=Resource("key-export", export_id))
         with self._db.transaction(readonly=True) as session:
@@ -263,46 +292,59 @@ class TenantLifecycle:
             if row.collected_at is not None:
                 raise FailedPrecondition("the key export was collected already")
             recipient_pem = row.recipient_key
+        if self._keys.get_tenant(tenant_id).state == "disabled":
+            raise FailedPrecondition("the tenant is disabled")
         recipient = parse_recipient_key(recipient_pem)
-        keks = self._keys.export_material(tenant_id)
-        document = {
-            "format": _EXPORT_FORMAT,
-            "tenant_id": tenant_id,
-            "export_id": export_id,
-            "provider_id": PROVIDER_ID,
-            "kek_versions": [
-                {
-                    "version": version.version,
-                    "state": version.state,
-                    "key_name": kek_key_name(tenant_id, version.version),
-                    "key": base64.b64encode(key).decode("ascii"),
-                }
-                for version, key in keks
-            ],
-            "subject_keys": [
-                {
-                    "subject": pseudonym,
-                    "key_name": subject_key_name(tenant_id, pseudonym),
-                    "key": base64.b64encode(key).decode("ascii"),
-                }
-                for pseudonym, key in self._subject_keys(tenant_id, keks)
-            ],
-        }
-        envelope = seal_to_recipient(
-            recipient, json.dumps(document).encode(), export_aad(tenant_id, export_id)
-        )
-        self._audit.note(detail={"key_release": "tenant-keys"})
-        self._audit.release()
+        claimed_at = self._now()
         with self._db.transaction() as session:
             claimed = session.execute(
                 update(KeyExportRow)
                 .where(KeyExportRow.id == export_id, KeyExportRow.collected_at.is_(None))
-                .values(collected_at=self._now())
+                .values(collected_at=claimed_at)
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 raise FailedPrecondition("the key export was collected already")
+        try:
+            keks = self._keys.export_material(tenant_id)
+            document = {
+                "format": _EXPORT_FORMAT,
+                "tenant_id": tenant_id,
+                "export_id": export_id,
+                "provider_id": PROVIDER_ID,
+                "kek_versions": [
+                    {
+                        "version": version.version,
+                        "state": version.state,
+                        "key_name": kek_key_name(tenant_id, version.version),
+                        "key": base64.b64encode(key).decode("ascii"),
+                    }
+                    for version, key in keks
+                ],
+                "subject_keys": [
+                    {
+                        "subject": pseudonym,
+                        "key_name": subject_key_name(tenant_id, pseudonym),
+                        "key": base64.b64encode(key).decode("ascii"),
+                    }
+                    for pseudonym, key in self._subject_keys(tenant_id, keks)
+                ],
+            }
+            envelope = seal_to_recipient(
+                recipient, json.dumps(document).encode(), export_aad(tenant_id, export_id)
+            )
+            self._audit.note(detail={"key_release": "tenant-keys"})
+            self._audit.release()
+        except BaseException:
+            with self._db.transaction() as session:  # nothing left: collectable again
+                session.execute(
+                    update(KeyExportRow)
+                    .where(KeyExportRow.id == export_id, KeyExportRow.collected_at == claimed_at)
+                    .values(collected_at=None)
+                )
+            raise
+        with self._db.transaction(readonly=True) as session:
             collected = session.get(KeyExportRow, export_id)
-            if collected is None:  # pragma: no cover - updated just above
+            if collected is None:  # pragma: no cover - claimed just above
                 raise NotFound("key export not found")
             return _export(collected), envelope
 

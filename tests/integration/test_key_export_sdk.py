@@ -36,7 +36,7 @@ from reelvault.catalog.tables import AssetRow, PayloadRow
 from reelvault.config import Settings
 from reelvault.crypto.recipient import open_from_recipient
 from reelvault.errors import DecryptionError
-from reelvault.lifecycle import export_aad
+from reelvault.lifecycle import EXPORT_KEY_MIN_AGE, export_aad
 from reelvault.rpc.server import HealthServicer, create_server, shutdown
 from reelvault.storage.memory import MemoryObjectStore
 from reelvault.v1 import (
@@ -247,6 +247,9 @@ def sealed_payload(vault: Vault, payload_id: str) -> bytes:
         return bytes(row.message)
 
 
+KEY_AGE = EXPORT_KEY_MIN_AGE.total_seconds()
+
+
 def request_export(api: Api, tenant: Tenant, public_pem: bytes) -> key_pb2.KeyExport:
     export: key_pb2.KeyExport = api.keys.RequestKeyExport(
         key_pb2.RequestKeyExportRequest(recipient_public_key=public_pem), metadata=tenant.md()
@@ -296,6 +299,7 @@ def test_an_approved_export_lets_the_official_sdk_decrypt_every_stored_object(
 
     private = make_key()
     private_pem, public_pem = pems(private)
+    vault.clock.advance(KEY_AGE)  # the requesting key must be a week old
     requested = request_export(api, acme, public_pem)
     assert (requested.tenant_id, requested.algorithm) == (acme.id, algorithm)
     assert requested.recipient_fingerprint == fingerprint(private)
@@ -379,6 +383,7 @@ def test_a_leaving_tenant_collects_its_keys_while_its_deletion_is_pending(
     plain_id = upload(api, acme, plain, "plain.mp4")
     private_pem, public_pem = pems(x25519())
 
+    vault.clock.advance(KEY_AGE)  # the requesting key must be a week old
     requested = request_export(api, acme, public_pem)
     approve(api, platform, acme, requested.id)
     api.keys.DisableKeyVersion(key_pb2.KeyVersionRequest(version=1), metadata=acme.md())

@@ -14,9 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from reelvault.app import Vault
 from reelvault.assets import UploadSpec
+from reelvault.auth import Role
 from reelvault.catalog.tables import AssetRow, PayloadRow
 from reelvault.crypto.recipient import open_from_recipient
-from reelvault.lifecycle import export_aad
+from reelvault.lifecycle import EXPORT_KEY_MIN_AGE, export_aad
 from reelvault.storage.memory import MemoryObjectStore
 
 pytestmark = pytest.mark.db
@@ -40,7 +41,9 @@ def _export(vault: Vault, tenant_id: str) -> bytes:
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    request = vault.lifecycle.request_export(tenant_id, public_pem, "a" * 16)
+    request = vault.lifecycle.request_export(
+        tenant_id, public_pem, _week_old_admin(vault, tenant_id)
+    )
     vault.lifecycle.approve_export(tenant_id, request.id, "b" * 16)
     _, envelope = vault.lifecycle.collect_export(tenant_id, request.id)
     private_pem = private.private_bytes(
@@ -85,3 +88,10 @@ def test_the_documented_sdk_code_decrypts_every_kind_of_stored_object(
     assert decrypt_stored_object(document, message) == b'{"n":1}'
     with pytest.raises(Exception, match="Unable to decrypt"):
         decrypt_stored_object(document, stored(foreign))
+
+
+def _week_old_admin(vault: Vault, tenant_id: str) -> str:
+    """A tenant admin key old enough to request a key export."""
+    key, _ = vault.api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    vault.clock.advance(EXPORT_KEY_MIN_AGE.total_seconds())  # type: ignore[attr-defined]
+    return key.id

@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from reelvault.app import Vault
 from reelvault.assets import UploadSpec
+from reelvault.auth import Role
 from reelvault.catalog.tables import (
     AuditSigningKeyRow,
     TenantKeyVersionRow,
@@ -31,7 +32,7 @@ from reelvault.clock import FakeClock
 from reelvault.crypto.recipient import open_from_recipient
 from reelvault.errors import FailedPrecondition, KeyUnavailable
 from reelvault.keys.kms import KmsRootKeyProvider
-from reelvault.lifecycle import export_aad
+from reelvault.lifecycle import EXPORT_KEY_MIN_AGE, export_aad
 from reelvault.storage.memory import MemoryObjectStore
 
 pytestmark = pytest.mark.db
@@ -280,7 +281,9 @@ def _export(vault: Vault, tenant_id: str) -> dict[str, Any]:
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    request = vault.lifecycle.request_export(tenant_id, public_pem, "a" * 16)
+    request = vault.lifecycle.request_export(
+        tenant_id, public_pem, _week_old_admin(vault, tenant_id)
+    )
     vault.lifecycle.approve_export(tenant_id, request.id, "b" * 16)
     _, envelope = vault.lifecycle.collect_export(tenant_id, request.id)
     private_pem = private.private_bytes(
@@ -315,3 +318,10 @@ def test_an_export_holds_live_keys_only_and_the_keys_reelvault_uses(
     [subject] = document["subject_keys"]
     assert (subject["subject"], subject["key_name"]) == (bob.pseudonym, bob.key.name)
     assert base64.b64decode(subject["key"]) == bob.key.key
+
+
+def _week_old_admin(vault: Vault, tenant_id: str) -> str:
+    """A tenant admin key old enough to request a key export."""
+    key, _ = vault.api_keys.create(tenant_id=tenant_id, role=Role.ADMIN)
+    vault.clock.advance(EXPORT_KEY_MIN_AGE.total_seconds())  # type: ignore[attr-defined]
+    return key.id

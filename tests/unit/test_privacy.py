@@ -881,3 +881,37 @@ def test_erasure_is_idempotent_and_audited_each_time(vault: Vault, acme: str):
         acme, start_us=0, end_us=2**62, where=AuditFilter(actions=["subject.erased"])
     ).events
     assert len(erased) == 2 and {e.resource_id for e in erased} == {first.pseudonym}
+
+
+def test_a_withdrawal_on_a_replica_whose_clock_is_behind_still_wins(
+    database, keyring: Path, clock: FakeClock, object_store: MemoryObjectStore
+):
+    ahead = make_vault(database, keyring, FakeClock(clock.now() + 0.05), object_store)
+    behind = make_vault(database, keyring, clock, object_store)
+    acme = ahead.tenant_keys.create_tenant("acme").id
+    payload = ahead.payloads.put(acme, VIEWER, purpose=PURPOSE, data=PAYLOAD)
+    grant(ahead, acme)
+    clock.advance(0.01)  # recorded after the grant, at an earlier clock reading
+    withdrawal = grant(behind, acme, granted=False)
+    for replica in (ahead, behind):
+        with pytest.raises(FailedPrecondition):
+            replica.payloads.get(acme, payload.id, PURPOSE)
+    _, history = behind.consents.history(acme, VIEWER)
+    assert [d.granted for d in history] == [True, False]
+    assert withdrawal.effective_at > history[0].effective_at
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"nick": "\\ud800"}', b'{"big": 1e999}', b'{"long": 0.12345678901234567890123}'],
+)
+def test_json_the_export_cannot_hold_exactly_is_exported_as_base64(
+    database, keyring: Path, clock: FakeClock, object_store: MemoryObjectStore, data: bytes
+):
+    vault = make_vault(database, keyring, clock, object_store)
+    acme = vault.tenant_keys.create_tenant("acme").id
+    vault.payloads.put(acme, VIEWER, purpose=PURPOSE, data=data)
+    document = json.loads(b"".join(vault.privacy.export(acme, VIEWER)))
+    (entry,) = document["payloads"]
+    assert "data" not in entry
+    assert base64.b64decode(entry["data_base64"]) == data

@@ -11,11 +11,14 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from moto import mock_aws
 from sqlalchemy import select
 
 from reelvault.app import Vault
 from reelvault.assets import UploadSpec
+from reelvault.auth import Role
 from reelvault.catalog.tables import (
     AssetRow,
     DeletedObjectRow,
@@ -23,11 +26,18 @@ from reelvault.catalog.tables import (
     SubjectRow,
     TenantKeyVersionRow,
 )
-from reelvault.errors import FailedPrecondition, InvalidArgument, KeyUnavailable, NotFound
+from reelvault.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    KeyUnavailable,
+    NotFound,
+    Unavailable,
+)
 from reelvault.keys.kms import KmsRootKeyProvider
 from reelvault.keys.local import LocalKeyring, _read_document, init_keyring, rotate_keyring
 from reelvault.keys.provider import WrappedKey
 from reelvault.keys.tenant import _wrapping_context
+from reelvault.lifecycle import EXPORT_KEY_MIN_AGE
 from reelvault.objects import MIN_GC_AGE, RewrapProgress
 from reelvault.storage.memory import MemoryObjectStore
 
@@ -377,3 +387,59 @@ def test_one_viewer_id_in_two_unicode_forms_is_one_subject(vault: Vault):
     vault.payloads.put(tenant, composed, purpose="greeting", data=b"{}")
     erased = vault.privacy.erase(tenant, decomposed)
     assert erased.payloads_deleted == 1
+
+
+# -- key export needs two people, and releases once -------------------------------------------
+
+
+def _pem() -> bytes:
+    return (
+        X25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def test_a_freshly_minted_admin_key_cannot_request_a_key_export(vault: Vault, clock):
+    """A platform admin can mint a tenant admin key; if that key could request at once,
+    one person would both request and approve. It has to be a week old first, a week in
+    which the tenant's audit log shows it (apikey.create) and the tenant can revoke it."""
+    tenant = vault.tenant_keys.create_tenant("acme").id
+    minted, _ = vault.api_keys.create(tenant_id=tenant, role=Role.ADMIN)
+    with pytest.raises(FailedPrecondition, match="7 days old"):
+        vault.lifecycle.request_export(tenant, _pem(), minted.id)
+    with pytest.raises(FailedPrecondition, match="tenant's keys"):
+        vault.lifecycle.request_export(tenant, _pem(), "f" * 16)
+    clock.advance(EXPORT_KEY_MIN_AGE.total_seconds())
+    request = vault.lifecycle.request_export(tenant, _pem(), minted.id)
+    with pytest.raises(FailedPrecondition, match="approve its own"):
+        vault.lifecycle.approve_export(tenant, request.id, minted.id)
+    vault.lifecycle.approve_export(tenant, request.id, "b" * 16)
+    vault.tenant_keys.disable_tenant(tenant)  # the emergency stop holds exports too
+    with pytest.raises(FailedPrecondition, match="disabled"):
+        vault.lifecycle.collect_export(tenant, request.id)
+    vault.tenant_keys.enable_tenant(tenant)
+    _, envelope = vault.lifecycle.collect_export(tenant, request.id)
+    assert envelope.startswith(b"RVX1")
+    with pytest.raises(FailedPrecondition, match="collected already"):
+        vault.lifecycle.collect_export(tenant, request.id)
+
+
+def test_a_collection_that_fails_to_be_recorded_releases_nothing_and_can_be_retried(
+    vault: Vault, clock, monkeypatch
+):
+    tenant = vault.tenant_keys.create_tenant("acme").id
+    minted, _ = vault.api_keys.create(tenant_id=tenant, role=Role.ADMIN)
+    clock.advance(EXPORT_KEY_MIN_AGE.total_seconds())
+    request = vault.lifecycle.request_export(tenant, _pem(), minted.id)
+    vault.lifecycle.approve_export(tenant, request.id, "b" * 16)
+
+    def down() -> None:
+        raise Unavailable("the audit log is down")
+
+    monkeypatch.setattr(vault.auditor, "release", down)
+    with pytest.raises(Unavailable):
+        vault.lifecycle.collect_export(tenant, request.id)
+    monkeypatch.undo()
+    _, envelope = vault.lifecycle.collect_export(tenant, request.id)  # the claim was undone
+    assert envelope.startswith(b"RVX1")

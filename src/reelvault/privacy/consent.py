@@ -128,6 +128,23 @@ class Consents:
             recorded_at=now,
         )
         with self._db.transaction() as session:
+            if effective_at is None:
+                # "now" on this replica may be behind a decision another replica recorded
+                # a moment ago: a decision taken now follows every one recorded before it,
+                # whatever the clocks say (a withdrawal must never sort before the grant).
+                latest = session.scalar(
+                    select(ConsentRow.effective_at)
+                    .where(
+                        ConsentRow.tenant_id == tenant_id,
+                        ConsentRow.pseudonym == pseudonym,
+                        ConsentRow.purpose == purpose,
+                    )
+                    .order_by(ConsentRow.effective_at.desc())
+                    .limit(1)
+                    .with_for_update()
+                )
+                if latest is not None and latest >= row.effective_at:
+                    row.effective_at = latest + timedelta(microseconds=1)
             session.add(row)
             session.flush()
             return _decision(row)

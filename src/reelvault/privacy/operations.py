@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final
 
 import structlog
@@ -272,9 +274,28 @@ def _faithful_json(data: bytes) -> Any:
     keys (all but one would be lost), nesting deep enough to exhaust the parser (one
     such payload would otherwise make the subject's export fail for good)."""
     try:
-        return json.loads(data, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError):
+        value = json.loads(
+            data,
+            parse_constant=_no_constants,
+            parse_float=_exact_float,
+            object_pairs_hook=_no_duplicates,
+        )
+        # it must also come out again: lone surrogates ("\ud800") parse but do not encode
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeEncodeError):
         return _UNFAITHFUL
+    return value
+
+
+def _exact_float(text: str) -> float:
+    """A JSON number that a float holds exactly as written, else refused (1e999 would
+    become Infinity, and long decimals would lose digits)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("not representable")
+    if Decimal(text) != Decimal(repr(value)):
+        raise ValueError("loses digits")
+    return value
 
 
 def _dump(value: dict[str, Any]) -> bytes:

@@ -38,6 +38,7 @@ from reelvault.errors import (
     FailedPrecondition,
     IntegrityError,
     InvalidArgument,
+    KeyUnavailable,
     NotFound,
 )
 from reelvault.keys.tenant import TenantKeys, pack_wrapped, pseudonym_context, unpack_wrapped
@@ -176,6 +177,8 @@ class Subjects:
         # a BYOK tenant's pseudonym key is under its own KMS key, like its KEKs
         root = self._keys.root_for(tenant_id)
         if stored is None:
+            if state not in (None, "active"):  # no new key material for a stopped tenant
+                raise KeyUnavailable(f"the tenant is {state}")
             key, wrapped = root.generate_key(pseudonym_context(tenant_id))
             with self._db.transaction() as session:
                 # only if no other process set it first; then use theirs

@@ -17,6 +17,7 @@ from reelvault.audit import PLATFORM_LOG, StoredEvent, merkle
 from reelvault.audit.verify import verify_export
 from reelvault.auth import Role
 from reelvault.catalog.audit import AuditFilter
+from reelvault.lifecycle import EXPORT_KEY_MIN_AGE
 from reelvault.rpc.actions import METHOD_ACTIONS
 from reelvault.v1 import (
     apikey_pb2,
@@ -127,7 +128,7 @@ def test_every_rpc_leaves_an_event_with_what_the_domain_knows(
     urls.RevokeAsset(distribution_pb2.RevokeAssetRequest(asset_id=asset.id), metadata=distributor)
     urls.ListSigningKeys(distribution_pb2.ListSigningKeysRequest(), metadata=distributor)
     urls.RotateSigningKey(distribution_pb2.RotateSigningKeyRequest(), metadata=acme.md())
-    _privacy_and_key_calls(api, acme, platform, other.id)
+    _privacy_and_key_calls(api, vault, acme, platform, other.id)
     api.assets.DeleteAsset(asset_pb2.DeleteAssetRequest(asset_id=asset.id), metadata=acme.md())
 
     recorded = events(vault, acme.id) + events(vault, PLATFORM_LOG) + events(vault, other.id)
@@ -168,7 +169,9 @@ _DOMAIN_RECORDS = {
 }
 
 
-def _privacy_and_key_calls(api: Stubs, acme: Tenancy, platform, other_id: str) -> None:
+def _privacy_and_key_calls(
+    api: Stubs, vault: Vault, acme: Tenancy, platform, other_id: str
+) -> None:
     viewer = "viewer-7@example.com"
     payload = api.payloads.PutPayload(
         privacy_pb2.PutPayloadRequest(subject_id=viewer, purpose="greeting", data=b'{"n":1}'),
@@ -226,6 +229,7 @@ def _privacy_and_key_calls(api: Stubs, acme: Tenancy, platform, other_id: str) -
     keys.CancelTenantDeletion(key_pb2.TenantRef(tenant_id=other_id), metadata=platform)
     recipient = X25519PrivateKey.generate().public_key()
     pem = recipient.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    vault.clock.advance(EXPORT_KEY_MIN_AGE.total_seconds())  # a week-old admin key asks
     export = keys.RequestKeyExport(
         key_pb2.RequestKeyExportRequest(recipient_public_key=pem), metadata=admin
     )
