@@ -23,17 +23,17 @@ from types import MappingProxyType
 from typing import Final
 
 import structlog
-from sqlalchemy import and_, delete, exists, select
+from sqlalchemy import and_, bindparam, delete, exists, select
 
 from reelvault.assets import check_content_type, check_labels
 from reelvault.audit import Auditor, NullAuditSink, Resource
 from reelvault.catalog import Database
-from reelvault.catalog.tables import PayloadRow, SubjectRow
+from reelvault.catalog.tables import ConsentRow, PayloadRow, SubjectRow
 from reelvault.clock import Clock
 from reelvault.crypto import KIND_PAYLOAD, open_message, seal_message
 from reelvault.errors import FailedPrecondition, InvalidArgument, NotFound
 from reelvault.objects import object_context
-from reelvault.privacy.consent import check_purpose, consent_active
+from reelvault.privacy.consent import check_purpose
 from reelvault.privacy.subjects import Subjects
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "MAX_TTL", "PayloadInfo", "Payloads", "check_payload_id"]
@@ -58,6 +58,34 @@ class PayloadInfo:
     size: int
     created_at: datetime
     expires_at: datetime | None
+
+
+_LATEST_DECISION: Final = (
+    select(ConsentRow.granted)
+    .where(
+        ConsentRow.tenant_id == PayloadRow.tenant_id,
+        ConsentRow.pseudonym == PayloadRow.pseudonym,
+        ConsentRow.purpose == bindparam("purpose"),
+    )
+    .order_by(ConsentRow.effective_at.desc(), ConsentRow.id.desc())
+    .limit(1)
+    .correlate(PayloadRow)
+    .scalar_subquery()
+)
+# Built once: a statement built per call costs more in SQLAlchemy than SQLite's query.
+_READ: Final = (
+    select(
+        *PayloadRow.__table__.columns,
+        SubjectRow.wrapped_key,
+        _LATEST_DECISION.label("granted"),
+    )
+    .outerjoin(
+        SubjectRow,
+        (SubjectRow.tenant_id == PayloadRow.tenant_id)
+        & (SubjectRow.pseudonym == PayloadRow.pseudonym),
+    )
+    .where(PayloadRow.id == bindparam("payload_id"), PayloadRow.tenant_id == bindparam("tenant_id"))
+)
 
 
 def check_payload_id(payload_id: str) -> None:
@@ -177,26 +205,23 @@ class Payloads:
         check_payload_id(payload_id)
         check_purpose(purpose)
         now = self._now()
-        with self._db.transaction(readonly=True) as session:
-            row = session.scalar(
-                select(PayloadRow).where(
-                    PayloadRow.id == payload_id, PayloadRow.tenant_id == tenant_id
-                )
-            )
-            if row is None or (row.expires_at is not None and row.expires_at <= now):
-                raise NotFound("payload not found")
-            self._audit.note(
-                resource=Resource("subject", row.pseudonym), detail={"purpose": purpose}
-            )
-            self._audit.note(resource=Resource("payload", row.id, None, 0, row.size))
-            if purpose != row.purpose:
-                raise FailedPrecondition("the payload is not held for this purpose")
-            if not consent_active(session, tenant_id, row.pseudonym, purpose):
-                raise FailedPrecondition("the subject's consent for this purpose is not active")
-            info, message = _info(row), row.message
+        # one statement: the payload, its subject's wrapped key and the latest consent
+        # decision for this purpose, all from one snapshot (the hot path of rendering)
+        row = self._db.read_row(
+            _READ, {"payload_id": payload_id, "tenant_id": tenant_id, "purpose": purpose}
+        )
+        if row is None or (row.expires_at is not None and row.expires_at <= now):
+            raise NotFound("payload not found")
+        self._audit.note(resource=Resource("subject", row.pseudonym), detail={"purpose": purpose})
+        self._audit.note(resource=Resource("payload", row.id, None, 0, row.size))
+        if purpose != row.purpose:
+            raise FailedPrecondition("the payload is not held for this purpose")
+        if not row.granted:
+            raise FailedPrecondition("the subject's consent for this purpose is not active")
+        info = _info(row)
         data = open_message(
-            message,
-            self._subjects.resolver(tenant_id, info.pseudonym),
+            row.message,
+            self._subjects.resolver_with(tenant_id, row.pseudonym, row.wrapped_key),
             object_context(tenant_id, info.id, KIND_PAYLOAD),
         )
         self._audit.release()

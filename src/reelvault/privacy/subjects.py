@@ -112,6 +112,24 @@ class _SubjectResolver:
         return f"SubjectResolver(tenant_id={self._tenant_id!r}, pseudonym={self._pseudonym!r})"
 
 
+class _FixedResolver:
+    """Serves one subject key, already unwrapped, for its name only."""
+
+    __slots__ = ("_key", "_name")
+
+    def __init__(self, name: str, key: bytes | None) -> None:
+        self._name = name
+        self._key = key
+
+    def wrapping_key(self, key_name: str) -> bytes | None:
+        if not hmac.compare_digest(key_name.encode(), self._name.encode()):
+            return None
+        return self._key
+
+    def __repr__(self) -> str:
+        return f"FixedResolver(name={self._name!r})"
+
+
 class Subjects:
     """Pseudonyms, subject keys and legal holds (:class:`reelvault.objects.SubjectKeyring`).
 
@@ -256,6 +274,19 @@ class Subjects:
         ):
             raise FailedPrecondition("the subject was erased")
         return int(found.kek_version)
+
+    def resolver_with(
+        self, tenant_id: str, pseudonym: str, wrapped: bytes | None
+    ) -> _FixedResolver:
+        """A resolver for the subject's key from a wrapped key the caller read in its own
+        statement (no second catalog read); opaque failure if there is none (erased)."""
+        key = None
+        if wrapped is not None:
+            try:
+                key = self._unwrap_row(tenant_id, pseudonym, wrapped)
+            except DecryptionError:
+                key = None
+        return _FixedResolver(subject_key_name(tenant_id, pseudonym), key)
 
     def _unwrapped(self, tenant_id: str, pseudonym: str) -> bytes | None:
         """The subject key for a resolver; None once erased (decryption then fails)."""
