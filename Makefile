@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test test-postgres test-faults lint format protos check-protos bench-crypto bench bench-audit bench-origin lock clean validate-deploy
+.PHONY: venv run test test-postgres test-faults lint format protos check-protos bench-crypto bench bench-audit bench-origin bench-payloads lock clean validate-deploy
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,6 +96,10 @@ bench-audit: $(STAMP)
 ## make bench-origin: the HTTP origin vs a bare relay and the store (1 GiB GET, 64 KiB ranges under wrk, tokens, RSS)
 bench-origin: $(STAMP)
 	$(PY) -m bench.origin_bench --json bench/results/origin.json
+
+## make bench-payloads: PutPayload/GetPayload vs a trivial RPC, vs the official SDK, catalog vs SeaweedFS, rewrap of 100,000 keys
+bench-payloads: $(STAMP)
+	$(PY) -m bench.payload_bench --json bench/results/payloads.json
 
 ## make lock: re-resolve and pin every dependency (then review the diff)
 lock:
